@@ -1,0 +1,13 @@
+//! The wa8s API: the `WebAssembly` custom resource (`wa8s.reconciler.io/v1`) and the small,
+//! versioned pod contract the operator writes and the shim reads.
+//!
+//! This crate is the one place both sides import, so the CRD schema, its validation rules and
+//! the contract cannot drift apart. It has no IO: types, pure conversions, and the generated
+//! CRD document.
+
+pub mod crd;
+pub mod quantity;
+pub mod webassembly;
+
+pub use quantity::Quantity;
+pub use webassembly::*;

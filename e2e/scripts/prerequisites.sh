@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need on a fresh Debian machine, and nothing when it is
+# already there: the Rust components (rustfmt, clippy), Go (for the upstream Kubernetes
+# binaries), flock. Safe to run repeatedly.
+set -euo pipefail
+log() { printf '[prerequisites] %s\n' "$*" >&2; }
+
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    log "need $*, and apt-get is not available: install them and re-run"; exit 1
+  fi
+  log "installing $* with apt-get"
+  if [ ! -f /var/lib/apt/lists/.wa8s-updated ] ; then
+    apt-get update -qq && touch /var/lib/apt/lists/.wa8s-updated
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v cargo >/dev/null || { log "cargo is missing: install Rust (https://rustup.rs) and re-run"; exit 1; }
+if command -v rustup >/dev/null; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi
+command -v flock >/dev/null || apt_install util-linux
+# Kubernetes 1.35 needs Go >= 1.25. Debian's golang-go is older, but any go binary can fetch a
+# newer toolchain from the module proxy (GOTOOLCHAIN), so it is enough to bootstrap.
+if ! command -v go >/dev/null; then
+  apt_install golang-go
+fi
+go_minor="$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
+if [ "${go_minor:-0}" -lt 25 ]; then
+  log "go $(go env GOVERSION) is older than 1.25; using GOTOOLCHAIN=go1.25.0+auto"
+  export GOTOOLCHAIN=go1.25.0+auto
+fi

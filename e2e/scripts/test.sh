@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test wa8s has: formatting and lints, unit tests, and the tests against a real
+# kube-apiserver + etcd (built from the upstream Go modules on first use, then cached by
+# version under ~/.cache/wa8s, so later runs start in seconds).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source e2e/scripts/prerequisites.sh
+
+# Build (or find cached) upstream binaries before the Rust tests need them.
+bash e2e/scripts/build-binaries.sh etcd kube-apiserver kubectl >/dev/null
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked

@@ -1,0 +1,397 @@
+//! A real Kubernetes control plane (etcd + kube-apiserver) on loopback.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::kubectl::Kubectl;
+use crate::pki::{self, Pki};
+use crate::process::{self, Lifetime, eventually};
+use crate::{binaries, cache_dir};
+
+/// How long etcd and the API server get to become healthy.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long each process gets to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Cluster IP of the `kubernetes` Service (first address of the service range).
+const SERVICE_CIDR: &str = "10.96.0.0/16";
+const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+
+/// Errors while starting or stopping the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Binaries could not be built or found.
+    #[error(transparent)]
+    Binaries(#[from] binaries::Error),
+    /// The PKI could not be created.
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A component exited or did not become healthy in time.
+    #[error("{component} {outcome}; last lines of {log}:\n{tail}")]
+    NotHealthy {
+        /// etcd or kube-apiserver.
+        component: &'static str,
+        /// "exited during startup" or "was not healthy within …".
+        outcome: String,
+        /// Its log file.
+        log: String,
+        /// The end of its log.
+        tail: String,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// A running etcd + kube-apiserver pair and the files that describe it.
+///
+/// Guarantees: every process it started is stopped by PID on [`ControlPlane::stop`] or drop
+/// (attached ones also die with the test process). Caveat: the state directory is removed on
+/// stop, so logs of a passing run are not kept.
+#[derive(Debug)]
+pub struct ControlPlane {
+    state_dir: PathBuf,
+    kubeconfig: PathBuf,
+    server: String,
+    processes: Vec<Managed>,
+    lifetime: Lifetime,
+    kubectl: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+struct Managed {
+    name: String,
+    pid: u32,
+    exe: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver with state under `state_dir` (created, and emptied if
+    /// it holds a stopped control plane), and waits until the API server is ready.
+    pub fn start(state_dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
+        let bins = binaries::ensure(&["etcd", "kube-apiserver", "kubectl"])?;
+        let (etcd, apiserver) = (&bins["etcd"], &bins["kube-apiserver"]);
+        stop_state_dir(state_dir);
+        std::fs::create_dir_all(state_dir.join("pki"))
+            .map_err(io_err(format!("creating {}", state_dir.display())))?;
+        let state_dir = std::fs::canonicalize(state_dir)
+            .map_err(io_err(format!("resolving {}", state_dir.display())))?;
+        let pki = Pki::generate(&state_dir.join("pki"), KUBERNETES_SERVICE_IP)?;
+        let [client_port, peer_port, api_port] = free_ports()?;
+
+        let mut cp = ControlPlane {
+            kubeconfig: state_dir.join("kubeconfig"),
+            server: format!("https://127.0.0.1:{api_port}"),
+            state_dir,
+            processes: Vec::new(),
+            lifetime,
+            kubectl: bins["kubectl"].clone(),
+        };
+
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut cmd = Command::new(etcd);
+        cmd.args([
+            "--name",
+            "default",
+            "--log-level",
+            "warn",
+            "--unsafe-no-fsync",
+        ])
+        .arg(format!(
+            "--data-dir={}",
+            cp.state_dir.join("etcd").display()
+        ))
+        .arg(format!("--listen-client-urls={etcd_url}"))
+        .arg(format!("--advertise-client-urls={etcd_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=default={peer_url}"));
+        cp.spawn("etcd", etcd, cmd)?;
+        cp.wait_healthy("etcd", || etcd_healthy(client_port))?;
+
+        let mut cmd = Command::new(apiserver);
+        cmd.arg(format!("--etcd-servers={etcd_url}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg(format!("--secure-port={api_port}"))
+            .arg(format!("--cert-dir={}", cp.state_dir.join("pki").display()))
+            .arg(format!("--tls-cert-file={}", pki.apiserver_cert.display()))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.apiserver_key.display()
+            ))
+            .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.service_account_pub.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.service_account_key.display()
+            ))
+            .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
+            .args(["--authorization-mode=Node,RBAC", "--allow-privileged=true"])
+            .args(["--profiling=false", "--v=1"]);
+        cp.spawn("kube-apiserver", apiserver, cmd)?;
+        cp.write_kubeconfig(&pki)?;
+        let kubectl = cp.kubectl();
+        cp.wait_healthy("kube-apiserver", || apiserver_ready(&kubectl))?;
+        Ok(cp)
+    }
+
+    /// The control plane every test in this process shares, started on first use under
+    /// `$WA8S_CACHE/run/test-<pid>`. Leftovers of earlier runs whose process is gone are
+    /// stopped and removed first.
+    pub fn shared() -> Result<&'static ControlPlane, String> {
+        static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let run = cache_dir().join("run");
+                sweep_stale(&run);
+                let dir = run.join(format!("test-{}", std::process::id()));
+                let cp =
+                    ControlPlane::start(&dir, Lifetime::Attached).map_err(|e| e.to_string())?;
+                stop_at_exit(cp.state_dir());
+                Ok(cp)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The real kubectl (same version as the API server), with an admin kubeconfig.
+    pub fn kubectl(&self) -> Kubectl {
+        Kubectl::new(&self.kubectl, &self.kubeconfig)
+    }
+
+    /// Path of an admin kubeconfig for this control plane.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API server's URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Where state, logs and pid files live.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Stops every process (API server first) and removes the state directory.
+    pub fn stop(&mut self) {
+        for p in self.processes.drain(..).rev() {
+            process::terminate(p.pid, Some(&p.exe), STOP_GRACE);
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+
+    fn spawn(&mut self, name: &str, exe: &Path, cmd: Command) -> Result<(), Error> {
+        let log = self.state_dir.join(format!("{name}.log"));
+        let pid = process::spawn(cmd, &log, self.lifetime)
+            .map_err(io_err(format!("starting {}", exe.display())))?;
+        self.processes.push(Managed {
+            name: name.to_owned(),
+            pid,
+            exe: exe.to_owned(),
+        });
+        self.write_pids()
+    }
+
+    /// Records `name pid exe` lines so `stop_state_dir` can stop a control plane started by
+    /// another process (`wa8s-cluster down`, or a sweep after a crashed test run).
+    fn write_pids(&self) -> Result<(), Error> {
+        let text: String = self
+            .processes
+            .iter()
+            .map(|p| format!("{} {} {}\n", p.name, p.pid, p.exe.display()))
+            .collect();
+        std::fs::write(self.state_dir.join("pids"), text).map_err(io_err("writing pids"))
+    }
+
+    fn wait_healthy(
+        &self,
+        component: &'static str,
+        mut healthy: impl FnMut() -> bool,
+    ) -> Result<(), Error> {
+        let me = self.processes.iter().find(|p| p.name == component);
+        let ok = eventually(START_TIMEOUT, Duration::from_millis(250), || {
+            if healthy() {
+                return Some(true);
+            }
+            // A process that died will not become healthy: report at once.
+            me.filter(|p| !process::is_running(p.pid, None))
+                .map(|_| false)
+        });
+        let outcome = match ok {
+            Some(true) => return Ok(()),
+            Some(false) => "exited during startup".to_owned(),
+            None => format!("was not healthy within {START_TIMEOUT:?}"),
+        };
+        let log = self.state_dir.join(format!("{component}.log"));
+        Err(Error::NotHealthy {
+            component,
+            outcome,
+            log: log.display().to_string(),
+            tail: tail(&log, 30),
+        })
+    }
+
+    fn write_kubeconfig(&self, pki: &Pki) -> Result<(), Error> {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: wa8s\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: wa8s-admin\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: wa8s\n  context:\n    cluster: wa8s\n    user: wa8s-admin\ncurrent-context: wa8s\n",
+            server = self.server,
+            ca = pki.ca_cert.display(),
+            cert = pki.admin_cert.display(),
+            key = pki.admin_key.display(),
+        );
+        std::fs::write(&self.kubeconfig, text).map_err(io_err("writing kubeconfig"))
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if self.lifetime == Lifetime::Attached {
+            self.stop();
+        }
+    }
+}
+
+/// Stops the processes recorded in `state_dir/pids` (only if they still run the recorded
+/// executable) and removes the directory. Safe to call on a directory that does not exist.
+pub fn stop_state_dir(state_dir: &Path) {
+    if let Ok(text) = std::fs::read_to_string(state_dir.join("pids")) {
+        let entries: Vec<(u32, PathBuf)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ' ');
+                let (_name, pid, exe) = (f.next()?, f.next()?.parse().ok()?, f.next()?);
+                Some((pid, PathBuf::from(exe)))
+            })
+            .collect();
+        for (pid, exe) in entries.into_iter().rev() {
+            process::terminate(pid, Some(&exe), STOP_GRACE);
+        }
+    }
+    let _ = std::fs::remove_dir_all(state_dir);
+}
+
+/// Whether the control plane recorded in `state_dir` has all its processes running.
+pub fn is_up(state_dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(state_dir.join("pids")) else {
+        return false;
+    };
+    let mut n = 0;
+    for l in text.lines() {
+        let mut f = l.splitn(3, ' ');
+        let (Some(_), Some(pid), Some(exe)) = (f.next(), f.next(), f.next()) else {
+            return false;
+        };
+        let Ok(pid) = pid.parse() else { return false };
+        if !process::is_running(pid, Some(Path::new(exe))) {
+            return false;
+        }
+        n += 1;
+    }
+    n == 2
+}
+
+/// Removes test control planes left by runs whose process no longer exists.
+fn sweep_stale(run: &Path) {
+    let Ok(entries) = std::fs::read_dir(run) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("test-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !process::is_running(pid, None) {
+            stop_state_dir(&e.path());
+        }
+    }
+}
+
+fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
+    // Hold every listener until all ports are chosen so the kernel cannot hand one out twice.
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(io_err("choosing free ports"))?;
+    let mut ports = [0u16; N];
+    for (slot, l) in ports.iter_mut().zip(&listeners) {
+        *slot = l
+            .local_addr()
+            .map_err(io_err("choosing free ports"))?
+            .port();
+    }
+    Ok(ports)
+}
+
+fn etcd_healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
+fn apiserver_ready(kubectl: &Kubectl) -> bool {
+    kubectl
+        .ok(&["get", "--raw=/readyz"])
+        .map(|body| body.trim() == "ok")
+        .unwrap_or(false)
+}
+
+/// The shared control plane lives in a static that is never dropped; its processes would die
+/// with the test process anyway (PR_SET_PDEATHSIG), but stopping them by PID and removing the
+/// state directory at exit leaves nothing behind.
+fn stop_at_exit(dir: &Path) {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn stop() {
+        if let Some(dir) = DIR.get() {
+            stop_state_dir(dir);
+        }
+    }
+    if DIR.set(dir.to_owned()).is_ok() {
+        register_at_exit(stop);
+    }
+}
+
+#[allow(unsafe_code)]
+fn register_at_exit(f: extern "C" fn()) {
+    // SAFETY: atexit only records the function pointer; `f` is a plain extern "C" fn.
+    unsafe {
+        libc::atexit(f);
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

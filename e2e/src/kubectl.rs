@@ -1,0 +1,190 @@
+//! The real `kubectl`, pointed at a test control plane, with a deadline on every call.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::process::{self, eventually};
+use crate::repo_root;
+
+/// Deadline for one kubectl invocation.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors from running kubectl.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// kubectl could not be run or did not finish in time.
+    #[error("running kubectl {args}: {source}")]
+    Run {
+        /// Its arguments.
+        args: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// kubectl ran and failed.
+    #[error("kubectl {args} failed: {stderr}")]
+    Failed {
+        /// Its arguments.
+        args: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A condition was not reached in time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
+
+/// What one kubectl call printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Whether it exited 0.
+    pub success: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// kubectl with a fixed kubeconfig.
+#[derive(Debug, Clone)]
+pub struct Kubectl {
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    /// The kubectl at `binary`, talking to the cluster in `kubeconfig`.
+    pub fn new(binary: &Path, kubeconfig: &Path) -> Self {
+        Kubectl {
+            binary: binary.to_owned(),
+            kubeconfig: kubeconfig.to_owned(),
+        }
+    }
+
+    /// Runs kubectl with `args` (and `stdin`, if given); a non-zero exit is not an error here.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<Output, Error> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--request-timeout=30s")
+            .args(args);
+        let out = process::run_with_input(cmd, stdin.map(|s| s.as_bytes().to_vec()), CALL_TIMEOUT)
+            .map_err(|source| Error::Run {
+                args: args.join(" "),
+                source,
+            })?;
+        Ok(Output {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Runs kubectl with `args`; a non-zero exit is not an error here.
+    pub fn run(&self, args: &[&str]) -> Result<Output, Error> {
+        self.run_with_stdin(args, None)
+    }
+
+    /// Runs kubectl with `args` and returns stdout; a non-zero exit is an error.
+    pub fn ok(&self, args: &[&str]) -> Result<String, Error> {
+        let out = self.run(args)?;
+        if out.success {
+            Ok(out.stdout)
+        } else {
+            Err(Error::Failed {
+                args: args.join(" "),
+                stderr: out.stderr,
+            })
+        }
+    }
+
+    /// Server-side applies `manifest` (YAML or JSON) in `namespace`.
+    pub fn apply(&self, namespace: &str, manifest: &str) -> Result<Output, Error> {
+        self.run_with_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=wa8s-e2e",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+            ],
+            Some(manifest),
+        )
+    }
+
+    /// Installs (or updates) the committed WebAssembly CRD and waits until it is served.
+    pub fn install_crd(&self) -> Result<(), Error> {
+        let crd = repo_root().join("crds/webassembly.yaml");
+        self.ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=wa8s-e2e",
+            "-f",
+            &crd.to_string_lossy(),
+        ])?;
+        self.ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/webassemblies.wa8s.reconciler.io",
+        ])?;
+        Ok(())
+    }
+
+    /// Creates a namespace with a unique name starting with `prefix`; it is deleted when
+    /// the returned guard drops.
+    pub fn namespace(&self, prefix: &str) -> Result<Namespace, Error> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let name = format!(
+            "{prefix}-{:x}{:x}{:x}",
+            std::process::id() % 0x1000,
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            nanos % 0x10000
+        );
+        self.ok(&["create", "namespace", &name])?;
+        Ok(Namespace {
+            name,
+            kubectl: self.clone(),
+        })
+    }
+
+    /// Retries `check` until it returns `Some`, for up to `timeout`.
+    pub fn eventually<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut(&Kubectl) -> Option<T>,
+    ) -> Result<T, Error> {
+        eventually(timeout, Duration::from_millis(250), || check(self))
+            .ok_or_else(|| Error::Timeout(timeout, what.to_owned()))
+    }
+}
+
+/// A namespace owned by one test; deleted (without waiting) on drop.
+#[derive(Debug)]
+pub struct Namespace {
+    name: String,
+    kubectl: Kubectl,
+}
+
+impl Namespace {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self
+            .kubectl
+            .run(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}

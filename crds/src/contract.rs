@@ -1,0 +1,301 @@
+//! The pod contract: what the operator tells the shim about one pod, beyond ordinary pod
+//! fields (image pinned by digest, env, volumes, resources).
+//!
+//! It travels as one JSON document in the pod annotation [`POLICY_ANNOTATION`]. The operator
+//! builds it with [`Policy::from_spec`]; the shim reads it with [`Policy::from_annotations`].
+//!
+//! Guarantees: the shim fails closed. A missing annotation means "deny everything"; a document
+//! with an unknown `version` or an unknown field is refused, because a field this shim does
+//! not know could be a restriction it would otherwise silently drop. Any change to what a field
+//! means is a new version.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DEFAULT_PORT, WebAssemblySpec};
+
+/// Annotation holding the JSON policy document.
+pub const POLICY_ANNOTATION: &str = "wa8s.reconciler.io/policy";
+/// The contract version this crate writes and understands.
+pub const CONTRACT_VERSION: u32 = 1;
+/// Request deadline when the object sets none.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Concurrent requests per pod when the object sets none.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 100;
+
+/// Errors reading the contract.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The annotation is not valid JSON for this version (including unknown fields).
+    #[error("annotation {POLICY_ANNOTATION} is not a valid policy document: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The document was written for a contract version this shim does not know.
+    #[error(
+        "annotation {POLICY_ANNOTATION} has contract version {found}; this runtime understands version {CONTRACT_VERSION} (upgrade the wa8s node runtime)"
+    )]
+    UnsupportedVersion {
+        /// The version in the document.
+        found: u32,
+    },
+}
+
+/// The grants and limits for every Wasm container of one pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policy {
+    /// Contract version; see [`CONTRACT_VERSION`].
+    pub version: u32,
+    /// Directories to preopen. The volume for each is mounted in the container at `path`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<FsPolicy>,
+    /// Names of container environment variables the guest may see (the object's `env`
+    /// names plus `wasi.env` grants). Every other variable is hidden.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Outbound host patterns (see [`crate::HostPattern`]); empty denies all outbound traffic,
+    /// name lookups included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// Resource limits the runtime enforces.
+    pub limits: Limits,
+    /// Port an HTTP component serves on.
+    pub port: u16,
+}
+
+/// One preopened directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FsPolicy {
+    /// Absolute path in the guest (and mount path in the container).
+    pub path: String,
+    /// Writes fail in the guest.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Bytes the guest may store under `path`; writes past it fail with ENOSPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size_bytes: Option<u64>,
+}
+
+/// Runtime limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Linear-memory cap per instance, in bytes; `None` leaves only the pod's memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Wall-clock deadline per request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Most requests handled at once.
+    pub max_concurrent_requests: u32,
+}
+
+impl Policy {
+    /// The policy that denies everything (no annotation on the pod).
+    pub fn deny_all() -> Self {
+        Policy {
+            version: CONTRACT_VERSION,
+            fs: Vec::new(),
+            env: Vec::new(),
+            allowed_hosts: Vec::new(),
+            limits: Limits {
+                memory_bytes: None,
+                request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+                max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            },
+            port: DEFAULT_PORT as u16,
+        }
+    }
+
+    /// The policy for pods of a `WebAssembly` object. Pure: the operator's desired state.
+    pub fn from_spec(spec: &WebAssemblySpec) -> Self {
+        let wasi = spec.wasi.clone().unwrap_or_default();
+        let mut env: Vec<String> = spec.env.iter().map(|e| e.name.0.clone()).collect();
+        env.extend(wasi.env.iter().map(|n| n.0.clone()));
+        env.sort();
+        env.dedup();
+        let allowed_hosts = wasi
+            .network
+            .iter()
+            .filter(|n| n.outbound)
+            .flat_map(|n| n.allowed_hosts.iter().map(|h| h.0.clone()))
+            .collect();
+        let limits = spec.limits.clone().unwrap_or_default();
+        Policy {
+            version: CONTRACT_VERSION,
+            fs: wasi
+                .fs
+                .iter()
+                .map(|f| FsPolicy {
+                    path: f.path.0.clone(),
+                    read_only: f.read_only.unwrap_or(false),
+                    max_size_bytes: f.max_size.as_ref().and_then(|q| q.to_bytes()),
+                })
+                .collect(),
+            env,
+            allowed_hosts,
+            limits: Limits {
+                memory_bytes: spec
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.memory.as_ref())
+                    .and_then(|q| q.to_bytes()),
+                request_timeout_ms: limits
+                    .request_timeout
+                    .as_deref()
+                    .and_then(parse_duration_ms)
+                    .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
+                max_concurrent_requests: limits
+                    .max_concurrent_requests
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            },
+            port: spec
+                .port
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(DEFAULT_PORT as u16),
+        }
+    }
+
+    /// The annotations that carry this policy.
+    pub fn to_annotations(&self) -> BTreeMap<String, String> {
+        // Serializing plain structs of strings and integers cannot fail.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        BTreeMap::from([(POLICY_ANNOTATION.to_owned(), json)])
+    }
+
+    /// Reads the policy from a pod's (or OCI spec's) annotations; no annotation means
+    /// [`Policy::deny_all`].
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Result<Self, Error> {
+        let Some(json) = annotations.get(POLICY_ANNOTATION) else {
+            return Ok(Policy::deny_all());
+        };
+        // Check the version first so a newer document gets the clearer error.
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let Versioned { version } = serde_json::from_str(json)?;
+        if version != CONTRACT_VERSION {
+            return Err(Error::UnsupportedVersion { found: version });
+        }
+        Ok(serde_json::from_str(json)?)
+    }
+}
+
+/// Parses the durations the API accepts (`500ms`, `30s`, `1m30s`, `2h`) into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(n.checked_mul(unit_ms)?)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WebAssembly;
+
+    fn seed() -> WebAssembly {
+        let text = include_str!("../../examples/deploy.yaml");
+        yaml_serde::from_str(text).expect("examples/deploy.yaml parses")
+    }
+
+    #[test]
+    fn the_seed_manifest_becomes_the_expected_policy() {
+        let policy = Policy::from_spec(&seed().spec);
+        assert_eq!(
+            policy,
+            Policy {
+                version: 1,
+                fs: vec![
+                    FsPolicy {
+                        path: "/config".into(),
+                        read_only: true,
+                        max_size_bytes: None
+                    },
+                    FsPolicy {
+                        path: "/tmp".into(),
+                        read_only: false,
+                        max_size_bytes: Some(1 << 30)
+                    },
+                ],
+                env: vec!["ALLOWED_ORIGINS".into(), "CACHE_SIZE".into()],
+                allowed_hosts: vec!["*.internal.example.com".into()],
+                limits: Limits {
+                    memory_bytes: Some(32 << 20),
+                    request_timeout_ms: 30_000,
+                    max_concurrent_requests: 100
+                },
+                port: 8080,
+            }
+        );
+    }
+
+    #[test]
+    fn what_the_operator_writes_the_shim_reads_back_identically() {
+        let policy = Policy::from_spec(&seed().spec);
+        let read = Policy::from_annotations(&policy.to_annotations()).expect("reads back");
+        assert_eq!(read, policy);
+    }
+
+    #[test]
+    fn a_pod_without_the_annotation_gets_nothing() {
+        let policy = Policy::from_annotations(&BTreeMap::new()).expect("no annotation is fine");
+        assert_eq!(policy, Policy::deny_all());
+        assert!(policy.fs.is_empty() && policy.env.is_empty() && policy.allowed_hosts.is_empty());
+    }
+
+    #[test]
+    fn a_newer_contract_version_is_refused_with_an_upgrade_hint() {
+        let ann = BTreeMap::from([(POLICY_ANNOTATION.to_owned(), r#"{"version":2}"#.to_owned())]);
+        let err = Policy::from_annotations(&ann).expect_err("version 2 refused");
+        assert!(err.to_string().contains("contract version 2"), "{err}");
+        assert!(err.to_string().contains("upgrade"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_rather_than_ignored() {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&Policy::deny_all().to_annotations()[POLICY_ANNOTATION])
+                .expect("json");
+        json["denyEverything"] = serde_json::json!(true);
+        let ann = BTreeMap::from([(POLICY_ANNOTATION.to_owned(), json.to_string())]);
+        let err = Policy::from_annotations(&ann).expect_err("unknown field refused");
+        assert!(err.to_string().contains("denyEverything"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_like_the_schema_accepts_them() {
+        assert_eq!(parse_duration_ms("500ms"), Some(500));
+        assert_eq!(parse_duration_ms("30s"), Some(30_000));
+        assert_eq!(parse_duration_ms("1m30s"), Some(90_000));
+        assert_eq!(parse_duration_ms("2h"), Some(7_200_000));
+        for bad in ["", "s", "10", "1d", "-1s", "1.5s"] {
+            assert_eq!(parse_duration_ms(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -367,6 +367,27 @@ pub struct FsSource {
 #[serde(transparent)]
 pub struct GuestPath(pub String);
 
+impl GuestPath {
+    /// Checks `path` with the same rules the CRD's CEL validation applies, for callers that
+    /// take grants from elsewhere (the `wa8s run --dir` flag).
+    pub fn validate(path: &str) -> Result<(), String> {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "'{path}' is relative: use an absolute path inside the guest, such as /config"
+            ));
+        }
+        if path.split('/').any(|s| s == "." || s == "..") {
+            return Err(format!("'{path}' contains a '.' or '..' segment"));
+        }
+        if path != "/" && (path.ends_with('/') || path.contains("//")) {
+            return Err(format!(
+                "'{path}' is not normalized: no trailing slash and no empty segments"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl JsonSchema for GuestPath {
     fn schema_name() -> Cow<'static, str> {
         "GuestPath".into()

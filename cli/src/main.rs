@@ -1,0 +1,259 @@
+//! `wa8s`: run WebAssembly components locally with the same grants as the WebAssembly CRD.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use wa8s_api::contract::parse_duration_ms;
+use wa8s_api::{GuestPath, Quantity};
+use wa8s_host::{
+    DirGrant, EngineConfig, Error as HostError, Grants, HostEngine, Kind, NetworkPolicy, Program,
+    ServeOptions, Server, Stdio,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wa8s",
+    version,
+    about = "Run WebAssembly components the way wa8s runs them on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a component: serve it when it exports wasi:http (with --listen), else run it to
+    /// completion. Nothing is granted unless a flag grants it.
+    ///
+    /// Exit status: the guest's own for cli programs; 124 when it ran past --timeout; 134
+    /// when it trapped; 2 when wa8s could not start it (bad flag, file, binary or grant).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The component (.wasm) or preview1 command module.
+    file: PathBuf,
+    /// Serve a wasi:http component on this address, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Preopen a host directory: HOST:GUEST or HOST:GUEST:ro (read-only).
+    #[arg(long = "dir", value_name = "HOST:GUEST[:ro]")]
+    dirs: Vec<String>,
+    /// Give the guest a variable: K=V.
+    #[arg(long = "env", value_name = "K=V")]
+    envs: Vec<String>,
+    /// Pass this variable from wa8s's own environment (like the CRD's wasi.env).
+    #[arg(long = "allow-env", value_name = "NAME")]
+    allow_env: Vec<String>,
+    /// Allow outbound traffic to a host pattern (like allowedHosts): host, *.suffix, * or an
+    /// IP, optional :port and scheme://.
+    #[arg(long = "allow-host", value_name = "PATTERN")]
+    allow_hosts: Vec<String>,
+    /// Cap each instance's linear memory, e.g. 32Mi.
+    #[arg(long, value_name = "QUANTITY")]
+    memory: Option<String>,
+    /// Deadline per request (serving) or for the whole run, e.g. 5s, 500ms.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Most requests handled at once when serving.
+    #[arg(long, default_value_t = 100)]
+    max_concurrent_requests: usize,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    grace: String,
+    /// Arguments for the guest.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WA8S_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Run(args) => runtime.block_on(run(args)),
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let (program, grants) = match prepare(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match (args.listen, program.kind()) {
+        (Some(addr), _) => serve(&program, grants, addr, &args.grace).await,
+        (None, Kind::Http) => {
+            eprintln!(
+                "error: {} exports wasi:http/incoming-handler: serve it with --listen ADDR",
+                args.file.display()
+            );
+            ExitCode::from(2)
+        }
+        (None, _) => match program.run(&grants).await {
+            Ok(status) => ExitCode::from(u8::try_from(status.code() & 0xff).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(match e {
+                    HostError::Deadline(_) => 124,
+                    HostError::Trap(_) => 134,
+                    _ => 2,
+                })
+            }
+        },
+    }
+}
+
+async fn serve(program: &Program, grants: Grants, addr: SocketAddr, grace: &str) -> ExitCode {
+    let result: Result<()> = async {
+        let grace = duration(grace).context("--grace")?;
+        let server = Server::bind(
+            program,
+            grants,
+            ServeOptions {
+                addr,
+                shutdown_grace: grace,
+            },
+        )
+        .await?;
+        eprintln!("serving http://{}", server.local_addr()?);
+        server.run(shutdown_signal()).await?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+    eprintln!("shutting down: finishing in-flight requests");
+}
+
+fn prepare(args: &RunArgs) -> Result<(Program, Grants)> {
+    let mut grants = Grants {
+        args: std::iter::once(
+            args.file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "main".into()),
+        )
+        .chain(args.args.iter().cloned())
+        .collect(),
+        stdout: Stdio::Inherit,
+        stderr: Stdio::Inherit,
+        ..Grants::default()
+    };
+    for kv in &args.envs {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--env {kv:?}: expected NAME=VALUE"))?;
+        grants.env.push((k.to_owned(), v.to_owned()));
+    }
+    for name in &args.allow_env {
+        if let Ok(v) = std::env::var(name) {
+            grants.env.push((name.clone(), v));
+        }
+    }
+    for d in &args.dirs {
+        grants
+            .dirs
+            .push(dir_grant(d).with_context(|| format!("--dir {d:?}"))?);
+    }
+    grants.network = NetworkPolicy::new(&args.allow_hosts, Vec::new())?;
+    if let Some(m) = &args.memory {
+        let q = Quantity::from(m.as_str());
+        let bytes = q
+            .to_bytes()
+            .filter(|b| *b > 0)
+            .ok_or_else(|| anyhow!("--memory {m:?}: expected a positive quantity such as 32Mi"))?;
+        grants.limits.memory_bytes = Some(bytes);
+    }
+    if let Some(t) = &args.timeout {
+        grants.limits.timeout = Some(duration(t).context("--timeout")?);
+    }
+    grants.limits.max_concurrent_requests = args.max_concurrent_requests;
+    grants.validate()?;
+
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let engine = HostEngine::new(&EngineConfig {
+        pooled_instances: args.listen.map(|_| {
+            u32::try_from(args.max_concurrent_requests)
+                .unwrap_or(u32::MAX)
+                .clamp(1, 1000)
+        }),
+        ..EngineConfig::default()
+    })?;
+    let program = Program::load(&engine, &bytes)
+        .with_context(|| format!("loading {}", args.file.display()))?;
+    Ok((program, grants))
+}
+
+fn dir_grant(spec: &str) -> Result<DirGrant> {
+    let mut parts: Vec<&str> = spec.split(':').collect();
+    let read_only = match parts.last() {
+        Some(&"ro") => {
+            parts.pop();
+            true
+        }
+        Some(&"rw") => {
+            parts.pop();
+            false
+        }
+        _ => false,
+    };
+    let [host, guest] = parts[..] else {
+        bail!("expected HOST:GUEST or HOST:GUEST:ro");
+    };
+    GuestPath::validate(guest).map_err(|e| anyhow!(e))?;
+    Ok(DirGrant {
+        host: PathBuf::from(host),
+        guest: guest.to_owned(),
+        read_only,
+    })
+}
+
+fn duration(text: &str) -> Result<Duration> {
+    parse_duration_ms(text)
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| anyhow!("{text:?} is not a positive duration such as 500ms, 30s or 1m"))
+}

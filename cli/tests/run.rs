@@ -1,0 +1,183 @@
+//! The `wa8s run` command as users call it: the real binary, real files, real sockets.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wa8s_test_components as guests;
+
+fn wa8s() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wa8s"))
+}
+
+fn guest(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).expect("write guest");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn wa8s_run_prints_the_guest_output_and_returns_its_exit_code() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = wa8s()
+        .args(["run", &guest(&dir, "hello.wasm", guests::HELLO_COMPONENT)])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from wasm\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "hello on stderr\n");
+    let out = wa8s()
+        .args(["run", &guest(&dir, "exit3.wasm", guests::EXIT3_CORE)])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn grants_on_the_command_line_work_like_the_crd() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = tempfile::tempdir().expect("tmp");
+    std::fs::write(data.path().join("note.txt"), "granted\n").expect("write");
+    let env = guest(&dir, "env.wasm", guests::ENV_COMPONENT);
+    let out = wa8s()
+        .args([
+            "run",
+            "--env",
+            "A=1",
+            "--allow-env",
+            "WA8S_TEST_GRANTED",
+            &env,
+        ])
+        .env("WA8S_TEST_GRANTED", "yes")
+        .env("WA8S_TEST_HIDDEN", "no")
+        .output()
+        .expect("runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "A=1\nWA8S_TEST_GRANTED=yes\n"
+    );
+
+    let probe = guest(&dir, "fsprobe.wasm", guests::FSPROBE_COMPONENT);
+    let ro = format!("{}:/data:ro", data.path().display());
+    let out = wa8s()
+        .args(["run", "--dir", &ro, &probe, "--", "3", "r", "note.txt"])
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("granted\n"));
+    let out = wa8s()
+        .args(["run", "--dir", &ro, &probe, "--", "3", "w", "new.txt"])
+        .output()
+        .expect("runs");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("errno=0"));
+    assert!(!data.path().join("new.txt").exists());
+}
+
+#[test]
+fn bad_flags_and_bad_files_exit_2_with_a_message_naming_the_problem() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hello = guest(&dir, "hello.wasm", guests::HELLO_COMPONENT);
+    let junk = guest(&dir, "junk.wasm", b"not wasm at all");
+    for (args, says) in [
+        (
+            vec!["run", "--dir", "/tmp:relative", hello.as_str()],
+            "'relative' is relative",
+        ),
+        (
+            vec!["run", "--dir", "/nonexistent/x:/data", hello.as_str()],
+            "/nonexistent/x is not a directory",
+        ),
+        (
+            vec!["run", "--memory", "lots", hello.as_str()],
+            "--memory \"lots\"",
+        ),
+        (
+            vec!["run", "--timeout", "soon", hello.as_str()],
+            "\"soon\" is not a positive duration",
+        ),
+        (
+            vec!["run", "--allow-host", "exa mple.com", hello.as_str()],
+            "is not a host pattern",
+        ),
+        (
+            vec!["run", "--env", "NOEQUALS", hello.as_str()],
+            "expected NAME=VALUE",
+        ),
+        (vec!["run", junk.as_str()], "not a WebAssembly binary"),
+        (
+            vec!["run", "/nonexistent/file.wasm"],
+            "reading /nonexistent/file.wasm",
+        ),
+    ] {
+        let out = wa8s().args(&args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_runaway_guest_exits_124_at_its_timeout() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = wa8s()
+        .args([
+            "run",
+            "--timeout",
+            "300ms",
+            &guest(&dir, "loop.wasm", guests::LOOP_COMPONENT),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(124));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deadline of 300ms"));
+}
+
+#[test]
+fn wa8s_run_listen_serves_http_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let http = guest(&dir, "http.wasm", guests::HTTP_COMPONENT);
+    let out = wa8s().args(["run", &http]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serve it with --listen"));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = wa8s()
+        .args(["run", "--listen", &addr, &http])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let response = loop {
+        if let Ok(mut s) = TcpStream::connect(&addr) {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .expect("write");
+            let mut text = String::new();
+            s.read_to_string(&mut text).expect("read");
+            break text;
+        }
+        assert!(Instant::now() < deadline, "server never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("hello from wasm"), "{response}");
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "wa8s did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Benchmarks `wa8s run --listen` against `wasmtime serve` (same Wasmtime version) on the same
+# HTTP hello component, with the same load generator (wrk) on the same cores.
+#
+#   shim/host/bench/http-vs-wasmtime-serve.sh [DURATION_S] [CONNECTIONS]
+#
+# Prints a Markdown table: requests/s, latency p50/p99, time from process start to the first
+# 200, and idle RSS. Installs wrk (Debian) and wasmtime-cli 48.0.8 (crates.io, cached under
+# ~/.cache/wa8s) when missing; builds wa8s in release mode.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
+duration="${1:-10}"
+conns="${2:-50}"
+cache="${WA8S_CACHE:-$HOME/.cache/wa8s}"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+wasmtime="$cache/wasmtime-cli-48.0.8/bin/wasmtime"
+if [ ! -x "$wasmtime" ]; then
+  echo "installing wasmtime-cli 48.0.8 (about 10 minutes once)" >&2
+  cargo install --quiet --locked wasmtime-cli@48.0.8 --root "$cache/wasmtime-cli-48.0.8"
+fi
+cargo build --quiet --release -p wa8s-cli
+cargo run --quiet --release -p wa8s-test-components --example write-guests -- "$work" >/dev/null
+wa8s="target/release/wa8s"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Starts a server, records ms from spawn to the first 200, and leaves its PID in $server_pid.
+start() {
+  local port="$1"; shift
+  local t0 t1
+  t0=$(date +%s%N)
+  "$@" >"$work/server.log" 2>&1 &
+  server_pid=$!
+  pids+=("$server_pid")
+  for _ in $(seq 1 3000); do
+    if curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1; then
+      t1=$(date +%s%N); first_ms=$(( (t1 - t0) / 1000000 )); return 0
+    fi
+    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; return 1; }
+    sleep 0.005
+  done
+  echo "server on $port never answered" >&2; return 1
+}
+
+measure() {
+  local name="$1" port="$2"; shift 2
+  start "$port" "$@"
+  local rss_kb
+  rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")
+  wrk -t2 -c"$conns" -d2s "http://127.0.0.1:$port/" >/dev/null   # warm up
+  local out
+  out=$(wrk -t2 -c"$conns" -d"${duration}s" --latency "http://127.0.0.1:$port/")
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errors=$(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr '\n' ' ' || true)
+  printf '| %s | %s | %s | %s | %s ms | %s MiB | %s |\n' "$name" "$rps" "$p50" "$p99" "$first_ms" \
+    "$(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k/1024}')" "${errors:-none}"
+  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+}
+
+echo "| server | requests/s | p50 | p99 | start → first 200 | idle RSS | errors |"
+echo "|---|---|---|---|---|---|---|"
+p=$(free_port); measure "wa8s run --listen" "$p" "$wa8s" run --listen "127.0.0.1:$p" --max-concurrent-requests 1000 "$work/http.wasm"
+p=$(free_port); measure "wasmtime serve" "$p" "$wasmtime" serve --addr "127.0.0.1:$p" "$work/http.wasm"
+echo
+echo "wrk -t2 -c$conns -d${duration}s --latency; $(nproc) cores; $(uname -r); component: shim/test-components/fixtures/http.wat"

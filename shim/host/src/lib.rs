@@ -1,0 +1,26 @@
+//! The wa8s Wasm host: every Wasmtime call wa8s makes lives in this crate.
+//!
+//! It loads a binary ([`Program::load`]), decides what it is (a `wasi:http` component, a
+//! `wasi:cli` component, or a preview1 command module) and runs it under [`Grants`] that
+//! deny everything not granted: no files, no environment, no network. The containerd shim
+//! and the `wa8s run` command both use it, so a component behaves the same on a laptop and in
+//! a pod. No containerd or Kubernetes types appear here.
+
+mod engine;
+mod error;
+mod grants;
+mod outbound;
+mod program;
+mod run;
+mod serve;
+mod state;
+
+pub use engine::{EngineConfig, HostEngine};
+pub use error::Error;
+pub use grants::{Capture, DirGrant, Grants, Limits, NetworkPolicy, Stdio};
+pub use program::{Kind, Program};
+pub use run::ExitStatus;
+pub use serve::{ServeOptions, ServeStats, Server};
+
+/// The Wasmtime version this host embeds (part of every precompile cache key).
+pub const WASMTIME_VERSION: &str = "48.0.8";

@@ -1,0 +1,155 @@
+//! Loading a binary and deciding what it is.
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{InstancePre, Module};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::error::chain;
+use crate::state::{GuestState, P1State};
+use crate::{Error, HostEngine};
+
+/// Interfaces this host implements; a component importing anything else cannot link.
+const PROVIDED: &[&str] = &[
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:random/",
+    "wasi:sockets/",
+    "wasi:http/",
+];
+
+/// What a program is, which decides how it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A component exporting `wasi:http/incoming-handler`: served over HTTP.
+    Http,
+    /// A component exporting `wasi:cli/run`: runs to completion.
+    Cli,
+    /// A WASI preview1 core module exporting `_start`: runs to completion.
+    CoreCommand,
+}
+
+/// A compiled, linked program, ready to instantiate any number of times.
+#[derive(Clone)]
+pub struct Program {
+    pub(crate) engine: HostEngine,
+    pub(crate) inner: Inner,
+}
+
+#[derive(Clone)]
+pub(crate) enum Inner {
+    Http(ProxyPre<GuestState>),
+    Cli(CommandPre<GuestState>),
+    Core(InstancePre<P1State>),
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("kind", &self.kind())
+            .finish()
+    }
+}
+
+impl Program {
+    /// Compiles `bytes` (a component or a core module) and links it against WASI.
+    pub fn load(engine: &HostEngine, bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.is_empty() {
+            return Err(Error::Empty);
+        }
+        if wasmparser::Parser::is_component(bytes) {
+            let c = Component::new(&engine.engine, bytes).map_err(|e| Error::Invalid(chain(&e)))?;
+            Program::from_component(engine, c)
+        } else if wasmparser::Parser::is_core_wasm(bytes) {
+            let m = Module::new(&engine.engine, bytes).map_err(|e| Error::Invalid(chain(&e)))?;
+            Program::from_module(engine, m)
+        } else {
+            let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            Err(Error::NotWasm(format!("bytes {}", head.join(" "))))
+        }
+    }
+
+    pub(crate) fn from_component(engine: &HostEngine, c: Component) -> Result<Self, Error> {
+        let mut linker = Linker::<GuestState>::new(&engine.engine);
+        // The whole of WASI p2 is linked (mainstream toolchains import wasi:cli, filesystem and
+        // sockets even for HTTP handlers); the grants decide what any of it may reach.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| Error::Engine(chain(&e)))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| Error::Engine(chain(&e)))?;
+        let pre = linker
+            .instantiate_pre(&c)
+            .map_err(|e| unsatisfied(engine, &c, &e))?;
+        if let Ok(http) = ProxyPre::new(pre.clone()) {
+            return Ok(Program {
+                engine: engine.clone(),
+                inner: Inner::Http(http),
+            });
+        }
+        if let Ok(cli) = CommandPre::new(pre) {
+            return Ok(Program {
+                engine: engine.clone(),
+                inner: Inner::Cli(cli),
+            });
+        }
+        let exports: Vec<String> = c
+            .component_type()
+            .exports(&engine.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        Err(Error::NoEntryPoint(if exports.is_empty() {
+            "none".into()
+        } else {
+            exports.join(", ")
+        }))
+    }
+
+    pub(crate) fn from_module(engine: &HostEngine, m: Module) -> Result<Self, Error> {
+        if m.get_export("_start").is_none() {
+            return Err(Error::NoStart);
+        }
+        let mut linker = wasmtime::Linker::<P1State>::new(&engine.engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut P1State| &mut s.wasi)
+            .map_err(|e| Error::Engine(chain(&e)))?;
+        let pre = linker.instantiate_pre(&m).map_err(|e| {
+            match m.imports().find(|i| i.module() != "wasi_snapshot_preview1") {
+                Some(i) => Error::UnsatisfiedImport(format!("{}::{}", i.module(), i.name())),
+                None => Error::Invalid(chain(&e)),
+            }
+        })?;
+        Ok(Program {
+            engine: engine.clone(),
+            inner: Inner::Core(pre),
+        })
+    }
+
+    /// What the program is.
+    pub fn kind(&self) -> Kind {
+        match self.inner {
+            Inner::Http(_) => Kind::Http,
+            Inner::Cli(_) => Kind::Cli,
+            Inner::Core(_) => Kind::CoreCommand,
+        }
+    }
+}
+
+fn unsatisfied(engine: &HostEngine, c: &Component, e: &wasmtime::Error) -> Error {
+    let ty = c.component_type();
+    let missing = ty
+        .imports(&engine.engine)
+        .map(|(name, _)| name)
+        .find(|name| !PROVIDED.iter().any(|p| name.starts_with(p)));
+    if let Some(name) = missing {
+        return Error::UnsatisfiedImport(name.to_owned());
+    }
+    // A WASI interface at a version this host lacks: wasmtime names it in backquotes.
+    let text = chain(e);
+    match text.split('`').nth(1) {
+        Some(name) if text.contains("matching implementation was not found") => {
+            Error::UnsatisfiedImport(name.to_owned())
+        }
+        _ => Error::Invalid(text),
+    }
+}

@@ -1,0 +1,281 @@
+//! Serving a wasi:http component: one pre-instantiated component, a fresh store per request,
+//! bounded concurrency, a per-request deadline, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::task::JoinSet;
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::error::chain;
+use crate::program::Inner;
+use crate::run::yield_every_tick;
+use crate::state::GuestState;
+use crate::{Error, Grants, Program};
+
+/// Where and how to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// How long in-flight requests may finish after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+/// A bound HTTP server for one wasi:http program.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    grace: Duration,
+}
+
+/// Live counters of a server, for tests, readiness and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ServeStats {
+    in_flight: Arc<AtomicUsize>,
+    served: Arc<AtomicU64>,
+}
+
+impl ServeStats {
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered so far (any status).
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+struct Shared {
+    stats: ServeStats,
+    pre: ProxyPre<GuestState>,
+    // The HostEngine, not just the wasmtime Engine: it owns the epoch ticker that makes
+    // deadlines fire, which must live as long as the server.
+    engine: crate::HostEngine,
+    grants: Grants,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("grants", &self.grants)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Validates the program and the grants, then binds the address. Nothing is bound if the
+    /// program cannot be served or a grant cannot be applied.
+    pub async fn bind(
+        program: &Program,
+        grants: Grants,
+        options: ServeOptions,
+    ) -> Result<Self, Error> {
+        let Inner::Http(pre) = &program.inner else {
+            return Err(Error::WrongKind(
+                "this program does not export wasi:http/incoming-handler: run it without --listen"
+                    .into(),
+            ));
+        };
+        grants.validate()?;
+        // Build one store's state up front so unusable grants fail now, not per request.
+        GuestState::new(&grants)?;
+        let listener = TcpListener::bind(options.addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: options.addr,
+                source,
+            })?;
+        Ok(Server {
+            listener,
+            grace: options.shutdown_grace,
+            shared: Arc::new(Shared {
+                stats: ServeStats::default(),
+                pre: pre.clone(),
+                engine: program.engine.clone(),
+                permits: Arc::new(Semaphore::new(grants.limits.max_concurrent_requests.max(1))),
+                grants,
+            }),
+        })
+    }
+
+    /// Counters that stay valid while the server runs.
+    pub fn stats(&self) -> ServeStats {
+        self.shared.stats.clone()
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+    /// for up to the grace period, and drops whatever is left.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => {
+                    let (socket, _) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("accept failed: {e}");
+                            continue;
+                        }
+                    };
+                    // Small responses should not wait for Nagle.
+                    let _ = socket.set_nodelay(true);
+                    let shared = self.shared.clone();
+                    let mut stop = stop_rx.clone();
+                    connections.spawn(async move {
+                        let service = service_fn(move |req| handle(shared.clone(), req));
+                        let conn = http1::Builder::new()
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(socket), service);
+                        tokio::pin!(conn);
+                        tokio::select! {
+                            _ = conn.as_mut() => {}
+                            _ = stop.changed() => {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = conn.await;
+                            }
+                        }
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        drop(self.listener);
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(self.grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "{} connection(s) still busy after the {:?} grace period; closing them",
+                connections.len(),
+                self.grace
+            );
+            connections.abort_all();
+        }
+        Ok(())
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<HyperOutgoingBody>, Infallible> {
+    let stats = shared.stats.clone();
+    stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    let response = match serve_one(shared, req).await {
+        Ok(resp) => resp,
+        Err((status, message)) => plain(status, message),
+    };
+    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    stats.served.fetch_add(1, Ordering::Relaxed);
+    Ok(response)
+}
+
+async fn serve_one(
+    shared: Arc<Shared>,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<HyperOutgoingBody>, (u16, String)> {
+    let internal = |e: Error| (500, e.to_string());
+    let permit = shared
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| (503, "server is shutting down".to_owned()))?;
+    let timeout = shared.grants.limits.timeout;
+    let mut store = Store::new(
+        &shared.engine.engine,
+        GuestState::new(&shared.grants).map_err(internal)?,
+    );
+    store.limiter(|s: &mut GuestState| &mut s.limits);
+    yield_every_tick(&mut store);
+    let (tx, rx) = oneshot::channel();
+    let wasm_err = |e: wasmtime::Error| (500, chain(&e));
+    let request = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+        .map_err(wasm_err)?;
+    let out = store
+        .data_mut()
+        .http()
+        .new_response_outparam(tx)
+        .map_err(wasm_err)?;
+    let pre = shared.pre.clone();
+    // The guest runs on its own task: it may keep streaming the body after it has set the
+    // response, and the store (and the concurrency permit) live until it is done.
+    let task = tokio::spawn(async move {
+        let _permit = permit;
+        crate::run::within(timeout, async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, out)
+                .await
+                .map(|()| 0)
+        })
+        .await
+    });
+    match rx.await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(code)) => Err((500, format!("guest returned an error: {code:?}"))),
+        Err(_) => {
+            // The guest ended without setting a response: report why.
+            let why = match task.await {
+                Ok(Ok(_)) => Error::Trap("the guest returned without setting a response".into()),
+                Ok(Err(e)) => e,
+                Err(e) => Error::Trap(format!("guest task failed: {e}")),
+            };
+            let status = if matches!(why, Error::Deadline(_)) {
+                503
+            } else {
+                500
+            };
+            tracing::debug!(status, "request failed: {why}");
+            Err((status, why.to_string()))
+        }
+    }
+}
+
+fn plain(status: u16, message: String) -> hyper::Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from(message + "\n"))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut resp = hyper::Response::new(body);
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,151 @@
+//! Per-instance store state and building the WASI context from [`Grants`].
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::OutputFile;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::outbound::OutboundHttp;
+use crate::{Error, Grants, Stdio};
+
+/// Store data for components (cli and http).
+pub(crate) struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: OutboundHttp,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl GuestState {
+    pub(crate) fn new(grants: &Grants) -> Result<Self, Error> {
+        Ok(GuestState {
+            wasi: builder(grants)?.build(),
+            http: WasiHttpCtx::new(),
+            hooks: OutboundHttp::new(grants.network.clone()),
+            table: ResourceTable::new(),
+            limits: limits(grants),
+        })
+    }
+}
+
+/// Store data for preview1 core modules.
+pub(crate) struct P1State {
+    pub(crate) wasi: WasiP1Ctx,
+    pub(crate) limits: StoreLimits,
+}
+
+impl P1State {
+    pub(crate) fn new(grants: &Grants) -> Result<Self, Error> {
+        Ok(P1State {
+            wasi: builder(grants)?.build_p1(),
+            limits: limits(grants),
+        })
+    }
+}
+
+fn limits(grants: &Grants) -> StoreLimits {
+    let mut b = StoreLimitsBuilder::new()
+        .instances(64)
+        // A refused memory.grow returns -1 to the guest (its allocator reports out of memory)
+        // rather than trapping, as the Wasm spec describes.
+        .trap_on_grow_failure(false);
+    if let Some(bytes) = grants.limits.memory_bytes {
+        b = b.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+    }
+    b.build()
+}
+
+fn builder(grants: &Grants) -> Result<WasiCtxBuilder, Error> {
+    let mut b = WasiCtxBuilder::new();
+    b.args(&grants.args).envs(&grants.env);
+    set_stdio(&mut b, &grants.stdout, true);
+    set_stdio(&mut b, &grants.stderr, false);
+    for d in &grants.dirs {
+        let perms = if d.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        b.preopened_dir(&d.host, &d.guest, perms)
+            .map_err(|e| Error::Grant {
+                what: format!("directory {}", d.guest),
+                reason: format!(
+                    "cannot open {}: {}",
+                    d.host.display(),
+                    crate::error::chain(&e)
+                ),
+            })?;
+    }
+    let network = grants.network.clone();
+    if network.is_open() {
+        // Sockets see addresses only; binds are allowed just for the ephemeral wildcard a
+        // client socket needs, and nothing may listen or accept.
+        b.allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(true)
+            .socket_addr_check(move |addr, use_| {
+                let allowed = match use_ {
+                    SocketAddrUse::TcpConnect => {
+                        network.socket_allowed("tcp", addr.ip(), addr.port())
+                    }
+                    SocketAddrUse::UdpSend => network.socket_allowed("udp", addr.ip(), addr.port()),
+                    SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+                        addr.ip().is_unspecified() && addr.port() == 0
+                    }
+                    _ => false,
+                };
+                Box::pin(async move { allowed })
+            });
+    }
+    Ok(b)
+}
+
+fn set_stdio(b: &mut WasiCtxBuilder, stdio: &Stdio, out: bool) {
+    match (stdio, out) {
+        (Stdio::Null, _) => {}
+        (Stdio::Inherit, true) => {
+            b.inherit_stdout();
+        }
+        (Stdio::Inherit, false) => {
+            b.inherit_stderr();
+        }
+        (Stdio::File(f), out) => match f.try_clone() {
+            Ok(f) if out => {
+                b.stdout(OutputFile::new(f));
+            }
+            Ok(f) => {
+                b.stderr(OutputFile::new(f));
+            }
+            Err(e) => tracing::warn!("guest output file unusable, discarding output: {e}"),
+        },
+        (Stdio::Capture(c), true) => {
+            b.stdout(c.0.clone());
+        }
+        (Stdio::Capture(c), false) => {
+            b.stderr(c.0.clone());
+        }
+    }
+}

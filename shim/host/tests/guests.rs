@@ -1,0 +1,335 @@
+//! Real guests (built from WAT by wa8s-test-components) run by the host: output, exit codes,
+//! environment and filesystem grants, limits, and malformed inputs.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use wa8s_host::{
+    Capture, DirGrant, EngineConfig, Error, ExitStatus, Grants, HostEngine, Kind, Program, Stdio,
+};
+use wa8s_test_components as guests;
+
+fn engine() -> HostEngine {
+    HostEngine::new(&EngineConfig::default()).expect("engine")
+}
+
+struct Ran {
+    status: Result<ExitStatus, Error>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(wasm: &[u8], mut grants: Grants) -> Ran {
+    let out = Capture::new(1 << 20);
+    let err = Capture::new(1 << 20);
+    grants.stdout = Stdio::Capture(out.clone());
+    grants.stderr = Stdio::Capture(err.clone());
+    if grants.args.is_empty() {
+        grants.args = vec!["guest".into()];
+    }
+    let program = Program::load(&engine(), wasm).expect("guest loads");
+    let status = program.run(&grants).await;
+    Ran {
+        status,
+        stdout: String::from_utf8_lossy(&out.contents()).into_owned(),
+        stderr: String::from_utf8_lossy(&err.contents()).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_cli_component_writes_stdout_and_stderr_and_exits_zero() {
+    let ran = run(guests::HELLO_COMPONENT, Grants::default()).await;
+    assert_eq!(ran.status.expect("runs"), ExitStatus(0));
+    assert_eq!(ran.stdout, "hello from wasm\n");
+    assert_eq!(ran.stderr, "hello on stderr\n");
+}
+
+#[tokio::test]
+async fn a_preview1_command_module_runs_too() {
+    let program = Program::load(&engine(), guests::HELLO_CORE).expect("loads");
+    assert_eq!(program.kind(), Kind::CoreCommand);
+    let ran = run(guests::HELLO_CORE, Grants::default()).await;
+    assert_eq!(ran.status.expect("runs"), ExitStatus(0));
+    assert_eq!(ran.stdout, "hello from wasm\n");
+}
+
+#[tokio::test]
+async fn exit_codes_reach_the_caller() {
+    // A preview1 module keeps its exact code; the preview1 adapter inside a component can
+    // only say "failed", which wasi:cli reports as 1.
+    assert_eq!(
+        run(guests::EXIT3_CORE, Grants::default())
+            .await
+            .status
+            .expect("runs"),
+        ExitStatus(3)
+    );
+    assert_eq!(
+        run(guests::EXIT3_COMPONENT, Grants::default())
+            .await
+            .status
+            .expect("runs"),
+        ExitStatus(1)
+    );
+}
+
+#[tokio::test]
+async fn the_guest_sees_only_the_environment_it_is_given() {
+    // SAFETY-free way to prove the host environment is not inherited: PATH and HOME exist
+    // in every test process.
+    assert!(std::env::var_os("PATH").is_some());
+    let grants = Grants {
+        env: vec![
+            ("GREETING".into(), "hi".into()),
+            ("ALLOWED_ORIGINS".into(), "*".into()),
+        ],
+        ..Grants::default()
+    };
+    for wasm in [guests::ENV_CORE, guests::ENV_COMPONENT] {
+        let ran = run(wasm, grants.clone()).await;
+        assert_eq!(ran.status.expect("runs"), ExitStatus(0));
+        assert_eq!(ran.stdout, "GREETING=hi\nALLOWED_ORIGINS=*\n");
+    }
+}
+
+fn probe(dir: Option<DirGrant>, op: &str, path: &str) -> Grants {
+    Grants {
+        args: vec!["fsprobe".into(), "3".into(), op.into(), path.into()],
+        dirs: dir.into_iter().collect(),
+        ..Grants::default()
+    }
+}
+
+fn errno(ran: &Ran) -> u32 {
+    ran.stdout
+        .rsplit("errno=")
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no errno in {:?}", ran.stdout))
+}
+
+#[tokio::test]
+async fn a_granted_directory_is_readable_and_writable() -> Result<()> {
+    let host = tempfile::tempdir()?;
+    std::fs::write(host.path().join("greeting.txt"), "hello file\n")?;
+    let grant = DirGrant {
+        host: host.path().into(),
+        guest: "/data".into(),
+        read_only: false,
+    };
+    for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
+        let ran = run(wasm, probe(Some(grant.clone()), "r", "greeting.txt")).await;
+        assert!(ran.stdout.starts_with("hello file\n"), "{:?}", ran.stdout);
+        assert_eq!(errno(&ran), 0);
+        let ran = run(wasm, probe(Some(grant.clone()), "w", "out.bin")).await;
+        assert_eq!(errno(&ran), 0, "{}", ran.stdout);
+        assert_eq!(
+            std::fs::metadata(host.path().join("out.bin"))?.len(),
+            1 << 20
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_read_only_directory_is_readable_and_refuses_writes() -> Result<()> {
+    let host = tempfile::tempdir()?;
+    std::fs::write(host.path().join("app.conf"), "mode=ro\n")?;
+    let grant = DirGrant {
+        host: host.path().into(),
+        guest: "/config".into(),
+        read_only: true,
+    };
+    for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
+        let ran = run(wasm, probe(Some(grant.clone()), "r", "app.conf")).await;
+        assert!(ran.stdout.starts_with("mode=ro\n"), "{:?}", ran.stdout);
+        let ran = run(wasm, probe(Some(grant.clone()), "w", "x.txt")).await;
+        assert_ne!(errno(&ran), 0, "write to a read-only dir succeeded");
+        assert!(!host.path().join("x.txt").exists());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn nothing_outside_the_granted_directory_is_reachable() -> Result<()> {
+    let host = tempfile::tempdir()?;
+    let inner = host.path().join("granted");
+    std::fs::create_dir(&inner)?;
+    std::fs::write(host.path().join("secret.txt"), "outside\n")?;
+    std::os::unix::fs::symlink("/etc/passwd", inner.join("passwd-link"))?;
+    std::os::unix::fs::symlink("../secret.txt", inner.join("secret-link"))?;
+    let grant = DirGrant {
+        host: inner.clone(),
+        guest: "/data".into(),
+        read_only: false,
+    };
+    for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
+        for path in [
+            "../secret.txt",
+            "/etc/passwd",
+            "passwd-link",
+            "secret-link",
+            "a/../../secret.txt",
+        ] {
+            let ran = run(wasm, probe(Some(grant.clone()), "r", path)).await;
+            assert_ne!(errno(&ran), 0, "{path} was readable: {:?}", ran.stdout);
+            assert!(
+                !ran.stdout.contains("root:") && !ran.stdout.contains("outside"),
+                "{path}: {:?}",
+                ran.stdout
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_grant_there_is_no_filesystem_at_all() {
+    for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
+        let ran = run(wasm, probe(None, "r", "etc/passwd")).await;
+        assert_ne!(errno(&ran), 0);
+        assert!(!ran.stdout.contains("root:"));
+    }
+}
+
+#[tokio::test]
+async fn a_grant_of_a_missing_directory_is_refused_before_running() {
+    let grant = DirGrant {
+        host: "/nonexistent/wa8s".into(),
+        guest: "/data".into(),
+        read_only: true,
+    };
+    let ran = run(guests::FSPROBE_COMPONENT, probe(Some(grant), "r", "x")).await;
+    let err = ran.status.expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/wa8s is not a directory"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_infinite_loop_is_stopped_at_its_deadline() {
+    for wasm in [guests::LOOP_CORE, guests::LOOP_COMPONENT] {
+        let mut grants = Grants::default();
+        grants.limits.timeout = Some(Duration::from_millis(300));
+        let err = run(wasm, grants).await.status.expect_err("interrupted");
+        assert!(matches!(err, Error::Deadline(_)), "{err}");
+        assert!(err.to_string().contains("deadline of 300ms"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_capped() {
+    for wasm in [guests::GROW_CORE, guests::GROW_COMPONENT] {
+        let mut grants = Grants::default();
+        grants.limits.memory_bytes = Some(16 << 20);
+        let ran = run(wasm, grants).await;
+        assert_eq!(ran.status.expect("exits"), ExitStatus(0));
+        let mib: u32 = ran
+            .stdout
+            .trim()
+            .strip_prefix("grow refused after ")
+            .and_then(|s| s.strip_suffix(" MiB"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected output {:?}", ran.stdout));
+        assert!(mib < 16, "grew {mib} MiB past a 16 MiB cap");
+    }
+}
+
+#[tokio::test]
+async fn unbounded_recursion_traps_with_stack_exhaustion() {
+    for wasm in [guests::RECURSE_CORE, guests::RECURSE_COMPONENT] {
+        let err = run(wasm, Grants::default())
+            .await
+            .status
+            .expect_err("traps");
+        assert!(err.to_string().contains("call stack exhausted"), "{err}");
+    }
+}
+
+fn load_err(bytes: &[u8]) -> Error {
+    Program::load(&engine(), bytes).expect_err("refused")
+}
+
+#[test]
+fn malformed_inputs_are_clear_errors() {
+    assert!(matches!(load_err(b""), Error::Empty));
+    let e = load_err(b"\x7fELF\x02\x01\x01\x00garbage");
+    assert!(
+        e.to_string()
+            .contains("not a WebAssembly binary (it starts with bytes 7f 45 4c 46"),
+        "{e}"
+    );
+    let truncated = &guests::HELLO_COMPONENT[..guests::HELLO_COMPONENT.len() / 2];
+    assert!(
+        matches!(load_err(truncated), Error::Invalid(_)),
+        "{}",
+        load_err(truncated)
+    );
+    let no_start = wat::parse_str("(module (memory (export \"memory\") 1))").expect("wat");
+    assert!(matches!(load_err(&no_start), Error::NoStart));
+    let odd_import =
+        wat::parse_str(r#"(module (import "env" "host_magic" (func)) (func (export "_start")))"#)
+            .expect("wat");
+    assert_eq!(
+        load_err(&odd_import).to_string(),
+        Error::UnsatisfiedImport("env::host_magic".into()).to_string()
+    );
+}
+
+#[test]
+fn a_component_importing_an_interface_the_host_lacks_names_it() {
+    let component = wat::parse_str(
+        r#"(component
+             (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "get" (func (param "key" string) (result string)))))
+             (core module $m (func (export "run") (result i32) (i32.const 0)))
+             (core instance $i (instantiate $m))
+             (func $run (result (result)) (canon lift (core func $i "run")))
+             (instance $inst (export "run" (func $run)))
+             (export "wasi:cli/run@0.2.0" (instance $inst)))"#,
+    )
+    .expect("wat");
+    let e = load_err(&component);
+    assert!(
+        e.to_string().starts_with(
+            "component imports wasi:keyvalue/store@0.2.0-draft, which this host does not provide"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_component_without_a_known_export_says_what_it_exports() {
+    let component = wat::parse_str(
+        r#"(component
+             (core module $m (func (export "f")))
+             (core instance $i (instantiate $m))
+             (func $f (canon lift (core func $i "f")))
+             (export "do-something" (func $f)))"#,
+    )
+    .expect("wat");
+    let e = load_err(&component);
+    assert!(e.to_string().contains("its exports: do-something"), "{e}");
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    // A deterministic xorshift stream: varied, reproducible garbage with and without a wasm
+    // header.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for round in 0..64 {
+        let mut bytes: Vec<u8> = (0..(round * 37 + 8))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        if round % 2 == 0 {
+            bytes[..8].copy_from_slice(b"\0asm\x01\0\0\0");
+        }
+        assert!(Program::load(&engine(), &bytes).is_err());
+    }
+}

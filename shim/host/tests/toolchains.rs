@@ -1,0 +1,226 @@
+//! Components built by toolchains users use — componentize-py (Python) and componentize-js
+//! (JavaScript) — served by the host, and the outbound policy enforced on a real guest's
+//! wasi:http requests. The toolchains are installed on first use by
+//! `shim/test-components/guests/build.sh` (pinned versions, cached under ~/.cache/wa8s).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+use wa8s_host::{
+    EngineConfig, Grants, HostEngine, Kind, NetworkPolicy, Program, ServeOptions, Server,
+};
+
+/// Builds a guest once per test process (Python and JS builds take a while).
+fn guest(kind: &'static str) -> Result<Vec<u8>> {
+    static PY: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
+    static JS: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
+    let cell = if kind == "python" { &PY } else { &JS };
+    cell.get_or_init(|| build(kind).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build(kind: &str) -> Result<Vec<u8>> {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test-components/guests/build.sh");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("guest-{kind}.wasm"));
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(kind)
+        .arg(&out)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        status.success(),
+        "building the {kind} guest failed ({status})"
+    );
+    std::fs::read(&out).with_context(|| format!("reading {}", out.display()))
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<Result<(), wa8s_host::Error>>,
+}
+
+async fn serve(wasm: &[u8], grants: Grants) -> Result<Running> {
+    let engine = HostEngine::new(&EngineConfig {
+        pooled_instances: Some(8),
+        ..EngineConfig::default()
+    })?;
+    let program = Program::load(&engine, wasm)?;
+    assert_eq!(program.kind(), Kind::Http);
+    let server = Server::bind(
+        &program,
+        grants,
+        ServeOptions {
+            addr: "127.0.0.1:0".parse()?,
+            shutdown_grace: Duration::from_secs(5),
+        },
+    )
+    .await?;
+    let addr = server.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Ok(Running { addr, stop, done })
+}
+
+impl Running {
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.done).await???;
+        Ok(())
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req)).await??;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A real HTTP server on loopback that counts requests: proof of what was (not) reached.
+async fn upstream() -> Result<(SocketAddr, Arc<AtomicUsize>)> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from("upstream says hi"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, hits))
+}
+
+fn grants(allowed_hosts: &[String]) -> Result<Grants> {
+    let mut g = Grants::default();
+    g.limits.timeout = Some(Duration::from_secs(20));
+    g.limits.memory_bytes = Some(256 << 20);
+    g.network = NetworkPolicy::new(allowed_hosts, Vec::new())?;
+    Ok(g)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_component_serves_hello() -> Result<()> {
+    let server = serve(&guest("js")?, grants(&[])?).await?;
+    assert_eq!(
+        get(server.addr, "/").await?,
+        (200, "hello from javascript\n".into())
+    );
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_component_serves_hello_and_sees_only_granted_env() -> Result<()> {
+    let mut g = grants(&[])?;
+    g.env = vec![("CACHE_SIZE".into(), "100".into())];
+    let server = serve(&guest("python")?, g).await?;
+    assert_eq!(
+        get(server.addr, "/").await?,
+        (200, "hello from python\n".into())
+    );
+    assert_eq!(
+        get(server.addr, "/env/CACHE_SIZE").await?,
+        (200, "100\n".into())
+    );
+    // PATH is set in this test process; the guest must not see it.
+    assert!(std::env::var_os("PATH").is_some());
+    assert_eq!(
+        get(server.addr, "/env/PATH").await?,
+        (200, "<unset>\n".into())
+    );
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_requests_reach_only_granted_hosts() -> Result<()> {
+    let (up, hits) = upstream().await?;
+    let listed = format!("127.0.0.1:{}", up.port());
+    let server = serve(
+        &guest("python")?,
+        grants(&[listed.clone(), "*.example.com".into()])?,
+    )
+    .await?;
+
+    // Listed literally: reached.
+    let (status, body) = get(server.addr, &format!("/fetch/{listed}/ping")).await?;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "upstream 200: upstream says hi"),
+        "{body}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // Not listed: denied by name, before any lookup or connection.
+    let (status, body) = get(server.addr, "/fetch/api.other.org/x").await?;
+    assert_eq!(
+        (status, body.trim()),
+        (502, "refused: ErrorCode_HttpRequestDenied")
+    );
+    // Cloud metadata: denied.
+    let (status, body) = get(server.addr, "/fetch/169.254.169.254/latest/meta-data").await?;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("ErrorCode_HttpRequestDenied"), "{body}");
+    // The same loopback server on another spelling is not the literal grant: not reached.
+    let (status, body) = get(server.addr, &format!("/fetch/localhost:{}/x", up.port())).await?;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the loopback server was reached without a literal grant"
+    );
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_network_grant_nothing_leaves_the_guest() -> Result<()> {
+    let (up, hits) = upstream().await?;
+    let server = serve(&guest("python")?, grants(&[])?).await?;
+    for target in [
+        format!("127.0.0.1:{}", up.port()),
+        "example.com".into(),
+        "169.254.169.254".into(),
+    ] {
+        let (status, body) = get(server.addr, &format!("/fetch/{target}/x")).await?;
+        assert_eq!(
+            (status, body.trim()),
+            (502, "refused: ErrorCode_HttpRequestDenied"),
+            "{target}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    server.stop().await
+}

@@ -1,0 +1,43 @@
+//! Test guests, compiled from `fixtures/*.wat` by `build.rs`.
+//!
+//! `*_CORE` are wasi preview1 core modules; `*_COMPONENT` are the same programs as
+//! components (preview1 command adapter), exporting `wasi:cli/run`. `HTTP_COMPONENT` exports
+//! `wasi:http/incoming-handler`.
+
+macro_rules! guest {
+    ($(#[$doc:meta])* $name:ident = $file:literal) => {
+        $(#[$doc])*
+        pub const $name: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/", $file));
+    };
+}
+
+guest!(/// Prints "hello from wasm" to stdout and "hello on stderr" to stderr.
+    HELLO_CORE = "hello.core.wasm");
+guest!(/// [`HELLO_CORE`] as a component.
+    HELLO_COMPONENT = "hello.component.wasm");
+guest!(/// Exits with status 3.
+    EXIT3_CORE = "exit3.core.wasm");
+guest!(/// [`EXIT3_CORE`] as a component (the adapter reports any failure as status 1).
+    EXIT3_COMPONENT = "exit3.component.wasm");
+guest!(/// Prints every environment variable it sees.
+    ENV_CORE = "env.core.wasm");
+guest!(/// [`ENV_CORE`] as a component.
+    ENV_COMPONENT = "env.component.wasm");
+guest!(/// `fsprobe <fd> <r|w> <path>`: reads or writes a file under a preopen; prints `errno=N`.
+    FSPROBE_CORE = "fsprobe.core.wasm");
+guest!(/// [`FSPROBE_CORE`] as a component.
+    FSPROBE_COMPONENT = "fsprobe.component.wasm");
+guest!(/// Loops forever.
+    LOOP_CORE = "loop.core.wasm");
+guest!(/// [`LOOP_CORE`] as a component.
+    LOOP_COMPONENT = "loop.component.wasm");
+guest!(/// Grows memory until refused; prints "grow refused after N MiB".
+    GROW_CORE = "grow.core.wasm");
+guest!(/// [`GROW_CORE`] as a component.
+    GROW_COMPONENT = "grow.component.wasm");
+guest!(/// Recurses without bound.
+    RECURSE_CORE = "recurse.core.wasm");
+guest!(/// [`RECURSE_CORE`] as a component.
+    RECURSE_COMPONENT = "recurse.component.wasm");
+guest!(/// wasi:http hello: `/` hello, `/loop`, `/grow`, `/recurse`.
+    HTTP_COMPONENT = "http.component.wasm");

@@ -122,11 +122,15 @@ impl HostEngine {
     /// Never pass a file that arrived from outside.
     #[allow(unsafe_code)]
     pub unsafe fn load_precompiled(&self, path: &Path) -> Result<crate::Program, Error> {
+        let not_ours = |why: String| {
+            Error::Engine(format!(
+                "{} is not a precompiled artifact: {why}",
+                path.display()
+            ))
+        };
         let kind = Engine::detect_precompiled_file(path)
-            .map_err(|e| Error::Engine(chain(&e)))?
-            .ok_or_else(|| {
-                Error::Engine(format!("{} is not a precompiled artifact", path.display()))
-            })?;
+            .map_err(|e| not_ours(chain(&e)))?
+            .ok_or_else(|| not_ours("no wasmtime header".into()))?;
         match kind {
             // SAFETY: the caller guarantees the file is our own precompiled output.
             wasmtime::Precompiled::Component => {

@@ -333,3 +333,45 @@ fn random_bytes_never_panic() {
         assert!(Program::load(&engine(), &bytes).is_err());
     }
 }
+
+#[tokio::test]
+async fn a_precompiled_component_loads_and_behaves_like_the_original() -> Result<()> {
+    let engine = engine();
+    let native = engine.precompile(guests::HELLO_COMPONENT)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hello.cwasm");
+    std::fs::write(&path, &native)?;
+    #[allow(unsafe_code)]
+    // SAFETY: the file holds exactly what this engine's `precompile` just produced.
+    let program = unsafe { engine.load_precompiled(&path) }?;
+    assert_eq!(program.kind(), Kind::Cli);
+    let out = Capture::new(1 << 16);
+    let grants = Grants {
+        args: vec!["hello".into()],
+        stdout: Stdio::Capture(out.clone()),
+        ..Grants::default()
+    };
+    assert_eq!(program.run(&grants).await?, ExitStatus(0));
+    assert_eq!(out.contents(), b"hello from wasm\n");
+    // Same engine settings, same key: the cache can find it again.
+    assert_eq!(
+        engine.compatibility_key(),
+        self::engine().compatibility_key()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_file_that_is_not_a_precompiled_artifact_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("fake.cwasm");
+    std::fs::write(&path, guests::HELLO_COMPONENT)?;
+    #[allow(unsafe_code)]
+    // SAFETY: detection rejects the file before anything is deserialized.
+    let err = unsafe { engine().load_precompiled(&path) }.expect_err("refused");
+    assert!(
+        err.to_string().contains("is not a precompiled artifact"),
+        "{err}"
+    );
+    Ok(())
+}

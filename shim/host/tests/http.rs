@@ -1,93 +1,15 @@
 //! A wasi:http component served on loopback: responses, hostile requests contained while the
 //! server keeps serving, bounded concurrency, graceful shutdown, and the outbound policy.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
-use wa8s_host::{
-    EngineConfig, Grants, HostEngine, Kind, Program, ServeOptions, ServeStats, Server,
-};
+use anyhow::Result;
+use wa8s_host::{EngineConfig, Grants, HostEngine, Program, ServeOptions, Server};
 
-/// Waits until the server is handling a request (bounded).
-async fn until_in_flight(stats: &ServeStats) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats.in_flight() == 0 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the request never reached the server"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    Ok(())
-}
+mod common;
+use common::{get, serve};
 
-struct Running {
-    addr: SocketAddr,
-    stats: ServeStats,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<Result<(), wa8s_host::Error>>,
-}
-
-impl Running {
-    async fn shutdown(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.done)
-            .await
-            .context("server did not stop")???;
-        Ok(())
-    }
-}
-
-async fn serve(grants: Grants, grace: Duration) -> Result<Running> {
-    let engine = HostEngine::new(&EngineConfig {
-        pooled_instances: Some(16),
-        ..EngineConfig::default()
-    })?;
-    let program = Program::load(&engine, wa8s_test_components::HTTP_COMPONENT)?;
-    assert_eq!(program.kind(), Kind::Http);
-    let server = Server::bind(
-        &program,
-        grants,
-        ServeOptions {
-            addr: "127.0.0.1:0".parse()?,
-            shutdown_grace: grace,
-        },
-    )
-    .await?;
-    let addr = server.local_addr()?;
-    let stats = server.stats();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    Ok(Running {
-        addr,
-        stats,
-        stop: Some(stop),
-        done,
-    })
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req)).await??;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
+const HTTP: &[u8] = wa8s_test_components::HTTP_COMPONENT;
 
 fn limited() -> Grants {
     let mut grants = Grants::default();
@@ -98,7 +20,7 @@ fn limited() -> Grants {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hello_component_answers_200_with_its_body() -> Result<()> {
-    let server = serve(limited(), Duration::from_secs(5)).await?;
+    let server = serve(HTTP, limited(), Duration::from_secs(5)).await?;
     for _ in 0..3 {
         assert_eq!(
             get(server.addr, "/").await?,
@@ -110,7 +32,7 @@ async fn the_hello_component_answers_200_with_its_body() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_contained_and_the_next_request_is_served() -> Result<()> {
-    let server = serve(limited(), Duration::from_secs(5)).await?;
+    let server = serve(HTTP, limited(), Duration::from_secs(5)).await?;
     let (status, body) = get(server.addr, "/loop").await?;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("deadline of 500ms"), "{body}");
@@ -136,10 +58,10 @@ async fn hostile_requests_are_contained_and_the_next_request_is_served() -> Resu
 async fn shutdown_lets_an_in_flight_request_finish() -> Result<()> {
     let mut grants = Grants::default();
     grants.limits.timeout = Some(Duration::from_secs(20));
-    let server = serve(grants, Duration::from_secs(20)).await?;
+    let server = serve(HTTP, grants, Duration::from_secs(20)).await?;
     let addr = server.addr;
     let slow = tokio::spawn(async move { get(addr, "/spin").await });
-    until_in_flight(&server.stats).await?;
+    server.until_in_flight().await?;
     server.shutdown().await?;
     assert_eq!(slow.await??, (200, "hello from wasm\n".into()));
     Ok(())
@@ -149,10 +71,10 @@ async fn shutdown_lets_an_in_flight_request_finish() -> Result<()> {
 async fn shutdown_stops_a_stuck_request_after_the_grace_period() -> Result<()> {
     let mut grants = Grants::default();
     grants.limits.timeout = Some(Duration::from_secs(60));
-    let server = serve(grants, Duration::from_millis(300)).await?;
+    let server = serve(HTTP, grants, Duration::from_millis(300)).await?;
     let addr = server.addr;
     let stuck = tokio::spawn(async move { get(addr, "/loop").await });
-    until_in_flight(&server.stats).await?;
+    server.until_in_flight().await?;
     let started = Instant::now();
     server.shutdown().await?;
     assert!(

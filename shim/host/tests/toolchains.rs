@@ -3,22 +3,19 @@
 //! wasi:http requests. The toolchains are installed on first use by
 //! `shim/test-components/guests/build.sh` (pinned versions, cached under ~/.cache/wa8s).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
-use wa8s_host::{
-    EngineConfig, Grants, HostEngine, Kind, NetworkPolicy, Program, ServeOptions, Server,
-};
+use wa8s_host::{Grants, NetworkPolicy};
+
+mod common;
+use common::{get, serve, upstream};
+
+const GRACE: Duration = Duration::from_secs(5);
 
 /// Builds a guest once per test process (Python and JS builds take a while).
 fn guest(kind: &'static str) -> Result<Vec<u8>> {
@@ -47,84 +44,6 @@ fn build(kind: &str) -> Result<Vec<u8>> {
     std::fs::read(&out).with_context(|| format!("reading {}", out.display()))
 }
 
-struct Running {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<Result<(), wa8s_host::Error>>,
-}
-
-async fn serve(wasm: &[u8], grants: Grants) -> Result<Running> {
-    let engine = HostEngine::new(&EngineConfig {
-        pooled_instances: Some(8),
-        ..EngineConfig::default()
-    })?;
-    let program = Program::load(&engine, wasm)?;
-    assert_eq!(program.kind(), Kind::Http);
-    let server = Server::bind(
-        &program,
-        grants,
-        ServeOptions {
-            addr: "127.0.0.1:0".parse()?,
-            shutdown_grace: Duration::from_secs(5),
-        },
-    )
-    .await?;
-    let addr = server.local_addr()?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    Ok(Running { addr, stop, done })
-}
-
-impl Running {
-    async fn stop(self) -> Result<()> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.done).await???;
-        Ok(())
-    }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())?;
-    let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req)).await??;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// A real HTTP server on loopback that counts requests: proof of what was (not) reached.
-async fn upstream() -> Result<(SocketAddr, Arc<AtomicUsize>)> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from("upstream says hi"),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    Ok((addr, hits))
-}
-
 fn grants(allowed_hosts: &[String]) -> Result<Grants> {
     let mut g = Grants::default();
     g.limits.timeout = Some(Duration::from_secs(20));
@@ -135,19 +54,19 @@ fn grants(allowed_hosts: &[String]) -> Result<Grants> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_javascript_component_serves_hello() -> Result<()> {
-    let server = serve(&guest("js")?, grants(&[])?).await?;
+    let server = serve(&guest("js")?, grants(&[])?, GRACE).await?;
     assert_eq!(
         get(server.addr, "/").await?,
         (200, "hello from javascript\n".into())
     );
-    server.stop().await
+    server.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_component_serves_hello_and_sees_only_granted_env() -> Result<()> {
     let mut g = grants(&[])?;
     g.env = vec![("CACHE_SIZE".into(), "100".into())];
-    let server = serve(&guest("python")?, g).await?;
+    let server = serve(&guest("python")?, g, GRACE).await?;
     assert_eq!(
         get(server.addr, "/").await?,
         (200, "hello from python\n".into())
@@ -162,7 +81,7 @@ async fn a_python_component_serves_hello_and_sees_only_granted_env() -> Result<(
         get(server.addr, "/env/PATH").await?,
         (200, "<unset>\n".into())
     );
-    server.stop().await
+    server.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,6 +91,7 @@ async fn outbound_requests_reach_only_granted_hosts() -> Result<()> {
     let server = serve(
         &guest("python")?,
         grants(&[listed.clone(), "*.example.com".into()])?,
+        GRACE,
     )
     .await?;
 
@@ -202,13 +122,13 @@ async fn outbound_requests_reach_only_granted_hosts() -> Result<()> {
         1,
         "the loopback server was reached without a literal grant"
     );
-    server.stop().await
+    server.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_network_grant_nothing_leaves_the_guest() -> Result<()> {
     let (up, hits) = upstream().await?;
-    let server = serve(&guest("python")?, grants(&[])?).await?;
+    let server = serve(&guest("python")?, grants(&[])?, GRACE).await?;
     for target in [
         format!("127.0.0.1:{}", up.port()),
         "example.com".into(),
@@ -222,5 +142,5 @@ async fn without_a_network_grant_nothing_leaves_the_guest() -> Result<()> {
         );
     }
     assert_eq!(hits.load(Ordering::SeqCst), 0);
-    server.stop().await
+    server.shutdown().await
 }

@@ -27,7 +27,7 @@ if [ ! -x "$wasmtime" ]; then
   cargo install --quiet --locked wasmtime-cli@48.0.8 --root "$cache/wasmtime-cli-48.0.8"
 fi
 cargo build --quiet --release -p wa8s-cli
-cargo run --quiet --release -p wa8s-test-components --example write-guests -- "$work" >/dev/null
+cargo run --quiet -p wa8s-test-components --example write-guests -- "$work" >/dev/null
 wa8s="target/release/wa8s"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

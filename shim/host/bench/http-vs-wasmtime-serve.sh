@@ -37,7 +37,9 @@ start() {
   local port="$1"; shift
   local t0 t1
   t0=$(date +%s%N)
-  "$@" >"$work/server.log" 2>&1 &
+  # The server gets core 0 and wrk core 1, so neither steals the other's CPU (on larger
+  # machines set SERVER_CPUS / LOAD_CPUS).
+  taskset -c "${SERVER_CPUS:-0}" "$@" >"$work/server.log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")
   for _ in $(seq 1 3000); do
@@ -55,9 +57,9 @@ measure() {
   start "$port" "$@"
   local rss_kb
   rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")
-  wrk -t2 -c"$conns" -d2s "http://127.0.0.1:$port/" >/dev/null   # warm up
+  taskset -c "${LOAD_CPUS:-1}" wrk -t1 -c"$conns" -d2s "http://127.0.0.1:$port/" >/dev/null   # warm up
   local out
-  out=$(wrk -t2 -c"$conns" -d"${duration}s" --latency "http://127.0.0.1:$port/")
+  out=$(taskset -c "${LOAD_CPUS:-1}" wrk -t1 -c"$conns" -d"${duration}s" --latency "http://127.0.0.1:$port/")
   local rps p50 p99 errors
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
@@ -73,4 +75,4 @@ echo "|---|---|---|---|---|---|---|"
 p=$(free_port); measure "wa8s run --listen" "$p" "$wa8s" run --listen "127.0.0.1:$p" --max-concurrent-requests 1000 "$work/http.wasm"
 p=$(free_port); measure "wasmtime serve" "$p" "$wasmtime" serve --addr "127.0.0.1:$p" "$work/http.wasm"
 echo
-echo "wrk -t2 -c$conns -d${duration}s --latency; $(nproc) cores; $(uname -r); component: shim/test-components/fixtures/http.wat"
+echo "server on CPU ${SERVER_CPUS:-0}, wrk -t1 -c$conns -d${duration}s --latency on CPU ${LOAD_CPUS:-1}; $(nproc) cores; $(uname -r); component: shim/test-components/fixtures/http.wat"

@@ -11,6 +11,18 @@ fn wa8s() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wa8s"))
 }
 
+/// Polls `check` until it yields a value, failing the test after `timeout`.
+fn until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn guest(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> String {
     let path = dir.path().join(name);
     std::fs::write(&path, bytes).expect("write guest");
@@ -151,18 +163,14 @@ fn wa8s_run_listen_serves_http_and_stops_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let response = loop {
-        if let Ok(mut s) = TcpStream::connect(&addr) {
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .expect("write");
-            let mut text = String::new();
-            s.read_to_string(&mut text).expect("read");
-            break text;
-        }
-        assert!(Instant::now() < deadline, "server never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let response = until(Duration::from_secs(60), "server never came up", || {
+        let mut s = TcpStream::connect(&addr).ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(text)
+    });
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("hello from wasm"), "{response}");
     let pid = libc::pid_t::try_from(child.id()).expect("pid");
@@ -171,13 +179,10 @@ fn wa8s_run_listen_serves_http_and_stops_cleanly_on_sigterm() {
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "wa8s did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = until(
+        Duration::from_secs(20),
+        "wa8s did not stop on SIGTERM",
+        || child.try_wait().expect("wait"),
+    );
     assert_eq!(status.code(), Some(0));
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use wasmtime::{Store, Trap};
+use wasmtime::Store;
 use wasmtime_wasi::I32Exit;
 
 use crate::error::chain;
@@ -88,16 +88,10 @@ pub(crate) async fn within(
         },
         None => fut.await,
     };
-    outcome.or_else(|e| guest_error(e, timeout))
-}
-
-/// Turns what a guest call returned into an exit code or a host error.
-pub(crate) fn guest_error(e: wasmtime::Error, timeout: Option<Duration>) -> Result<i32, Error> {
-    if let Some(I32Exit(code)) = e.downcast_ref::<I32Exit>() {
-        return Ok(*code);
-    }
-    match (e.downcast_ref::<Trap>(), timeout) {
-        (Some(Trap::Interrupt), Some(t)) => Err(Error::Deadline(t)),
-        _ => Err(Error::Trap(chain(&e))),
-    }
+    // The deadline is the timer above (guests yield, never trap, on epochs), so an error
+    // here is either the guest's own exit or a trap.
+    outcome.or_else(|e| match e.downcast_ref::<I32Exit>() {
+        Some(I32Exit(code)) => Ok(*code),
+        None => Err(Error::Trap(chain(&e))),
+    })
 }

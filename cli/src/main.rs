@@ -42,8 +42,10 @@ struct RunArgs {
     /// Serve a wasi:http component on this address, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Preopen a host directory: HOST:GUEST or HOST:GUEST:ro (read-only).
-    #[arg(long = "dir", value_name = "HOST:GUEST[:ro]")]
+    /// Preopen a host directory: HOST:GUEST, then optionally `:ro` (read-only) and
+    /// `:maxSize=QUANTITY` (writes past it fail with ENOSPC in the guest), e.g.
+    /// ./scratch:/tmp:maxSize=64Mi.
+    #[arg(long = "dir", value_name = "HOST:GUEST[:ro][:maxSize=Q]")]
     dirs: Vec<String>,
     /// Give the guest a variable: K=V.
     #[arg(long = "env", value_name = "K=V")]
@@ -228,27 +230,34 @@ fn prepare(args: &RunArgs) -> Result<(Program, Grants)> {
 }
 
 fn dir_grant(spec: &str) -> Result<DirGrant> {
-    let mut parts: Vec<&str> = spec.split(':').collect();
-    let read_only = match parts.last() {
-        Some(&"ro") => {
-            parts.pop();
-            true
-        }
-        Some(&"rw") => {
-            parts.pop();
-            false
-        }
-        _ => false,
-    };
-    let [host, guest] = parts[..] else {
-        bail!("expected HOST:GUEST or HOST:GUEST:ro");
+    let mut parts = spec.split(':');
+    let (Some(host), Some(guest)) = (parts.next(), parts.next()) else {
+        bail!("expected HOST:GUEST[:ro][:maxSize=QUANTITY]");
     };
     GuestPath::validate(guest).map_err(|e| anyhow!(e))?;
-    Ok(DirGrant {
+    let mut grant = DirGrant {
         host: PathBuf::from(host),
         guest: guest.to_owned(),
-        read_only,
-    })
+        read_only: false,
+        max_bytes: None,
+    };
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "ro" => grant.read_only = true,
+            None if option == "rw" => grant.read_only = false,
+            Some(("maxSize", q)) => {
+                let bytes = Quantity::from(q)
+                    .to_bytes()
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| {
+                        anyhow!("maxSize {q:?}: expected a positive quantity such as 64Mi")
+                    })?;
+                grant.max_bytes = Some(bytes);
+            }
+            _ => bail!("unknown directory option {option:?}: expected ro, rw or maxSize=QUANTITY"),
+        }
+    }
+    Ok(grant)
 }
 
 fn duration(text: &str) -> Result<Duration> {

@@ -83,6 +83,22 @@ fn grants_on_the_command_line_work_like_the_crd() {
         .expect("runs");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("errno=0"));
     assert!(!data.path().join("new.txt").exists());
+
+    // A bounded directory: the 1 MiB write stops at 256 KiB with ENOSPC (WASI errno 51).
+    let bounded = format!("{}:/tmp:maxSize=256Ki", data.path().display());
+    let out = wa8s()
+        .args(["run", "--dir", &bounded, &probe, "--", "3", "w", "big.bin"])
+        .output()
+        .expect("runs");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with("errno=51\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let size = std::fs::metadata(data.path().join("big.bin"))
+        .expect("written")
+        .len();
+    assert!(size + 8 <= 256 << 10, "{size} bytes in a 256 KiB directory");
 }
 
 #[test]
@@ -98,6 +114,14 @@ fn bad_flags_and_bad_files_exit_2_with_a_message_naming_the_problem() {
         (
             vec!["run", "--dir", "/nonexistent/x:/data", hello.as_str()],
             "/nonexistent/x is not a directory",
+        ),
+        (
+            vec!["run", "--dir", "/tmp:/data:size=1", hello.as_str()],
+            "unknown directory option \"size=1\"",
+        ),
+        (
+            vec!["run", "--dir", "/tmp:/data:maxSize=huge", hello.as_str()],
+            "maxSize \"huge\": expected a positive quantity",
         ),
         (
             vec!["run", "--memory", "lots", hello.as_str()],

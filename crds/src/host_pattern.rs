@@ -140,7 +140,15 @@ impl HostRule {
         if self.port.is_some_and(|p| p != port) {
             return false;
         }
+        self.matches_host(host)
+    }
+
+    /// Whether the pattern's host part matches `host` (a name, a bracketed or bare IP), with
+    /// any scheme and port. Name lookups are gated with this: a guest may resolve exactly
+    /// the names some rule could let it reach. A trailing root dot is ignored.
+    pub fn matches_host(&self, host: &str) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = host.strip_suffix('.').unwrap_or(host);
         match &self.host {
             HostMatch::Any => true,
             HostMatch::Ip(ip) => host.parse::<IpAddr>().is_ok_and(|h| h == *ip),

@@ -1,6 +1,7 @@
 //! Turns the WAT fixtures into the binaries tests use: preview1 core modules, the same modules
-//! as components (wrapped with the preview1 command adapter), and wasi:http components (core
-//! module + embedded WIT world). No wasm32 Rust target is needed.
+//! as components (wrapped with the preview1 command adapter), and components written against
+//! WASI 0.2 directly (core module + embedded WIT world: wasi:http, wasi:sockets). No wasm32
+//! Rust target is needed.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,8 @@ use wasi_preview1_component_adapter_provider::{
 const COMMANDS: &[&str] = &[
     "hello", "exit3", "env", "fsprobe", "loop", "grow", "recurse",
 ];
-const HTTP: &[&str] = &["http"];
+/// Components built from a core module and one of the worlds in wit/world.wit.
+const WITH_WORLD: &[(&str, &str)] = &[("http", "http-guest"), ("sockprobe", "socket-guest")];
 
 fn main() -> Result<()> {
     let here = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
@@ -36,8 +38,8 @@ fn main() -> Result<()> {
     }
     let mut resolve = wit_parser::Resolve::default();
     let (pkg, _) = resolve.push_dir(here.join("wit"))?;
-    let world = resolve.select_world(&[pkg], Some("http-guest"))?;
-    for name in HTTP {
+    for (name, world) in WITH_WORLD {
+        let world = resolve.select_world(&[pkg], Some(world))?;
         let mut core = wat::parse_file(here.join(format!("fixtures/{name}.wat")))
             .with_context(|| format!("parsing fixtures/{name}.wat"))?;
         wit_component::embed_component_metadata(

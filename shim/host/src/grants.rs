@@ -39,6 +39,9 @@ pub struct DirGrant {
     pub guest: String,
     /// Every write fails in the guest.
     pub read_only: bool,
+    /// Bound on the bytes held by files in the directory (`maxSize`); a write past it
+    /// fails in the guest with ENOSPC.
+    pub max_bytes: Option<u64>,
 }
 
 /// Limits for each instance.
@@ -133,6 +136,20 @@ impl NetworkPolicy {
             return true;
         }
         !(is_restricted(ip) || self.blocked.contains(&ip))
+    }
+
+    /// Whether the guest may resolve `name`: some rule matches it, whatever its port and
+    /// scheme.
+    pub fn may_resolve(&self, name: &str) -> bool {
+        self.rules.iter().any(|r| r.matches_host(name))
+    }
+
+    /// Whether a socket for `proto` may reach `ip:port` because the granted `name` resolved
+    /// to `ip`.
+    pub fn name_allowed(&self, proto: &str, name: &str, port: u16, ip: IpAddr) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.allows(proto, name, port) && self.address_allowed(r, ip))
     }
 
     /// Whether a raw socket connection (`tcp`/`udp`) to `ip:port` is allowed. Sockets see

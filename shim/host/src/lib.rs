@@ -9,8 +9,10 @@
 mod engine;
 mod error;
 mod grants;
+mod lookup;
 mod outbound;
 mod program;
+mod quota;
 mod run;
 mod serve;
 mod state;

@@ -79,6 +79,11 @@ impl Program {
             .map_err(|e| Error::Engine(chain(&e)))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| Error::Engine(chain(&e)))?;
+        // Directory bounds and name-lookup gating wrap a few of wasmtime-wasi's functions.
+        linker.allow_shadowing(true);
+        crate::quota::add_to_linker(&mut linker).map_err(|e| Error::Engine(chain(&e)))?;
+        crate::lookup::add_to_linker(&mut linker).map_err(|e| Error::Engine(chain(&e)))?;
+        linker.allow_shadowing(false);
         let pre = linker
             .instantiate_pre(&c)
             .map_err(|e| unsatisfied(engine, &c, &e))?;

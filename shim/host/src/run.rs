@@ -47,6 +47,15 @@ impl Program {
                 .await
             }
             Inner::Core(pre) => {
+                if let Some(d) = grants.dirs.iter().find(|d| d.max_bytes.is_some()) {
+                    return Err(Error::Grant {
+                        what: format!("directory {}", d.guest),
+                        reason: "maxSize is enforced for components only, and this is a \
+                                 preview1 core module; wrap it as a component (wasm-tools \
+                                 component new --adapt) or drop maxSize"
+                            .into(),
+                    });
+                }
                 let mut store = Store::new(engine, P1State::new(grants)?);
                 store.limiter(|s: &mut P1State| &mut s.limits);
                 yield_every_tick(&mut store);

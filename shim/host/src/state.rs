@@ -8,8 +8,10 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::lookup::{Learned, Lookups};
 use crate::outbound::OutboundHttp;
-use crate::{Error, Grants, Stdio};
+use crate::quota::Quotas;
+use crate::{Error, Grants, NetworkPolicy, Stdio};
 
 /// Store data for components (cli and http).
 pub(crate) struct GuestState {
@@ -18,6 +20,9 @@ pub(crate) struct GuestState {
     hooks: OutboundHttp,
     table: ResourceTable,
     pub(crate) limits: StoreLimits,
+    pub(crate) quotas: Quotas,
+    pub(crate) network: NetworkPolicy,
+    pub(crate) lookups: Lookups,
 }
 
 impl WasiView for GuestState {
@@ -41,12 +46,16 @@ impl WasiHttpView for GuestState {
 
 impl GuestState {
     pub(crate) fn new(grants: &Grants) -> Result<Self, Error> {
+        let lookups = Lookups::default();
         Ok(GuestState {
-            wasi: builder(grants)?.build(),
+            wasi: builder(grants, &lookups.learned)?.build(),
             http: WasiHttpCtx::new(),
             hooks: OutboundHttp::new(grants.network.clone()),
             table: ResourceTable::new(),
             limits: limits(grants),
+            quotas: Quotas::new(grants)?,
+            network: grants.network.clone(),
+            lookups,
         })
     }
 }
@@ -60,7 +69,7 @@ pub(crate) struct P1State {
 impl P1State {
     pub(crate) fn new(grants: &Grants) -> Result<Self, Error> {
         Ok(P1State {
-            wasi: builder(grants)?.build_p1(),
+            wasi: builder(grants, &Learned::default())?.build_p1(),
             limits: limits(grants),
         })
     }
@@ -78,7 +87,7 @@ fn limits(grants: &Grants) -> StoreLimits {
     b.build()
 }
 
-fn builder(grants: &Grants) -> Result<WasiCtxBuilder, Error> {
+fn builder(grants: &Grants, learned: &Learned) -> Result<WasiCtxBuilder, Error> {
     let mut b = WasiCtxBuilder::new();
     b.args(&grants.args).envs(&grants.env);
     set_stdio(&mut b, &grants.stdout, true);
@@ -101,8 +110,10 @@ fn builder(grants: &Grants) -> Result<WasiCtxBuilder, Error> {
     }
     let network = grants.network.clone();
     if network.is_open() {
-        // Sockets see addresses only; binds are allowed just for the ephemeral wildcard a
-        // client socket needs, and nothing may listen or accept.
+        // Sockets see addresses only: an address is reachable when a rule names it (or is
+        // `*`), or when a granted name resolved to it in this instance. Binds are allowed
+        // just for the ephemeral wildcard a client socket needs; nothing may listen.
+        let learned = learned.clone();
         b.allow_tcp(true)
             .allow_udp(true)
             .allow_ip_name_lookup(true)
@@ -110,8 +121,12 @@ fn builder(grants: &Grants) -> Result<WasiCtxBuilder, Error> {
                 let allowed = match use_ {
                     SocketAddrUse::TcpConnect => {
                         network.socket_allowed("tcp", addr.ip(), addr.port())
+                            || learned.allows(&network, "tcp", addr.ip(), addr.port())
                     }
-                    SocketAddrUse::UdpSend => network.socket_allowed("udp", addr.ip(), addr.port()),
+                    SocketAddrUse::UdpSend => {
+                        network.socket_allowed("udp", addr.ip(), addr.port())
+                            || learned.allows(&network, "udp", addr.ip(), addr.port())
+                    }
                     SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
                         addr.ip().is_unspecified() && addr.port() == 0
                     }

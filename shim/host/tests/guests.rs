@@ -4,37 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use wa8s_host::{
-    Capture, DirGrant, EngineConfig, Error, ExitStatus, Grants, HostEngine, Kind, Program, Stdio,
-};
+use wa8s_host::{Capture, DirGrant, Error, ExitStatus, Grants, Kind, Program, Stdio};
 use wa8s_test_components as guests;
 
-fn engine() -> HostEngine {
-    HostEngine::new(&EngineConfig::default()).expect("engine")
-}
-
-struct Ran {
-    status: Result<ExitStatus, Error>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run(wasm: &[u8], mut grants: Grants) -> Ran {
-    let out = Capture::new(1 << 20);
-    let err = Capture::new(1 << 20);
-    grants.stdout = Stdio::Capture(out.clone());
-    grants.stderr = Stdio::Capture(err.clone());
-    if grants.args.is_empty() {
-        grants.args = vec!["guest".into()];
-    }
-    let program = Program::load(&engine(), wasm).expect("guest loads");
-    let status = program.run(&grants).await;
-    Ran {
-        status,
-        stdout: String::from_utf8_lossy(&out.contents()).into_owned(),
-        stderr: String::from_utf8_lossy(&err.contents()).into_owned(),
-    }
-}
+mod common;
+use common::{Ran, engine, run};
 
 #[tokio::test]
 async fn a_cli_component_writes_stdout_and_stderr_and_exits_zero() {
@@ -116,6 +90,7 @@ async fn a_granted_directory_is_readable_and_writable() -> Result<()> {
         host: host.path().into(),
         guest: "/data".into(),
         read_only: false,
+        max_bytes: None,
     };
     for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
         let ran = run(wasm, probe(Some(grant.clone()), "r", "greeting.txt")).await;
@@ -139,6 +114,7 @@ async fn a_read_only_directory_is_readable_and_refuses_writes() -> Result<()> {
         host: host.path().into(),
         guest: "/config".into(),
         read_only: true,
+        max_bytes: None,
     };
     for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
         let ran = run(wasm, probe(Some(grant.clone()), "r", "app.conf")).await;
@@ -162,6 +138,7 @@ async fn nothing_outside_the_granted_directory_is_reachable() -> Result<()> {
         host: inner.clone(),
         guest: "/data".into(),
         read_only: false,
+        max_bytes: None,
     };
     for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
         for path in [
@@ -183,6 +160,77 @@ async fn nothing_outside_the_granted_directory_is_reachable() -> Result<()> {
     Ok(())
 }
 
+/// WASI's errno for "no space left on device".
+const ENOSPC: u32 = 51;
+
+#[tokio::test]
+async fn writes_past_a_directory_bound_fail_with_enospc_and_freed_space_is_usable_again()
+-> Result<()> {
+    let host = tempfile::tempdir()?;
+    let existing = host.path().join("existing.bin");
+    std::fs::write(&existing, vec![7u8; 100 << 10])?;
+    let out = host.path().join("out.bin");
+    let bounded = |max: u64| DirGrant {
+        host: host.path().into(),
+        guest: "/tmp".into(),
+        read_only: false,
+        max_bytes: Some(max),
+    };
+    // 100 KiB already there, so only 412 KiB of the 1 MiB the guest writes fit in 512 KiB.
+    let ran = run(
+        guests::FSPROBE_COMPONENT,
+        probe(Some(bounded(512 << 10)), "w", "out.bin"),
+    )
+    .await;
+    assert_eq!(errno(&ran), ENOSPC, "{}", ran.stdout);
+    let written = std::fs::metadata(&out)?.len();
+    assert!(
+        written <= 412 << 10,
+        "{written} bytes written past the bound"
+    );
+    assert!(
+        written > 300 << 10,
+        "only {written} bytes written: refused too early"
+    );
+    assert_eq!(
+        std::fs::read(&existing)?.len(),
+        100 << 10,
+        "other files untouched"
+    );
+
+    // The bound counts what is there now: with the other file gone, a whole MiB fits a
+    // 1 MiB bound exactly (the guest truncates out.bin first).
+    std::fs::remove_file(&existing)?;
+    let ran = run(
+        guests::FSPROBE_COMPONENT,
+        probe(Some(bounded(1 << 20)), "w", "out.bin"),
+    )
+    .await;
+    assert_eq!(errno(&ran), 0, "{}", ran.stdout);
+    assert_eq!(std::fs::metadata(&out)?.len(), 1 << 20);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_preview1_module_with_a_bounded_directory_is_refused_before_running() -> Result<()> {
+    let host = tempfile::tempdir()?;
+    let grant = DirGrant {
+        host: host.path().into(),
+        guest: "/tmp".into(),
+        read_only: false,
+        max_bytes: Some(1 << 20),
+    };
+    let ran = run(guests::FSPROBE_CORE, probe(Some(grant), "w", "out.bin")).await;
+    let err = ran.status.expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("maxSize is enforced for components only"),
+        "{err}"
+    );
+    assert!(!host.path().join("out.bin").exists());
+    Ok(())
+}
+
 #[tokio::test]
 async fn without_a_grant_there_is_no_filesystem_at_all() {
     for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
@@ -198,6 +246,7 @@ async fn a_grant_of_a_missing_directory_is_refused_before_running() {
         host: "/nonexistent/wa8s".into(),
         guest: "/data".into(),
         read_only: true,
+        max_bytes: None,
     };
     let ran = run(guests::FSPROBE_COMPONENT, probe(Some(grant), "r", "x")).await;
     let err = ran.status.expect_err("refused");

@@ -2,7 +2,7 @@
 //!
 //! `*_CORE` are wasi preview1 core modules; `*_COMPONENT` are the same programs as
 //! components (preview1 command adapter), exporting `wasi:cli/run`. `HTTP_COMPONENT` exports
-//! `wasi:http/incoming-handler`.
+//! `wasi:http/incoming-handler`; `SOCKPROBE_COMPONENT` uses `wasi:sockets` directly.
 
 macro_rules! guest {
     ($(#[$doc:meta])* $name:ident = $file:literal) => {
@@ -41,3 +41,6 @@ guest!(/// [`RECURSE_CORE`] as a component.
     RECURSE_COMPONENT = "recurse.component.wasm");
 guest!(/// wasi:http hello: `/` hello, `/loop`, `/grow`, `/recurse`.
     HTTP_COMPONENT = "http.component.wasm");
+guest!(/// wasi:sockets probe (a `wasi:cli/run` component): `lookup NAME [PORT]` or
+    /// `connect IP PORT`; prints `lookup=ok|err N` and `connect=ok|err N`.
+    SOCKPROBE_COMPONENT = "sockprobe.component.wasm");

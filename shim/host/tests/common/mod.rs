@@ -1,5 +1,5 @@
-//! Helpers shared by the HTTP-serving tests: a server on loopback, a client, and a counting
-//! upstream that proves what a guest did or did not reach.
+//! Helpers shared by the host tests: running a guest with captured output, a server on
+//! loopback, a client, and counting upstreams that prove what a guest did or did not reach.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -15,8 +15,37 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use wa8s_host::{
-    EngineConfig, Grants, HostEngine, Kind, Program, ServeOptions, ServeStats, Server,
+    Capture, EngineConfig, Error, ExitStatus, Grants, HostEngine, Kind, Program, ServeOptions,
+    ServeStats, Server, Stdio,
 };
+
+/// A host engine with the default configuration.
+pub fn engine() -> HostEngine {
+    HostEngine::new(&EngineConfig::default()).expect("engine")
+}
+
+pub struct Ran {
+    pub status: Result<ExitStatus, Error>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub async fn run(wasm: &[u8], mut grants: Grants) -> Ran {
+    let out = Capture::new(1 << 20);
+    let err = Capture::new(1 << 20);
+    grants.stdout = Stdio::Capture(out.clone());
+    grants.stderr = Stdio::Capture(err.clone());
+    if grants.args.is_empty() {
+        grants.args = vec!["guest".into()];
+    }
+    let program = Program::load(&engine(), wasm).expect("guest loads");
+    let status = program.run(&grants).await;
+    Ran {
+        status,
+        stdout: String::from_utf8_lossy(&out.contents()).into_owned(),
+        stderr: String::from_utf8_lossy(&err.contents()).into_owned(),
+    }
+}
 
 /// A server running on a background task.
 pub struct Running {
@@ -122,4 +151,19 @@ pub async fn upstream() -> Result<(SocketAddr, Arc<AtomicUsize>)> {
         }
     });
     Ok((addr, hits))
+}
+
+/// A real TCP listener on loopback that counts the connections it accepts.
+pub async fn tcp_listener() -> Result<(SocketAddr, Arc<AtomicUsize>)> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    Ok((addr, accepted))
 }

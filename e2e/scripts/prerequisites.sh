@@ -33,3 +33,7 @@ if [ "${go_minor:-0}" -lt 25 ]; then
   log "go $(go env GOVERSION) is older than 1.25; using GOTOOLCHAIN=go1.25.0+auto"
   export GOTOOLCHAIN=go1.25.0+auto
 fi
+# The distribution registry (OCI tests, the cluster's local registry) and htpasswd (its
+# basic-auth tests).
+command -v docker-registry >/dev/null || apt_install docker-registry
+command -v htpasswd >/dev/null || apt_install apache2-utils

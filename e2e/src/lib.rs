@@ -10,11 +10,13 @@ pub mod control_plane;
 pub mod kubectl;
 pub mod pki;
 pub mod process;
+pub mod registry;
 
 use std::path::PathBuf;
 
 pub use control_plane::ControlPlane;
 pub use kubectl::{Kubectl, Namespace};
+pub use registry::Registry;
 
 /// Root of the wa8s repository (the workspace).
 pub fn repo_root() -> PathBuf {

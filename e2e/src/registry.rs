@@ -1,0 +1,187 @@
+//! A real distribution registry (Debian's `docker-registry`) on loopback, for tests.
+//!
+//! Each [`Registry`] gets its own storage directory and port, runs attached (it dies with the
+//! test process), and is stopped by PID when dropped. Its log holds one access-log line per
+//! request, which tests count to prove what was (not) fetched.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{self, Lifetime};
+
+/// What can go wrong starting a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("docker-registry is not installed (e2e/scripts/prerequisites.sh installs it)")]
+    Missing,
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the registry on {addr} did not answer within 20s; its log:\n{log}")]
+    NotReady { addr: String, log: String },
+}
+
+/// A running registry.
+#[derive(Debug)]
+pub struct Registry {
+    pid: u32,
+    addr: String,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Basic-auth users (`htpasswd`, bcrypt).
+#[derive(Debug, Clone, Default)]
+pub struct Users(pub Vec<(String, String)>);
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+impl Registry {
+    /// Starts an anonymous registry in a fresh temporary directory.
+    pub fn start() -> Result<Self, Error> {
+        Self::start_with(Users::default())
+    }
+
+    /// Starts a registry requiring basic auth for `users` (anonymous if empty).
+    pub fn start_with(users: Users) -> Result<Self, Error> {
+        let tmp = tempfile::Builder::new()
+            .prefix("wa8s-registry-")
+            .tempdir()
+            .map_err(io("creating the registry directory"))?;
+        let dir = tmp.path().to_path_buf();
+        let mut reg = Self::start_in(&dir, &users)?;
+        reg._tmp = Some(tmp);
+        Ok(reg)
+    }
+
+    /// Starts a registry keeping its storage and log in `dir`.
+    pub fn start_in(dir: &Path, users: &Users) -> Result<Self, Error> {
+        let binary = which("docker-registry").ok_or(Error::Missing)?;
+        std::fs::create_dir_all(dir.join("storage")).map_err(io("creating storage"))?;
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let mut auth = String::new();
+        if !users.0.is_empty() {
+            let htpasswd = dir.join("htpasswd");
+            let _ = std::fs::remove_file(&htpasswd);
+            for (i, (user, pass)) in users.0.iter().enumerate() {
+                let mut cmd = Command::new("htpasswd");
+                cmd.arg("-bB");
+                if i == 0 {
+                    cmd.arg("-c");
+                }
+                cmd.arg(&htpasswd).arg(user).arg(pass);
+                let out = process::run_with_timeout(cmd, Duration::from_secs(30))
+                    .map_err(io("running htpasswd"))?;
+                if !out.status.success() {
+                    return Err(Error::Io {
+                        what: "htpasswd".into(),
+                        source: std::io::Error::other(
+                            String::from_utf8_lossy(&out.stderr).into_owned(),
+                        ),
+                    });
+                }
+            }
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: wa8s-test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {addr}\n{auth}",
+            dir.join("storage").display()
+        );
+        let config_path = dir.join("config.yml");
+        std::fs::write(&config_path, config).map_err(io("writing config.yml"))?;
+        let mut cmd = Command::new(&binary);
+        cmd.arg("serve").arg(&config_path);
+        let log = dir.join("registry.log");
+        let pid = process::spawn(cmd, &log, Lifetime::Attached)
+            .map_err(io("starting docker-registry"))?;
+        let reg = Registry {
+            pid,
+            addr: addr.clone(),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+        };
+        let ready = process::eventually(Duration::from_secs(20), Duration::from_millis(50), || {
+            http_status(&addr, "/v2/").filter(|s| *s == 200 || *s == 401)
+        });
+        if ready.is_none() {
+            return Err(Error::NotReady {
+                addr,
+                log: reg.log(),
+            });
+        }
+        Ok(reg)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Where blobs live on disk (`docker/registry/v2/blobs/sha256/<ab>/<hex>/data`).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2.min(hex.len())])
+            .join(hex)
+            .join("data")
+    }
+
+    /// The registry's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
+    }
+
+    /// Successful GETs of the blob `digest` so far (from the access log).
+    pub fn blob_fetches(&self, digest: &str) -> usize {
+        let needle = format!("/blobs/{digest} HTTP");
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET ") && l.contains(&needle) && l.contains("\" 200 "))
+            .count()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        process::terminate(self.pid, None, Duration::from_secs(5));
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> Result<u16, Error> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(l.local_addr().map_err(io("finding a free port"))?.port())
+}
+
+/// The status of a plain HTTP GET, or `None` if nothing answers.
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}

@@ -1,0 +1,369 @@
+//! What a Wasm binary is, and the shapes of the artifacts that carry one.
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Config media type of the CNCF wasm artifact (what wa8s pushes).
+pub const WASM_CONFIG_V0: &str = "application/vnd.wasm.config.v0+json";
+/// Layer media type of the CNCF wasm artifact.
+pub const WASM_LAYER: &str = "application/wasm";
+/// Config media type of the older wasm artifact format (read only).
+pub const WASM_CONFIG_V1: &str = "application/vnd.wasm.config.v1+json";
+/// Layer media type of the older wasm artifact format (read only).
+pub const WASM_LAYER_V1: &str = "application/vnd.wasm.content.layer.v1+wasm";
+/// OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker schema 2 manifest and list (layered images from older tooling).
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker manifest list.
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Layer media types of file-system images whose `.wasm` sits in a tar.
+const TAR_LAYERS: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+];
+
+/// What a binary is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A component (WASI 0.2, `os: wasip2`).
+    Component,
+    /// A core module (WASI preview1, `os: wasip1`).
+    Module,
+}
+
+impl Kind {
+    /// The `os` the CNCF config records.
+    pub fn os(self) -> &'static str {
+        match self {
+            Kind::Component => "wasip2",
+            Kind::Module => "wasip1",
+        }
+    }
+}
+
+/// A Wasm binary's identity and interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WasmInfo {
+    pub kind: Kind,
+    /// `sha256:<hex>` of the bytes.
+    pub digest: String,
+    pub size: u64,
+    /// Top-level imports (`wasi:http/types@0.2.0`, or `module::name` for core modules).
+    pub imports: Vec<String>,
+    /// Top-level exports.
+    pub exports: Vec<String>,
+}
+
+/// Reads a binary's kind, imports and exports without compiling it.
+pub fn inspect(bytes: &[u8]) -> Result<WasmInfo, Error> {
+    let kind = if wasmparser::Parser::is_component(bytes) {
+        Kind::Component
+    } else if wasmparser::Parser::is_core_wasm(bytes) {
+        Kind::Module
+    } else {
+        return Err(Error::NotWasm(describe_start(bytes)));
+    };
+    let mut imports = Vec::new();
+    let mut exports = Vec::new();
+    // Nested modules and components have sections of their own; only depth 1 is the
+    // binary's own interface.
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| Error::NotWasm(format!("malformed binary: {e}")))?;
+        use wasmparser::Payload;
+        match payload {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(r) if depth == 1 => {
+                for i in r {
+                    let i = i.map_err(|e| Error::NotWasm(format!("malformed import: {e}")))?;
+                    imports.push(i.name.name.to_owned());
+                }
+            }
+            Payload::ComponentExportSection(r) if depth == 1 => {
+                for e in r {
+                    let e = e.map_err(|e| Error::NotWasm(format!("malformed export: {e}")))?;
+                    exports.push(e.name.name.to_owned());
+                }
+            }
+            Payload::ImportSection(r) if depth == 1 && kind == Kind::Module => {
+                for i in r.into_imports() {
+                    let i = i.map_err(|e| Error::NotWasm(format!("malformed import: {e}")))?;
+                    imports.push(format!("{}::{}", i.module, i.name));
+                }
+            }
+            Payload::ExportSection(r) if depth == 1 && kind == Kind::Module => {
+                for e in r {
+                    let e = e.map_err(|e| Error::NotWasm(format!("malformed export: {e}")))?;
+                    exports.push(e.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(WasmInfo {
+        kind,
+        digest: crate::sha256_digest(bytes),
+        size: bytes.len() as u64,
+        imports,
+        exports,
+    })
+}
+
+fn describe_start(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "it is empty".into();
+    }
+    let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!(
+        "it starts with {} instead of the \\0asm magic",
+        head.join(" ")
+    )
+}
+
+/// The CNCF wasm config (`application/vnd.wasm.config.v0+json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmConfig {
+    pub created: String,
+    pub architecture: String,
+    pub os: String,
+    pub layer_digests: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<ComponentConfig>,
+}
+
+/// The `component` part of [`WasmConfig`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ComponentConfig {
+    pub exports: Vec<String>,
+    pub imports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl WasmConfig {
+    /// The config wa8s pushes for a binary.
+    pub fn for_binary(info: &WasmInfo) -> Self {
+        let created = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
+        WasmConfig {
+            created,
+            architecture: "wasm".into(),
+            os: info.kind.os().into(),
+            layer_digests: vec![info.digest.clone()],
+            component: (info.kind == Kind::Component).then(|| ComponentConfig {
+                exports: info.exports.clone(),
+                imports: info.imports.clone(),
+                target: None,
+            }),
+        }
+    }
+}
+
+/// How the Wasm binary is carried in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Carrier {
+    /// The layer's bytes are the binary (CNCF or older wasm artifact, or a wasm layer in an
+    /// image).
+    WasmLayer { index: usize },
+    /// The binary is a `.wasm` file inside these tar layers (a "layered" image).
+    TarLayers { indexes: Vec<usize> },
+}
+
+/// A manifest's config and layer media types: all [`carrier`] needs.
+#[derive(Debug)]
+pub struct ManifestShape<'a> {
+    pub config_media_type: &'a str,
+    pub layer_media_types: Vec<&'a str>,
+}
+
+/// Decides where the binary is, or says precisely why this is not a Wasm artifact.
+pub fn carrier(shape: &ManifestShape<'_>) -> Result<Carrier, String> {
+    let layers = &shape.layer_media_types;
+    let wasm: Vec<usize> = layers
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| **m == WASM_LAYER || **m == WASM_LAYER_V1)
+        .map(|(i, _)| i)
+        .collect();
+    match shape.config_media_type {
+        WASM_CONFIG_V0 | WASM_CONFIG_V1 => match (layers.len(), wasm.as_slice()) {
+            (0, _) => Err("the manifest has no layers; a wasm artifact has exactly one".into()),
+            (1, [i]) => Ok(Carrier::WasmLayer { index: *i }),
+            (1, _) => Err(format!(
+                "the only layer has media type {:?}; a wasm artifact's layer is {WASM_LAYER:?}",
+                layers[0]
+            )),
+            (n, _) => Err(format!(
+                "the manifest has {n} layers; a wasm artifact has exactly one"
+            )),
+        },
+        _ => {
+            if let [i] = wasm.as_slice() {
+                return Ok(Carrier::WasmLayer { index: *i });
+            }
+            if wasm.len() > 1 {
+                return Err(format!(
+                    "the image has {} wasm layers; expected one",
+                    wasm.len()
+                ));
+            }
+            let tars: Vec<usize> = layers
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| TAR_LAYERS.contains(m))
+                .map(|(i, _)| i)
+                .collect();
+            if tars.is_empty() {
+                Err(format!(
+                    "no wasm layer and no file-system layer (config {:?}, layers {:?})",
+                    shape.config_media_type, layers
+                ))
+            } else {
+                Ok(Carrier::TarLayers { indexes: tars })
+            }
+        }
+    }
+}
+
+/// Finds the `.wasm` file in a layered image's tar layers (later layers win, as in a rootfs).
+/// `entrypoint` (from the image config) picks among several; otherwise there must be one.
+pub fn wasm_from_tars(
+    layers: &[(Vec<u8>, bool)],
+    entrypoint: Option<&str>,
+    max_bytes: u64,
+) -> Result<Vec<u8>, String> {
+    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+    for (bytes, gzipped) in layers {
+        let reader: Box<dyn Read> = if *gzipped {
+            Box::new(flate2::read::GzDecoder::new(bytes.as_slice()))
+        } else {
+            Box::new(bytes.as_slice())
+        };
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive
+            .entries()
+            .map_err(|e| format!("unreadable tar layer: {e}"))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| format!("unreadable tar layer: {e}"))?;
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let path = entry
+                .path()
+                .map_err(|e| format!("unreadable tar entry: {e}"))?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .trim_start_matches('/')
+                .to_owned();
+            if !path.ends_with(".wasm") {
+                continue;
+            }
+            if entry.size() > max_bytes {
+                return Err(format!(
+                    "{path} is {} bytes, over the {max_bytes}-byte limit",
+                    entry.size()
+                ));
+            }
+            let mut content = Vec::with_capacity(entry.size() as usize);
+            entry
+                .read_to_end(&mut content)
+                .map_err(|e| format!("unreadable tar entry {path}: {e}"))?;
+            found.retain(|(p, _)| *p != path);
+            found.push((path, content));
+        }
+    }
+    if let Some(want) = entrypoint.map(|e| e.trim_start_matches("./").trim_start_matches('/'))
+        && let Some((_, bytes)) = found.iter().find(|(p, _)| p == want)
+    {
+        return Ok(bytes.clone());
+    }
+    match found.len() {
+        0 => Err("the image's layers hold no .wasm file".into()),
+        1 => Ok(found.remove(0).1),
+        _ => Err(format!(
+            "the image holds several .wasm files ({}) and its entrypoint names none of them",
+            found
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Whether an image index entry is a Wasm platform.
+pub fn is_wasm_platform(os: &str, architecture: &str) -> bool {
+    matches!(os, "wasip1" | "wasip2" | "wasi") || architecture == "wasm"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape<'a>(config: &'a str, layers: &[&'a str]) -> ManifestShape<'a> {
+        ManifestShape {
+            config_media_type: config,
+            layer_media_types: layers.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_wasm_artifact_has_exactly_one_wasm_layer() {
+        assert_eq!(
+            carrier(&shape(WASM_CONFIG_V0, &[WASM_LAYER])),
+            Ok(Carrier::WasmLayer { index: 0 })
+        );
+        assert_eq!(
+            carrier(&shape(WASM_CONFIG_V1, &[WASM_LAYER_V1])),
+            Ok(Carrier::WasmLayer { index: 0 })
+        );
+        let none = carrier(&shape(WASM_CONFIG_V0, &[])).expect_err("no layer");
+        assert!(none.contains("no layers"), "{none}");
+        let two = carrier(&shape(WASM_CONFIG_V0, &[WASM_LAYER, WASM_LAYER])).expect_err("two");
+        assert!(two.contains("2 layers"), "{two}");
+        let wrong = carrier(&shape(WASM_CONFIG_V0, &["text/plain"])).expect_err("wrong type");
+        assert!(wrong.contains("\"text/plain\""), "{wrong}");
+    }
+
+    #[test]
+    fn an_image_carries_wasm_in_a_wasm_layer_or_in_its_tar_layers() {
+        let image = "application/vnd.oci.image.config.v1+json";
+        assert_eq!(
+            carrier(&shape(
+                image,
+                &["application/vnd.oci.image.layer.v1.tar+gzip", WASM_LAYER]
+            )),
+            Ok(Carrier::WasmLayer { index: 1 })
+        );
+        assert_eq!(
+            carrier(&shape(
+                image,
+                &["application/vnd.oci.image.layer.v1.tar+gzip"]
+            )),
+            Ok(Carrier::TarLayers { indexes: vec![0] })
+        );
+        let other = carrier(&shape(image, &["application/x-foo"])).expect_err("nothing");
+        assert!(other.contains("no wasm layer"), "{other}");
+    }
+
+    #[test]
+    fn inspect_reads_a_components_interface_and_refuses_other_bytes() {
+        let err = inspect(b"").expect_err("empty");
+        assert!(err.to_string().contains("it is empty"), "{err}");
+        let err = inspect(b"\x7fELF....").expect_err("elf");
+        assert!(err.to_string().contains("7f 45 4c 46"), "{err}");
+    }
+}

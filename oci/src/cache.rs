@@ -1,0 +1,259 @@
+//! The node-wide content-addressed blob cache.
+//!
+//! `blobs/sha256/<hex>` holds verified content. Writes go to `tmp/` and are renamed into place,
+//! so a reader never sees a partial blob; every read re-hashes the file and drops it if it no
+//! longer matches; one fetch per digest at a time (an exclusive `flock` on `locks/<hex>`, which
+//! also holds across processes); and the total size is kept under a bound by evicting the
+//! least recently used blobs (a read refreshes a blob's modification time).
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::Error;
+
+/// A content-addressed cache directory.
+#[derive(Debug, Clone)]
+pub struct BlobCache {
+    root: PathBuf,
+    max_bytes: u64,
+}
+
+impl BlobCache {
+    /// A cache in `root` (created if missing) holding at most `max_bytes`.
+    pub fn new(root: impl Into<PathBuf>, max_bytes: u64) -> Result<Self, Error> {
+        let root = root.into();
+        for sub in ["blobs/sha256", "tmp", "locks"] {
+            std::fs::create_dir_all(root.join(sub))
+                .map_err(Error::io(format!("creating {}", root.join(sub).display())))?;
+        }
+        Ok(BlobCache { root, max_bytes })
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn hex(digest: &str) -> Result<&str, Error> {
+        match digest.strip_prefix("sha256:") {
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(h),
+            _ => Err(Error::Digest {
+                what: "cache key".into(),
+                expected: "sha256:<64 hex digits>".into(),
+                actual: digest.into(),
+            }),
+        }
+    }
+
+    fn blob_path(&self, hex: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(hex)
+    }
+
+    /// The verified content for `digest`, if cached. A blob that no longer matches its
+    /// digest is removed (and reported) so the next fetch replaces it.
+    pub fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        let hex = Self::hex(digest)?;
+        let path = self.blob_path(hex);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
+        };
+        let actual = crate::sha256_digest(&bytes);
+        if actual != digest {
+            tracing::warn!(
+                path = %path.display(),
+                expected = digest,
+                %actual,
+                "cached blob is corrupt; removing it"
+            );
+            let _ = std::fs::remove_file(&path);
+            return Ok(None);
+        }
+        // Modification time is the recency eviction goes by.
+        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+        Ok(Some(bytes))
+    }
+
+    /// The content for `digest`, fetched with `fetch` unless cached. Concurrent callers for
+    /// the same digest (threads or processes) wait for one fetch. Fetched bytes must hash to
+    /// `digest`, or nothing is stored.
+    pub async fn get_or_fetch<F, Fut>(&self, digest: &str, fetch: F) -> Result<Vec<u8>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, Error>>,
+    {
+        let hex = Self::hex(digest)?.to_owned();
+        if let Some(bytes) = self.get(digest)? {
+            return Ok(bytes);
+        }
+        let lock_path = self.root.join("locks").join(&hex);
+        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let f = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            f.lock()?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| Error::io("cache lock")(std::io::Error::other(e)))?
+        .map_err(Error::io(format!("locking cache entry {hex}")))?;
+        // Someone else may have fetched it while we waited.
+        if let Some(bytes) = self.get(digest)? {
+            drop(lock);
+            return Ok(bytes);
+        }
+        let bytes = fetch().await?;
+        let actual = crate::sha256_digest(&bytes);
+        if actual != digest {
+            return Err(Error::Digest {
+                what: "fetched blob".into(),
+                expected: digest.into(),
+                actual,
+            });
+        }
+        self.store(&hex, &bytes)?;
+        drop(lock);
+        self.evict(&hex);
+        Ok(bytes)
+    }
+
+    fn store(&self, hex: &str, bytes: &[u8]) -> Result<(), Error> {
+        let tmp = tempfile_in(&self.root.join("tmp"))?;
+        std::fs::write(&tmp, bytes).map_err(Error::io(format!("writing {}", tmp.display())))?;
+        if let Ok(f) = std::fs::File::open(&tmp) {
+            let _ = f.sync_all();
+        }
+        let path = self.blob_path(hex);
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(format!("storing {}", path.display()))(e)
+        })
+    }
+
+    /// Removes least recently used blobs until the total is within the bound (never `keep`).
+    fn evict(&self, keep: &str) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("blobs/sha256")) else {
+            return;
+        };
+        let mut blobs: Vec<(SystemTime, u64, PathBuf, bool)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                let keep = e.file_name() == keep;
+                Some((meta.modified().ok()?, meta.len(), e.path(), keep))
+            })
+            .collect();
+        let mut total: u64 = blobs.iter().map(|b| b.1).sum();
+        blobs.sort_by_key(|b| b.0);
+        for (_, size, path, keep) in blobs {
+            if total <= self.max_bytes {
+                break;
+            }
+            if keep {
+                continue;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                tracing::debug!(path = %path.display(), size, "evicted from the blob cache");
+                total = total.saturating_sub(size);
+            }
+        }
+    }
+
+    /// Total bytes held.
+    pub fn size(&self) -> u64 {
+        std::fs::read_dir(self.root.join("blobs/sha256"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn tempfile_in(dir: &Path) -> Result<PathBuf, Error> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(dir.join(format!("{}-{n}", std::process::id())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(n: u8, len: usize) -> (String, Vec<u8>) {
+        let bytes = vec![n; len];
+        (crate::sha256_digest(&bytes), bytes)
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_entry_is_detected_and_fetched_again() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(Error::io("tmp"))?;
+        let cache = BlobCache::new(dir.path(), 1 << 20)?;
+        let (digest, bytes) = blob(1, 1000);
+        let got = cache
+            .get_or_fetch(&digest, || async { Ok(bytes.clone()) })
+            .await?;
+        assert_eq!(got, bytes);
+        let hex = digest.trim_start_matches("sha256:");
+        std::fs::write(dir.path().join("blobs/sha256").join(hex), b"tampered")
+            .map_err(Error::io("tamper"))?;
+        assert_eq!(
+            cache.get(&digest)?,
+            None,
+            "a corrupt blob is never returned"
+        );
+        let mut fetched = false;
+        let got = cache
+            .get_or_fetch(&digest, || {
+                fetched = true;
+                async { Ok(bytes.clone()) }
+            })
+            .await?;
+        assert!(fetched);
+        assert_eq!(got, bytes);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn content_that_does_not_match_its_digest_is_not_stored() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(Error::io("tmp"))?;
+        let cache = BlobCache::new(dir.path(), 1 << 20)?;
+        let (digest, _) = blob(1, 10);
+        let err = cache
+            .get_or_fetch(&digest, || async { Ok(b"something else".to_vec()) })
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, Error::Digest { .. }), "{err}");
+        assert_eq!(cache.size(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn eviction_keeps_the_bound_and_drops_the_least_recently_used() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(Error::io("tmp"))?;
+        let cache = BlobCache::new(dir.path(), 2500)?;
+        let (a, a_bytes) = blob(1, 1000);
+        let (b, b_bytes) = blob(2, 1000);
+        let (c, c_bytes) = blob(3, 1000);
+        cache.get_or_fetch(&a, || async { Ok(a_bytes) }).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        cache.get_or_fetch(&b, || async { Ok(b_bytes) }).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Reading a makes b the least recently used.
+        assert!(cache.get(&a)?.is_some());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        cache.get_or_fetch(&c, || async { Ok(c_bytes) }).await?;
+        assert!(cache.size() <= 2500, "{} bytes", cache.size());
+        assert!(cache.get(&a)?.is_some());
+        assert!(cache.get(&b)?.is_none());
+        assert!(cache.get(&c)?.is_some());
+        Ok(())
+    }
+}

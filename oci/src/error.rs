@@ -1,0 +1,63 @@
+//! Errors at the OCI boundary.
+
+/// What went wrong talking to a registry or reading an artifact.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The reference cannot be parsed.
+    #[error("invalid reference {reference:?}: {reason}")]
+    Reference { reference: String, reason: String },
+    /// Bytes that are not WebAssembly where a Wasm binary was expected.
+    #[error("not a WebAssembly binary: {0}")]
+    NotWasm(String),
+    /// The manifest does not describe a Wasm component wa8s can run.
+    #[error("{reference}: {reason}")]
+    Artifact { reference: String, reason: String },
+    /// Content did not hash to the digest that names it.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    Digest {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    /// The registry refused the credentials (or demanded some).
+    #[error("{registry}: authentication failed: {reason}")]
+    Auth { registry: String, reason: String },
+    /// The reference (repository, tag or digest) does not exist.
+    #[error("{reference}: not found in the registry")]
+    NotFound { reference: String },
+    /// The registry could not be reached or answered with an error.
+    #[error("{registry}: {reason}")]
+    Registry { registry: String, reason: String },
+    /// Credentials configuration (docker config, credential helper) is unusable.
+    #[error("credentials: {0}")]
+    Credentials(String),
+    /// Local file system trouble (cache, output file).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+
+    /// A short, stable label for the kind of failure (metrics, conditions).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Reference { .. } => "InvalidReference",
+            Error::NotWasm(_) => "NotWasm",
+            Error::Artifact { .. } => "UnsupportedArtifact",
+            Error::Digest { .. } => "DigestMismatch",
+            Error::Auth { .. } => "AuthFailed",
+            Error::NotFound { .. } => "NotFound",
+            Error::Registry { .. } => "RegistryUnavailable",
+            Error::Credentials(_) => "BadCredentials",
+            Error::Io { .. } => "LocalIO",
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Wasm components as OCI artifacts.
+//!
+//! - [`artifact`]: what a binary is (component or preview1 module, its imports and exports)
+//!   and the CNCF wasm artifact format wa8s writes;
+//! - [`Registry`]: push, resolve and pull with credentials, mirrors and TLS rules, reading the
+//!   CNCF format, the older `vnd.wasm.*.v1` format, layered images and image indexes;
+//! - [`BlobCache`]: the node-wide content-addressed cache every pull goes through.
+//!
+//! The shim, the operator and the `wa8s` CLI all use this crate, so they agree on formats.
+
+pub mod artifact;
+mod auth;
+mod cache;
+mod error;
+mod registry;
+
+pub use auth::Credentials;
+pub use cache::BlobCache;
+pub use error::Error;
+pub use registry::{Pulled, Pushed, Registry, RegistryOptions, Resolved};
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}

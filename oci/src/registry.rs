@@ -1,0 +1,596 @@
+//! Talking to registries: push, resolve and pull Wasm artifacts.
+
+use std::collections::BTreeMap;
+
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+
+use crate::artifact::{self, Carrier, ManifestShape, WasmConfig, WasmInfo};
+use crate::{BlobCache, Credentials, Error};
+
+/// Manifest media types wa8s asks for.
+const ACCEPTED: &[&str] = &[
+    artifact::OCI_MANIFEST,
+    artifact::OCI_INDEX,
+    artifact::DOCKER_MANIFEST,
+    artifact::DOCKER_LIST,
+];
+
+/// Default ceiling for one component (declared or actual size).
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
+/// How to reach registries.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    pub credentials: Credentials,
+    /// Registries (`host[:port]`) spoken to over plain HTTP. Loopback registries always are.
+    pub insecure: Vec<String>,
+    /// `registry → mirror` (`ghcr.io → 127.0.0.1:5000`): every pull and resolve of the
+    /// registry goes to the mirror, same repository and tag. Pushes are not redirected.
+    pub mirrors: BTreeMap<String, String>,
+    /// Largest component accepted (declared sizes are checked before downloading).
+    pub max_component_bytes: u64,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            credentials: Credentials::default(),
+            insecure: Vec::new(),
+            mirrors: BTreeMap::new(),
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+        }
+    }
+}
+
+/// A client for Wasm artifacts in OCI registries.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    options: RegistryOptions,
+}
+
+/// What a push produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// The manifest digest (`sha256:…`): pin deployments to `<repo>@<digest>`.
+    pub digest: String,
+    /// The binary's own digest (the layer).
+    pub layer_digest: String,
+}
+
+/// A reference resolved to its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The reference as given.
+    pub reference: String,
+    /// The manifest digest (of the platform manifest when the reference names an index).
+    pub digest: String,
+}
+
+/// A pulled component.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub resolved: Resolved,
+    /// The binary.
+    pub bytes: Vec<u8>,
+    pub info: WasmInfo,
+    /// How it was carried: `application/wasm`, the older v1 layer, or `tar`.
+    pub carrier: String,
+    pub config_media_type: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<RawDescriptor>,
+    #[serde(default)]
+    layers: Option<Vec<RawDescriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<RawIndexEntry>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct RawDescriptor {
+    media_type: String,
+    digest: String,
+    size: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawIndexEntry {
+    digest: String,
+    #[serde(default)]
+    platform: Option<RawPlatform>,
+}
+
+#[derive(Deserialize)]
+struct RawPlatform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+}
+
+/// An OCI/docker image config: lower-case `config`, upper-case fields inside it.
+#[derive(Deserialize, Default)]
+struct ImageConfig {
+    #[serde(default)]
+    config: Option<ImageRuntimeConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ImageRuntimeConfig {
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
+}
+
+/// Parses `ghcr.io/org/app:v1` or `…@sha256:…`, with a clear error.
+pub fn parse_reference(reference: &str) -> Result<Reference, Error> {
+    let bad = |reason: String| Error::Reference {
+        reference: reference.into(),
+        reason,
+    };
+    let parsed = reference
+        .parse::<Reference>()
+        .map_err(|e| bad(e.to_string()))?;
+    // The distribution spec's repository grammar; the parser is laxer (it keeps upper case).
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+            && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    if !parsed.repository().split('/').all(component_ok) {
+        return Err(bad(format!(
+            "repository {:?} must be lower-case letters, digits and separators (. _ -)",
+            parsed.repository()
+        )));
+    }
+    Ok(parsed)
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = registry
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(registry, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Registry {
+    pub fn new(options: RegistryOptions) -> Self {
+        Registry { options }
+    }
+
+    fn client(&self, registry: &str) -> Client {
+        let mut insecure = self.options.insecure.clone();
+        if is_loopback(registry) {
+            insecure.push(registry.to_owned());
+        }
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure),
+            // Indexes are resolved here (to a wasm platform), not by the client.
+            platform_resolver: None,
+            connect_timeout: Some(std::time::Duration::from_secs(10)),
+            read_timeout: Some(std::time::Duration::from_secs(60)),
+            user_agent: concat!("wa8s/", env!("CARGO_PKG_VERSION")),
+            ..ClientConfig::default()
+        })
+    }
+
+    /// The reference pulls actually use: the mirror's, if one is configured.
+    fn mirrored(&self, reference: &Reference) -> Reference {
+        match self.options.mirrors.get(reference.resolve_registry()) {
+            Some(mirror) => {
+                let repo = reference.repository().to_owned();
+                match (reference.tag(), reference.digest()) {
+                    (Some(t), Some(d)) => Reference::with_tag_and_digest(
+                        mirror.clone(),
+                        repo,
+                        t.to_owned(),
+                        d.to_owned(),
+                    ),
+                    (_, Some(d)) => Reference::with_digest(mirror.clone(), repo, d.to_owned()),
+                    (t, None) => {
+                        Reference::with_tag(mirror.clone(), repo, t.unwrap_or("latest").to_owned())
+                    }
+                }
+            }
+            None => reference.clone(),
+        }
+    }
+
+    fn translate(&self, reference: &Reference, e: OciDistributionError) -> Error {
+        let registry = reference.resolve_registry().to_owned();
+        match e {
+            OciDistributionError::AuthenticationFailure(reason) => Error::Auth { registry, reason },
+            OciDistributionError::UnauthorizedError { url } => Error::Auth {
+                registry,
+                reason: format!("unauthorized at {url}"),
+            },
+            OciDistributionError::ImageManifestNotFoundError(_) => Error::NotFound {
+                reference: reference.whole(),
+            },
+            OciDistributionError::RegistryError { envelope, url } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+                {
+                    Error::Auth {
+                        registry,
+                        reason: format!("{envelope} ({url})"),
+                    }
+                } else if codes.iter().any(|c| {
+                    matches!(
+                        c,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::BlobUnknown
+                    )
+                }) {
+                    Error::NotFound {
+                        reference: reference.whole(),
+                    }
+                } else {
+                    Error::Registry {
+                        registry,
+                        reason: format!("{envelope} ({url})"),
+                    }
+                }
+            }
+            OciDistributionError::ServerError {
+                code: 401 | 403,
+                url,
+                message,
+            } => Error::Auth {
+                registry,
+                reason: format!("{message} ({url})"),
+            },
+            OciDistributionError::ServerError { code: 404, .. } => Error::NotFound {
+                reference: reference.whole(),
+            },
+            OciDistributionError::DigestError(d) => Error::Digest {
+                what: reference.whole(),
+                expected: String::new(),
+                actual: d.to_string(),
+            },
+            other => Error::Registry {
+                registry,
+                reason: error_chain(&other),
+            },
+        }
+    }
+
+    /// Pushes `wasm` as a CNCF wasm artifact (one `application/wasm` layer, a
+    /// `vnd.wasm.config.v0` config describing it) and returns the manifest digest.
+    pub async fn push(&self, wasm: &[u8], reference: &str) -> Result<Pushed, Error> {
+        let reference = parse_reference(reference)?;
+        let info = artifact::inspect(wasm)?;
+        let config = WasmConfig::for_binary(&info);
+        let config_json = serde_json::to_vec(&config).map_err(|e| Error::Artifact {
+            reference: reference.whole(),
+            reason: format!("encoding the config: {e}"),
+        })?;
+        let layers = vec![ImageLayer::new(
+            wasm.to_vec(),
+            artifact::WASM_LAYER.to_owned(),
+            None,
+        )];
+        let config = Config::new(config_json, artifact::WASM_CONFIG_V0.to_owned(), None);
+        let mut manifest = OciImageManifest::build(&layers, &config, None);
+        manifest.media_type = Some(artifact::OCI_MANIFEST.to_owned());
+        let registry = reference.resolve_registry().to_owned();
+        let auth = self.options.credentials.for_registry(&registry)?;
+        let client = self.client(&registry);
+        client
+            .push(&reference, &layers, config, &auth, Some(manifest))
+            .await
+            .map_err(|e| self.translate(&reference, e))?;
+        let digest = client
+            .fetch_manifest_digest(&reference, &auth)
+            .await
+            .map_err(|e| self.translate(&reference, e))?;
+        Ok(Pushed {
+            digest,
+            layer_digest: info.digest,
+        })
+    }
+
+    /// The manifest digest `reference` names now (through mirrors), for pinning.
+    pub async fn resolve(&self, reference: &str) -> Result<Resolved, Error> {
+        let parsed = parse_reference(reference)?;
+        let (_, digest, _) = self.manifest(&parsed).await?;
+        Ok(Resolved {
+            reference: reference.to_owned(),
+            digest,
+        })
+    }
+
+    /// Fetches the manifest (following an index to its wasm platform entry) and verifies
+    /// its digest when the reference pins one.
+    async fn manifest(
+        &self,
+        parsed: &Reference,
+    ) -> Result<(RawManifest, String, Reference), Error> {
+        let target = self.mirrored(parsed);
+        let registry = target.resolve_registry().to_owned();
+        let auth = self
+            .options
+            .credentials
+            .for_registry(parsed.resolve_registry())?;
+        let client = self.client(&registry);
+        let mut current = target.clone();
+        for _ in 0..2 {
+            let (raw, digest) = client
+                .pull_manifest_raw(&current, &auth, ACCEPTED)
+                .await
+                .map_err(|e| self.translate(parsed, e))?;
+            let actual = crate::sha256_digest(&raw);
+            if let Some(pinned) = current.digest()
+                && pinned != actual
+            {
+                return Err(Error::Digest {
+                    what: format!("manifest of {}", parsed.whole()),
+                    expected: pinned.to_owned(),
+                    actual,
+                });
+            }
+            let manifest: RawManifest =
+                serde_json::from_slice(&raw).map_err(|e| Error::Artifact {
+                    reference: parsed.whole(),
+                    reason: format!("the manifest is not valid JSON: {e}"),
+                })?;
+            let is_index = manifest.manifests.is_some()
+                || matches!(
+                    manifest.media_type.as_deref(),
+                    Some(artifact::OCI_INDEX | artifact::DOCKER_LIST)
+                );
+            if !is_index {
+                let digest = if digest.is_empty() { actual } else { digest };
+                return Ok((manifest, digest, current));
+            }
+            let entries = manifest.manifests.unwrap_or_default();
+            let Some(entry) = entries.iter().find(|e| {
+                e.platform
+                    .as_ref()
+                    .is_some_and(|p| artifact::is_wasm_platform(&p.os, &p.architecture))
+            }) else {
+                let platforms: Vec<String> = entries
+                    .iter()
+                    .filter_map(|e| e.platform.as_ref())
+                    .map(|p| format!("{}/{}", p.os, p.architecture))
+                    .collect();
+                return Err(Error::Artifact {
+                    reference: parsed.whole(),
+                    reason: format!(
+                        "the image index has no wasm platform (wasip1, wasip2, wasi or \
+                         architecture wasm); it has: {}",
+                        if platforms.is_empty() {
+                            "none".into()
+                        } else {
+                            platforms.join(", ")
+                        }
+                    ),
+                });
+            };
+            current = target.clone_with_digest(entry.digest.clone());
+        }
+        Err(Error::Artifact {
+            reference: parsed.whole(),
+            reason: "an image index points at another index".into(),
+        })
+    }
+
+    /// Pulls the component `reference` names, through `cache` when given. Every blob is
+    /// verified against its digest; a mismatch is an error and nothing is cached.
+    pub async fn pull(&self, reference: &str, cache: Option<&BlobCache>) -> Result<Pulled, Error> {
+        let parsed = parse_reference(reference)?;
+        let (manifest, digest, at) = self.manifest(&parsed).await?;
+        let artifact_error = |reason: String| Error::Artifact {
+            reference: parsed.whole(),
+            reason,
+        };
+        let config = manifest
+            .config
+            .clone()
+            .ok_or_else(|| artifact_error("the manifest has no config".into()))?;
+        let layers = manifest.layers.clone().unwrap_or_default();
+        let shape = ManifestShape {
+            config_media_type: &config.media_type,
+            layer_media_types: layers.iter().map(|l| l.media_type.as_str()).collect(),
+        };
+        let carrier = artifact::carrier(&shape).map_err(artifact_error)?;
+        let max = self.options.max_component_bytes;
+        let registry = at.resolve_registry().to_owned();
+        let client = self.client(&registry);
+        let auth = self
+            .options
+            .credentials
+            .for_registry(parsed.resolve_registry())?;
+        client.store_auth_if_needed(&registry, &auth).await;
+        let fetch = |d: RawDescriptor, limit: u64| {
+            let client = client.clone();
+            let at = at.clone();
+            let parsed = parsed.clone();
+            async move {
+                let size = u64::try_from(d.size).unwrap_or(u64::MAX);
+                if size > limit {
+                    return Err(Error::Artifact {
+                        reference: parsed.whole(),
+                        reason: format!(
+                            "layer {} declares {} bytes, over the {limit}-byte limit",
+                            d.digest, d.size
+                        ),
+                    });
+                }
+                let get = || async {
+                    let desc = OciDescriptor {
+                        media_type: d.media_type.clone(),
+                        digest: d.digest.clone(),
+                        size: d.size,
+                        ..OciDescriptor::default()
+                    };
+                    let mut out = Vec::with_capacity(size as usize);
+                    client
+                        .pull_blob(&at, &desc, &mut out)
+                        .await
+                        .map_err(|e| match e {
+                            OciDistributionError::DigestError(err) => Error::Digest {
+                                what: format!("layer of {}", parsed.whole()),
+                                expected: d.digest.clone(),
+                                actual: err.to_string(),
+                            },
+                            other => Error::Registry {
+                                registry: at.resolve_registry().into(),
+                                reason: error_chain(&other),
+                            },
+                        })?;
+                    if out.len() as u64 != size {
+                        return Err(Error::Artifact {
+                            reference: parsed.whole(),
+                            reason: format!(
+                                "layer {} declares {} bytes but has {}",
+                                d.digest,
+                                d.size,
+                                out.len()
+                            ),
+                        });
+                    }
+                    Ok(out)
+                };
+                match cache {
+                    Some(c) => c.get_or_fetch(&d.digest, get).await,
+                    None => {
+                        let out = get().await?;
+                        let actual = crate::sha256_digest(&out);
+                        if actual != d.digest {
+                            return Err(Error::Digest {
+                                what: format!("layer of {}", parsed.whole()),
+                                expected: d.digest,
+                                actual,
+                            });
+                        }
+                        Ok(out)
+                    }
+                }
+            }
+        };
+        let (bytes, how) = match carrier {
+            Carrier::WasmLayer { index } => {
+                let d = layers[index].clone();
+                let how = d.media_type.clone();
+                (fetch(d, max).await?, how)
+            }
+            Carrier::TarLayers { indexes } => {
+                let image_config: ImageConfig = {
+                    let raw = fetch(config.clone(), 1 << 20).await?;
+                    serde_json::from_slice(&raw).unwrap_or_default()
+                };
+                let entrypoint = image_config.config.and_then(|c| {
+                    c.entrypoint
+                        .into_iter()
+                        .chain(c.cmd)
+                        .flatten()
+                        .find(|a| a.ends_with(".wasm"))
+                });
+                let mut tars = Vec::new();
+                for i in indexes {
+                    let d = layers[i].clone();
+                    let gz = d.media_type.ends_with("gzip");
+                    tars.push((fetch(d, max).await?, gz));
+                }
+                let wasm = artifact::wasm_from_tars(&tars, entrypoint.as_deref(), max)
+                    .map_err(artifact_error)?;
+                (wasm, "tar".to_owned())
+            }
+        };
+        let info = artifact::inspect(&bytes)
+            .map_err(|e| artifact_error(format!("the layer is not WebAssembly: {e}")))?;
+        Ok(Pulled {
+            resolved: Resolved {
+                reference: reference.to_owned(),
+                digest,
+            },
+            bytes,
+            info,
+            carrier: how,
+            config_media_type: config.media_type,
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_recognized_in_every_spelling() {
+        for r in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "localhost",
+            "[::1]:5000",
+            "127.0.0.1",
+        ] {
+            assert!(is_loopback(r), "{r}");
+        }
+        for r in ["ghcr.io", "10.0.0.1:5000", "localhost.example.com"] {
+            assert!(!is_loopback(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn a_mirror_replaces_the_registry_and_keeps_repository_tag_and_digest() -> Result<(), Error> {
+        let registry = Registry::new(RegistryOptions {
+            mirrors: [("ghcr.io".to_owned(), "127.0.0.1:5000".to_owned())].into(),
+            ..RegistryOptions::default()
+        });
+        let r = registry.mirrored(&parse_reference("ghcr.io/myorg/app:v1")?);
+        assert_eq!(r.whole(), "127.0.0.1:5000/myorg/app:v1");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = registry.mirrored(&parse_reference(&format!("ghcr.io/myorg/app@{d}"))?);
+        assert_eq!(r.whole(), format!("127.0.0.1:5000/myorg/app@{d}"));
+        let r = registry.mirrored(&parse_reference("quay.io/x/y:1")?);
+        assert_eq!(r.whole(), "quay.io/x/y:1");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_references_are_clear_errors() {
+        for bad in ["", "UPPER/case:tag", "ghcr.io/x:bad tag", "x@sha256:short"] {
+            let err = parse_reference(bad).expect_err(bad);
+            assert!(err.to_string().starts_with("invalid reference"), "{err}");
+        }
+    }
+}

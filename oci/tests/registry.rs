@@ -1,0 +1,336 @@
+//! Pushing and pulling against a real distribution registry on loopback.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::manifest::OciImageManifest;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use wa8s_e2e::registry::{Registry as TestRegistry, Users};
+use wa8s_oci::artifact::{self, Kind};
+use wa8s_oci::{BlobCache, Credentials, Error, Registry, RegistryOptions};
+use wa8s_test_components as guests;
+
+fn anonymous() -> Registry {
+    Registry::new(RegistryOptions::default())
+}
+
+/// A raw client for shapes wa8s never pushes (old formats, images, broken manifests).
+async fn push_raw(
+    reg: &TestRegistry,
+    repo_tag: &str,
+    layers: Vec<ImageLayer>,
+    config: Config,
+) -> Result<()> {
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let reference: Reference = format!("{}/{repo_tag}", reg.addr()).parse()?;
+    let mut manifest = OciImageManifest::build(&layers, &config, None);
+    manifest.media_type = Some(artifact::OCI_MANIFEST.into());
+    client
+        .push(
+            &reference,
+            &layers,
+            config,
+            &RegistryAuth::Anonymous,
+            Some(manifest),
+        )
+        .await
+        .context("raw push")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_component_pulls_back_byte_identical_by_tag_and_by_digest() -> Result<()> {
+    let reg = TestRegistry::start()?;
+    let wa8s = anonymous();
+    let reference = format!("{}/myorg/hello:v1", reg.addr());
+    let pushed = wa8s.push(guests::HTTP_COMPONENT, &reference).await?;
+    assert!(pushed.digest.starts_with("sha256:"));
+    assert_eq!(
+        pushed.layer_digest,
+        wa8s_oci::sha256_digest(guests::HTTP_COMPONENT)
+    );
+
+    let by_tag = wa8s.pull(&reference, None).await?;
+    assert_eq!(by_tag.bytes, guests::HTTP_COMPONENT);
+    assert_eq!(by_tag.resolved.digest, pushed.digest);
+    assert_eq!(by_tag.carrier, artifact::WASM_LAYER);
+    assert_eq!(by_tag.config_media_type, artifact::WASM_CONFIG_V0);
+    assert_eq!(by_tag.info.kind, Kind::Component);
+    assert!(
+        by_tag
+            .info
+            .exports
+            .iter()
+            .any(|e| e.starts_with("wasi:http/incoming-handler")),
+        "{:?}",
+        by_tag.info.exports
+    );
+
+    let by_digest = format!("{}/myorg/hello@{}", reg.addr(), pushed.digest);
+    assert_eq!(
+        wa8s.pull(&by_digest, None).await?.bytes,
+        guests::HTTP_COMPONENT
+    );
+    assert_eq!(wa8s.resolve(&reference).await?.digest, pushed.digest);
+
+    // A core module is pushed as wasip1 and pulls back too.
+    let module = format!("{}/myorg/hello-p1:v1", reg.addr());
+    wa8s.push(guests::HELLO_CORE, &module).await?;
+    let pulled = wa8s.pull(&module, None).await?;
+    assert_eq!(pulled.bytes, guests::HELLO_CORE);
+    assert_eq!(pulled.info.kind, Kind::Module);
+
+    let missing = wa8s
+        .pull(&format!("{}/myorg/hello:v2", reg.addr()), None)
+        .await
+        .expect_err("no such tag");
+    assert!(matches!(missing, Error::NotFound { .. }), "{missing}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_blob_is_refused_and_nothing_is_cached() -> Result<()> {
+    let reg = TestRegistry::start()?;
+    let wa8s = anonymous();
+    let reference = format!("{}/myorg/hello:v1", reg.addr());
+    let pushed = wa8s.push(guests::HTTP_COMPONENT, &reference).await?;
+    let mut tampered = guests::HTTP_COMPONENT.to_vec();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0xff;
+    std::fs::write(reg.blob_path(&pushed.layer_digest), &tampered)?;
+
+    let dir = tempfile::tempdir()?;
+    let cache = BlobCache::new(dir.path(), 1 << 30)?;
+    let err = wa8s
+        .pull(&reference, Some(&cache))
+        .await
+        .expect_err("tampered content refused");
+    assert!(matches!(err, Error::Digest { .. }), "{err}");
+    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    assert_eq!(cache.size(), 0, "nothing cached");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_works_from_a_docker_config_and_wrong_credentials_are_named() -> Result<()> {
+    let reg = TestRegistry::start_with(Users(vec![("alice".into(), "s3cret".into())]))?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"auths": {{"{}": {{"username": "alice", "password": "s3cret"}}}}}}"#,
+            reg.addr()
+        ),
+    )?;
+    let with_config = Registry::new(RegistryOptions {
+        credentials: Credentials {
+            explicit: None,
+            docker_config: Some(config),
+        },
+        ..RegistryOptions::default()
+    });
+    let reference = format!("{}/private/hello:v1", reg.addr());
+    with_config.push(guests::HTTP_COMPONENT, &reference).await?;
+    assert_eq!(
+        with_config.pull(&reference, None).await?.bytes,
+        guests::HTTP_COMPONENT
+    );
+
+    let wrong = Registry::new(RegistryOptions {
+        credentials: Credentials {
+            explicit: Some(("alice".into(), "wrong".into())),
+            docker_config: None,
+        },
+        ..RegistryOptions::default()
+    });
+    let err = wrong.pull(&reference, None).await.expect_err("refused");
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+    Ok(())
+}
+
+fn tar_gz(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (path, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, path, *bytes)?;
+    }
+    Ok(tar.into_inner()?.finish()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layered_images_and_the_older_artifact_format_yield_the_component() -> Result<()> {
+    let reg = TestRegistry::start()?;
+    let wa8s = anonymous();
+
+    // A "layered" image: the .wasm in a tar.gz layer, named by the entrypoint.
+    let layer = tar_gz(&[
+        ("README", b"not the component"),
+        ("app/decoy.wasm", guests::HELLO_COMPONENT),
+        ("app/main.wasm", guests::HTTP_COMPONENT),
+    ])?;
+    let image_config = br#"{"architecture":"wasm","os":"wasip2","config":{"Entrypoint":["/app/main.wasm"]},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    push_raw(
+        &reg,
+        "myorg/layered:v1",
+        vec![ImageLayer::new(
+            layer,
+            "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            None,
+        )],
+        Config::new(
+            image_config.to_vec(),
+            "application/vnd.oci.image.config.v1+json".into(),
+            None,
+        ),
+    )
+    .await?;
+    let pulled = wa8s
+        .pull(&format!("{}/myorg/layered:v1", reg.addr()), None)
+        .await?;
+    assert_eq!(pulled.bytes, guests::HTTP_COMPONENT);
+    assert_eq!(pulled.carrier, "tar");
+
+    // The older vnd.wasm.config.v1 / content.layer.v1 artifact.
+    push_raw(
+        &reg,
+        "myorg/old:v1",
+        vec![ImageLayer::new(
+            guests::HTTP_COMPONENT.to_vec(),
+            artifact::WASM_LAYER_V1.into(),
+            None,
+        )],
+        Config::new(b"{}".to_vec(), artifact::WASM_CONFIG_V1.into(), None),
+    )
+    .await?;
+    let pulled = wa8s
+        .pull(&format!("{}/myorg/old:v1", reg.addr()), None)
+        .await?;
+    assert_eq!(pulled.bytes, guests::HTTP_COMPONENT);
+    assert_eq!(pulled.carrier, artifact::WASM_LAYER_V1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_artifacts_are_clear_errors() -> Result<()> {
+    let reg = TestRegistry::start()?;
+    let wa8s = anonymous();
+    let wasm_config = || Config::new(b"{}".to_vec(), artifact::WASM_CONFIG_V0.into(), None);
+    let layer = |bytes: &[u8], media: &str| ImageLayer::new(bytes.to_vec(), media.into(), None);
+    let cases: Vec<(&str, Vec<ImageLayer>, Config, &str)> = vec![
+        ("zero:v1", vec![], wasm_config(), "no layers"),
+        (
+            "two:v1",
+            vec![
+                layer(guests::HTTP_COMPONENT, artifact::WASM_LAYER),
+                layer(guests::HELLO_COMPONENT, artifact::WASM_LAYER),
+            ],
+            wasm_config(),
+            "2 layers",
+        ),
+        (
+            "mediatype:v1",
+            vec![layer(guests::HTTP_COMPONENT, "text/plain")],
+            wasm_config(),
+            "\"text/plain\"",
+        ),
+        (
+            "notwasm:v1",
+            vec![layer(b"#!/bin/sh\necho hi\n", artifact::WASM_LAYER)],
+            wasm_config(),
+            "the layer is not WebAssembly",
+        ),
+    ];
+    for (repo, layers, config, says) in cases {
+        push_raw(&reg, &format!("bad/{repo}"), layers, config).await?;
+        let err = wa8s
+            .pull(&format!("{}/bad/{repo}", reg.addr()), None)
+            .await
+            .expect_err(repo);
+        assert!(matches!(err, Error::Artifact { .. }), "{repo}: {err}");
+        assert!(err.to_string().contains(says), "{repo}: {err}");
+    }
+
+    // A size limit smaller than the component: refused from the declared size, unfetched.
+    wa8s.push(
+        guests::HTTP_COMPONENT,
+        &format!("{}/ok/hello:v1", reg.addr()),
+    )
+    .await?;
+    let small = Registry::new(RegistryOptions {
+        max_component_bytes: 100,
+        ..RegistryOptions::default()
+    });
+    let err = small
+        .pull(&format!("{}/ok/hello:v1", reg.addr()), None)
+        .await
+        .expect_err("too big");
+    assert!(err.to_string().contains("over the 100-byte limit"), "{err}");
+    assert_eq!(
+        reg.blob_fetches(&wa8s_oci::sha256_digest(guests::HTTP_COMPONENT)),
+        0
+    );
+
+    for bad in ["", "ghcr.io/Upper/Case:v1", "ghcr.io/x@sha256:123"] {
+        let err = wa8s.pull(bad, None).await.expect_err(bad);
+        assert!(matches!(err, Error::Reference { .. }), "{bad}: {err}");
+    }
+    let err = wa8s
+        .push(b"definitely not wasm", &format!("{}/x/y:z", reg.addr()))
+        .await
+        .expect_err("not wasm");
+    assert!(matches!(err, Error::NotWasm(_)), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_of_one_digest_fetch_it_once() -> Result<()> {
+    let reg = TestRegistry::start()?;
+    let wa8s = Arc::new(anonymous());
+    let reference = format!("{}/myorg/hello:v1", reg.addr());
+    let pushed = wa8s.push(guests::HTTP_COMPONENT, &reference).await?;
+    let dir = tempfile::tempdir()?;
+    let cache = Arc::new(BlobCache::new(dir.path(), 1 << 30)?);
+    let mut pulls = Vec::new();
+    for _ in 0..8 {
+        let (wa8s, cache, reference) = (wa8s.clone(), cache.clone(), reference.clone());
+        pulls.push(tokio::spawn(async move {
+            wa8s.pull(&reference, Some(&cache)).await.map(|p| p.bytes)
+        }));
+    }
+    for p in pulls {
+        assert_eq!(p.await??, guests::HTTP_COMPONENT);
+    }
+    assert_eq!(reg.blob_fetches(&pushed.layer_digest), 1, "{}", reg.log());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_serves_pulls_for_the_registry_it_stands_in_for() -> Result<()> {
+    let reg = TestRegistry::start()?;
+    anonymous()
+        .push(
+            guests::HTTP_COMPONENT,
+            &format!("{}/myorg/image-processor:v1.2.3", reg.addr()),
+        )
+        .await?;
+    let mirrored = Registry::new(RegistryOptions {
+        mirrors: [("ghcr.io".to_owned(), reg.addr().to_owned())].into(),
+        ..RegistryOptions::default()
+    });
+    let pulled = mirrored
+        .pull("ghcr.io/myorg/image-processor:v1.2.3", None)
+        .await?;
+    assert_eq!(pulled.bytes, guests::HTTP_COMPONENT);
+    Ok(())
+}

@@ -149,6 +149,30 @@ impl HostEngine {
     }
 }
 
+impl HostEngine {
+    /// Loads code [`HostEngine::precompile`] just produced in this process.
+    #[allow(unsafe_code)]
+    pub(crate) fn load_own_precompiled(&self, bytes: &[u8]) -> Result<crate::Program, Error> {
+        match Engine::detect_precompiled(bytes) {
+            Some(wasmtime::Precompiled::Component) => {
+                // SAFETY: the bytes come straight from `precompile` on this engine.
+                let c = unsafe { wasmtime::component::Component::deserialize(&self.engine, bytes) }
+                    .map_err(|e| Error::Engine(chain(&e)))?;
+                crate::Program::from_component(self, c)
+            }
+            Some(wasmtime::Precompiled::Module) => {
+                // SAFETY: as above.
+                let m = unsafe { wasmtime::Module::deserialize(&self.engine, bytes) }
+                    .map_err(|e| Error::Engine(chain(&e)))?;
+                crate::Program::from_module(self, m)
+            }
+            None => Err(Error::Engine(
+                "precompile produced no wasmtime artifact".into(),
+            )),
+        }
+    }
+}
+
 fn wasm_config(config: &EngineConfig, pooled: Option<u32>) -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true)

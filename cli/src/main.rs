@@ -14,6 +14,8 @@ use wa8s_host::{
     ServeOptions, Server, Stdio,
 };
 
+mod oci;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "wa8s",
@@ -33,6 +35,13 @@ enum Command {
     /// Exit status: the guest's own for cli programs; 124 when it ran past --timeout; 134
     /// when it trapped; 2 when wa8s could not start it (bad flag, file, binary or grant).
     Run(RunArgs),
+    /// Push a component to a registry as a CNCF wasm OCI artifact; prints the manifest digest.
+    Push(oci::PushArgs),
+    /// Pull a component from a registry (wasm artifacts, layered images, image indexes);
+    /// every blob is verified against its digest. Prints the manifest digest.
+    Pull(oci::PullArgs),
+    /// Show what a component is: kind, imports, exports, size, digests, media types.
+    Inspect(oci::InspectArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -92,6 +101,20 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
+        Command::Push(args) => registry_command(runtime.block_on(oci::push(args))),
+        Command::Pull(args) => registry_command(runtime.block_on(oci::pull(args))),
+        Command::Inspect(args) => registry_command(runtime.block_on(oci::inspect(args))),
+    }
+}
+
+/// Registry commands exit 1 on any failure, with the error chain on stderr.
+fn registry_command(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -1,0 +1,187 @@
+//! `wa8s push`, `wa8s pull` and `wa8s inspect`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use wa8s_oci::artifact::{self, WasmInfo};
+use wa8s_oci::{BlobCache, Credentials, Registry, RegistryOptions};
+
+/// How to reach registries (shared by push, pull and inspect).
+#[derive(clap::Args, Debug)]
+pub struct RegistryArgs {
+    /// Speak plain HTTP to this registry (host[:port]); loopback registries always are.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+    /// Pull from MIRROR whenever a reference names REGISTRY, e.g. ghcr.io=127.0.0.1:5000.
+    #[arg(long = "mirror", value_name = "REGISTRY=MIRROR")]
+    mirrors: Vec<String>,
+    /// Registry user name (else the docker config's credentials, else anonymous).
+    #[arg(long, env = "WA8S_REGISTRY_USERNAME")]
+    username: Option<String>,
+    /// Registry password or token (with --username).
+    #[arg(long, env = "WA8S_REGISTRY_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// A docker config.json to read credentials from (default: $DOCKER_CONFIG/config.json,
+    /// then ~/.docker/config.json).
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn registry(&self) -> Result<Registry> {
+        let explicit = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (None, None) => None,
+            _ => bail!("--username and --password go together"),
+        };
+        let mut mirrors = BTreeMap::new();
+        for m in &self.mirrors {
+            let (from, to) = m
+                .split_once('=')
+                .filter(|(f, t)| !f.is_empty() && !t.is_empty())
+                .ok_or_else(|| anyhow!("--mirror {m:?}: expected REGISTRY=MIRROR"))?;
+            mirrors.insert(from.to_owned(), to.to_owned());
+        }
+        Ok(Registry::new(RegistryOptions {
+            credentials: Credentials {
+                explicit,
+                docker_config: self.docker_config.clone(),
+            },
+            insecure: self.insecure.clone(),
+            mirrors,
+            ..RegistryOptions::default()
+        }))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// The component or preview1 module.
+    file: PathBuf,
+    /// Where to push it, e.g. ghcr.io/myorg/app:v1.
+    reference: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PullArgs {
+    /// What to pull, e.g. ghcr.io/myorg/app:v1 or ghcr.io/myorg/app@sha256:….
+    reference: String,
+    /// Where to write the binary (default: the repository's last segment + .wasm).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Go through this blob cache directory (as the node does).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// A reference in a registry, or a local .wasm file.
+    target: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub async fn push(args: PushArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let pushed = args
+        .registry
+        .registry()?
+        .push(&bytes, &args.reference)
+        .await?;
+    eprintln!("pushed {} ({} bytes)", args.reference, bytes.len());
+    println!("{}", pushed.digest);
+    Ok(())
+}
+
+pub async fn pull(args: PullArgs) -> Result<()> {
+    let cache = match &args.cache {
+        Some(dir) => Some(BlobCache::new(dir, u64::MAX)?),
+        None => None,
+    };
+    let pulled = args
+        .registry
+        .registry()?
+        .pull(&args.reference, cache.as_ref())
+        .await?;
+    let output = match &args.output {
+        Some(o) => o.clone(),
+        None => default_output(&args.reference),
+    };
+    let tmp = output.with_extension("wasm.partial");
+    std::fs::write(&tmp, &pulled.bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "pulled {} to {} ({} bytes, {})",
+        args.reference,
+        output.display(),
+        pulled.bytes.len(),
+        pulled.info.kind.os()
+    );
+    println!("{}", pulled.resolved.digest);
+    Ok(())
+}
+
+fn default_output(reference: &str) -> PathBuf {
+    let repo = reference.split(['@', ':']).next().unwrap_or(reference);
+    let last = repo.rsplit('/').next().unwrap_or("component");
+    PathBuf::from(format!("{last}.wasm"))
+}
+
+pub async fn inspect(args: InspectArgs) -> Result<()> {
+    let path = Path::new(&args.target);
+    let (info, source) = if path.is_file() {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        (
+            artifact::inspect(&bytes)?,
+            serde_json::json!({ "file": args.target }),
+        )
+    } else {
+        let pulled = args.registry.registry()?.pull(&args.target, None).await?;
+        let source = serde_json::json!({
+            "reference": args.target,
+            "manifestDigest": pulled.resolved.digest,
+            "configMediaType": pulled.config_media_type,
+            "layerMediaType": pulled.carrier,
+        });
+        (pulled.info, source)
+    };
+    if args.json {
+        let mut doc = serde_json::to_value(&info)?;
+        if let (Some(doc), Some(src)) = (doc.as_object_mut(), source.as_object()) {
+            doc.extend(src.clone());
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_text(&info, &source);
+    }
+    Ok(())
+}
+
+fn print_text(info: &WasmInfo, source: &serde_json::Value) {
+    if let Some(obj) = source.as_object() {
+        for (k, v) in obj {
+            println!("{k}: {}", v.as_str().unwrap_or_default());
+        }
+    }
+    println!("kind: {:?} ({})", info.kind, info.kind.os());
+    println!("digest: {}", info.digest);
+    println!("size: {} bytes", info.size);
+    println!("imports:");
+    for i in &info.imports {
+        println!("  {i}");
+    }
+    println!("exports:");
+    for e in &info.exports {
+        println!("  {e}");
+    }
+}

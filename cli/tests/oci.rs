@@ -1,0 +1,94 @@
+//! `wa8s push`, `pull` and `inspect` against a real registry on loopback.
+
+use std::process::Command;
+
+use wa8s_e2e::Registry;
+use wa8s_test_components as guests;
+
+fn wa8s() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wa8s"));
+    // No stray credentials from the machine running the tests.
+    cmd.env("DOCKER_CONFIG", "/nonexistent")
+        .env_remove("WA8S_REGISTRY_USERNAME")
+        .env_remove("WA8S_REGISTRY_PASSWORD");
+    cmd
+}
+
+/// Runs wa8s, requiring success; returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = wa8s().args(args).output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn push_then_pull_gives_the_same_bytes_and_inspect_describes_them() {
+    let reg = Registry::start().expect("registry");
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("http.wasm");
+    std::fs::write(&file, guests::HTTP_COMPONENT).expect("write");
+    let reference = format!("{}/myorg/hello:v1", reg.addr());
+
+    let out = ok(&["push", file.to_str().expect("utf8"), &reference]);
+    let digest = out.trim().to_owned();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+
+    let pulled = dir.path().join("pulled.wasm");
+    let by_digest = format!("{}/myorg/hello@{digest}", reg.addr());
+    let out = ok(&["pull", &by_digest, "-o", pulled.to_str().expect("utf8")]);
+    assert_eq!(out.trim(), digest);
+    assert_eq!(
+        std::fs::read(&pulled).expect("pulled"),
+        guests::HTTP_COMPONENT
+    );
+
+    let out = ok(&["inspect", "--json", &reference]);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(doc["kind"], "component");
+    assert_eq!(doc["manifestDigest"], digest.as_str());
+    assert_eq!(
+        doc["configMediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    assert_eq!(doc["layerMediaType"], "application/wasm");
+    assert!(
+        doc["exports"].as_array().expect("exports").iter().any(|e| e
+            .as_str()
+            .is_some_and(|e| e.starts_with("wasi:http/incoming-handler"))),
+        "{doc}"
+    );
+
+    let text = ok(&["inspect", file.to_str().expect("utf8")]);
+    assert!(text.contains("kind: Component (wasip2)"), "{text}");
+}
+
+#[test]
+fn registry_commands_name_what_went_wrong() {
+    let reg = Registry::start().expect("registry");
+    let dir = tempfile::tempdir().expect("tmp");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").expect("write");
+    let missing = format!("{}/myorg/none:v1", reg.addr());
+    let target = format!("{}/x/y:z", reg.addr());
+    for (args, says) in [
+        (vec!["pull", "Bad Reference"], "invalid reference"),
+        (vec!["pull", missing.as_str()], "not found in the registry"),
+        (
+            vec!["push", junk.to_str().expect("utf8"), target.as_str()],
+            "not a WebAssembly binary",
+        ),
+        (
+            vec!["pull", "--mirror", "nonsense", missing.as_str()],
+            "expected REGISTRY=MIRROR",
+        ),
+    ] {
+        let out = wa8s().args(&args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

@@ -334,3 +334,76 @@ async fn a_mirror_serves_pulls_for_the_registry_it_stands_in_for() -> Result<()>
     assert_eq!(pulled.bytes, guests::HTTP_COMPONENT);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_index_resolves_to_its_wasm_platform_entry() -> Result<()> {
+    let reg = TestRegistry::start()?;
+    let wa8s = anonymous();
+    let pushed = wa8s
+        .push(
+            guests::HTTP_COMPONENT,
+            &format!("{}/myorg/multi:wasm", reg.addr()),
+        )
+        .await?;
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let manifest = client
+        .pull_manifest_raw(
+            &format!("{}/myorg/multi@{}", reg.addr(), pushed.digest).parse()?,
+            &RegistryAuth::Anonymous,
+            &[artifact::OCI_MANIFEST],
+        )
+        .await?
+        .0;
+    let entry = |digest: &str, os: &str, arch: &str| {
+        serde_json::json!({
+            "mediaType": artifact::OCI_MANIFEST,
+            "digest": digest,
+            "size": manifest.len(),
+            "platform": {"os": os, "architecture": arch},
+        })
+    };
+    // A linux entry first (pointing anywhere valid): the wasm one must still be chosen.
+    let index = |entries: Vec<serde_json::Value>| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": artifact::OCI_INDEX,
+            "manifests": entries,
+        }))
+    };
+    let content_type = http::HeaderValue::from_static(artifact::OCI_INDEX);
+    let both = index(vec![
+        entry(&pushed.digest, "linux", "amd64"),
+        entry(&pushed.digest, "wasip2", "wasm"),
+    ])?;
+    client
+        .push_manifest_raw(
+            &format!("{}/myorg/multi:v1", reg.addr()).parse()?,
+            both,
+            content_type.clone(),
+        )
+        .await?;
+    let pulled = wa8s
+        .pull(&format!("{}/myorg/multi:v1", reg.addr()), None)
+        .await?;
+    assert_eq!(pulled.bytes, guests::HTTP_COMPONENT);
+    assert_eq!(pulled.resolved.digest, pushed.digest);
+
+    let linux_only = index(vec![entry(&pushed.digest, "linux", "amd64")])?;
+    client
+        .push_manifest_raw(
+            &format!("{}/myorg/multi:linux", reg.addr()).parse()?,
+            linux_only,
+            content_type,
+        )
+        .await?;
+    let err = wa8s
+        .pull(&format!("{}/myorg/multi:linux", reg.addr()), None)
+        .await
+        .expect_err("no wasm platform");
+    assert!(err.to_string().contains("has no wasm platform"), "{err}");
+    assert!(err.to_string().contains("linux/amd64"), "{err}");
+    Ok(())
+}

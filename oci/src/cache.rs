@@ -243,12 +243,21 @@ mod tests {
         let (b, b_bytes) = blob(2, 1000);
         let (c, c_bytes) = blob(3, 1000);
         cache.get_or_fetch(&a, || async { Ok(a_bytes) }).await?;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         cache.get_or_fetch(&b, || async { Ok(b_bytes) }).await?;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Recency is the modification time: make a older than b, then read a.
+        let age = |digest: &str, secs: u64| -> Result<(), Error> {
+            let path = dir.path().join("blobs/sha256").join(&digest[7..]);
+            let f = std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .map_err(Error::io("open"))?;
+            f.set_modified(SystemTime::now() - std::time::Duration::from_secs(secs))
+                .map_err(Error::io("set mtime"))
+        };
+        age(&a, 20)?;
+        age(&b, 10)?;
         // Reading a makes b the least recently used.
         assert!(cache.get(&a)?.is_some());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         cache.get_or_fetch(&c, || async { Ok(c_bytes) }).await?;
         assert!(cache.size() <= 2500, "{} bytes", cache.size());
         assert!(cache.get(&a)?.is_some());

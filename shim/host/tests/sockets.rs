@@ -57,6 +57,7 @@ async fn raw_tcp_reaches_only_a_listed_address_and_port() -> Result<()> {
     let out = stdout(&["connect", "169.254.169.254", "80"], &["*".to_owned()]).await?;
     assert_eq!(out, "connect=err 01\n");
 
+    // Proving that nothing arrived needs a moment for a stray connection to land.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -93,6 +94,7 @@ async fn a_granted_name_cannot_lead_a_socket_to_loopback() -> Result<()> {
     )
     .await?;
     assert_eq!(out, "lookup=ok\nconnect=err 01\n");
+    // As above: give a stray connection a moment to land before proving there was none.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
     Ok(())

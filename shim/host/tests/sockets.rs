@@ -1,7 +1,7 @@
 //! wasi:sockets from a real guest under the network grants: raw TCP connects and name
 //! lookups, each checked against a real listener that counts what reached it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -24,6 +24,17 @@ fn probe(args: &[&str], allowed_hosts: &[String]) -> Result<Grants> {
     Ok(grants)
 }
 
+/// Waits (bounded) until the listener has accepted `n` connections, then checks it is exactly
+/// `n`. Used after a final allowed connect as a barrier: the listener accepts in order, so any
+/// stray earlier connection would show up as one too many.
+async fn accepted_exactly(accepted: &AtomicUsize, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while accepted.load(Ordering::SeqCst) < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), n);
+}
+
 async fn stdout(args: &[&str], allowed_hosts: &[String]) -> Result<String> {
     let ran = run(SOCKPROBE_COMPONENT, probe(args, allowed_hosts)?).await;
     ran.status?;
@@ -39,13 +50,7 @@ async fn raw_tcp_reaches_only_a_listed_address_and_port() -> Result<()> {
     // Listed literally: the connection is made.
     let out = stdout(&connect, &[format!("127.0.0.1:{port}")]).await?;
     assert_eq!(out, "connect=ok\n");
-    for _ in 0..100 {
-        if accepted.load(Ordering::SeqCst) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    accepted_exactly(&accepted, 1).await;
 
     // Another port listed, nothing, or `*` (which never covers loopback): access-denied.
     let other = format!("127.0.0.1:{}", addr.port().wrapping_add(1));
@@ -57,13 +62,12 @@ async fn raw_tcp_reaches_only_a_listed_address_and_port() -> Result<()> {
     let out = stdout(&["connect", "169.254.169.254", "80"], &["*".to_owned()]).await?;
     assert_eq!(out, "connect=err 01\n");
 
-    // Proving that nothing arrived needs a moment for a stray connection to land.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Barrier: one more allowed connect; the listener must have seen only the allowed ones.
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        1,
-        "a refused connect reached the listener"
+        stdout(&connect, &[format!("127.0.0.1:{port}")]).await?,
+        "connect=ok\n"
     );
+    accepted_exactly(&accepted, 2).await;
     Ok(())
 }
 
@@ -94,8 +98,12 @@ async fn a_granted_name_cannot_lead_a_socket_to_loopback() -> Result<()> {
     )
     .await?;
     assert_eq!(out, "lookup=ok\nconnect=err 01\n");
-    // As above: give a stray connection a moment to land before proving there was none.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    // Barrier as above: a literal grant connects, and it is the only connection seen.
+    let connect = ["connect", "127.0.0.1", port.as_str()];
+    assert_eq!(
+        stdout(&connect, &[format!("127.0.0.1:{port}")]).await?,
+        "connect=ok\n"
+    );
+    accepted_exactly(&accepted, 1).await;
     Ok(())
 }

@@ -14,4 +14,8 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked
+# Every test binary runs under a time limit (see test-runner.sh).
+runner="$(pwd)/e2e/scripts/test-runner.sh"
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$runner" \
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$runner" \
+  cargo test --workspace --locked

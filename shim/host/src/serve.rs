@@ -43,19 +43,44 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     grace: Duration,
+    // Set once the grace period is over: guests still running are stopped at their next
+    // epoch yield.
+    kill: watch::Sender<bool>,
 }
 
 /// Live counters of a server, for tests, readiness and metrics.
 #[derive(Debug, Clone, Default)]
 pub struct ServeStats {
     in_flight: Arc<AtomicUsize>,
+    guests: Arc<AtomicUsize>,
     served: Arc<AtomicU64>,
+}
+
+/// Counts one unit while alive, so an aborted task cannot leave a count behind.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Counted(counter.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ServeStats {
     /// Requests being handled now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Guest instances alive now (a guest may outlive its request while it streams the body).
+    pub fn guests(&self) -> usize {
+        self.guests.load(Ordering::Relaxed)
     }
 
     /// Requests answered so far (any status).
@@ -72,6 +97,8 @@ struct Shared {
     engine: crate::HostEngine,
     grants: Grants,
     permits: Arc<Semaphore>,
+    max_concurrent: u32,
+    killed: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -105,14 +132,22 @@ impl Server {
                 addr: options.addr,
                 source,
             })?;
+        let max_concurrent = grants
+            .limits
+            .max_concurrent_requests
+            .clamp(1, u32::MAX as usize) as u32;
+        let (kill, killed) = watch::channel(false);
         Ok(Server {
             listener,
             grace: options.shutdown_grace,
+            kill,
             shared: Arc::new(Shared {
                 stats: ServeStats::default(),
                 pre: pre.clone(),
                 engine: program.engine.clone(),
-                permits: Arc::new(Semaphore::new(grants.limits.max_concurrent_requests.max(1))),
+                permits: Arc::new(Semaphore::new(max_concurrent as usize)),
+                max_concurrent,
+                killed,
                 grants,
             }),
         })
@@ -181,21 +216,35 @@ impl Server {
             );
             connections.abort_all();
         }
+        // Guests run on their own tasks (they may stream after answering), so closing the
+        // connections does not stop them: tell them to stop, and wait until every one has
+        // returned its permit, i.e. its store is gone. They notice within one epoch tick.
+        let _ = self.kill.send(true);
+        let all = self.shared.max_concurrent;
+        if tokio::time::timeout(GUEST_STOP, self.shared.permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("some guests did not stop within {GUEST_STOP:?} of shutdown");
+        }
         Ok(())
     }
 }
+
+/// How long stopped guests get to reach their next yield point.
+const GUEST_STOP: Duration = Duration::from_secs(2);
 
 async fn handle(
     shared: Arc<Shared>,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<HyperOutgoingBody>, Infallible> {
     let stats = shared.stats.clone();
-    stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    let in_flight = Counted::new(&stats.in_flight);
     let response = match serve_one(shared, req).await {
         Ok(resp) => resp,
         Err((status, message)) => plain(status, message),
     };
-    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    drop(in_flight);
     stats.served.fetch_add(1, Ordering::Relaxed);
     Ok(response)
 }
@@ -231,19 +280,32 @@ async fn serve_one(
         .new_response_outparam(tx)
         .map_err(wasm_err)?;
     let pre = shared.pre.clone();
+    // The task holds the engine, not just the store: the epoch ticker lives in the
+    // HostEngine, and without ticks a looping guest would never yield, so neither its deadline
+    // nor shutdown could stop it.
+    let engine = shared.engine.clone();
+    let mut killed = shared.killed.clone();
+    let alive = Counted::new(&shared.stats.guests);
     // The guest runs on its own task: it may keep streaming the body after it has set the
     // response, and the store (and the concurrency permit) live until it is done.
     let task = tokio::spawn(async move {
         let _permit = permit;
-        crate::run::within(timeout, async move {
+        let _alive = alive;
+        let _ticking = engine;
+        let guest = crate::run::within(timeout, async move {
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, out)
                 .await
                 .map(|()| 0)
-        })
-        .await
+        });
+        tokio::select! {
+            outcome = guest => outcome,
+            _ = killed.wait_for(|k| *k) => {
+                Err(Error::Trap("stopped: the server shut down".into()))
+            }
+        }
     });
     match rx.await {
         Ok(Ok(response)) => Ok(response),

@@ -73,10 +73,19 @@ async fn shutdown_stops_a_stuck_request_after_the_grace_period() -> Result<()> {
     grants.limits.timeout = Some(Duration::from_secs(60));
     let server = serve(HTTP, grants, Duration::from_millis(300)).await?;
     let addr = server.addr;
+    let stats = server.stats.clone();
     let stuck = tokio::spawn(async move { get(addr, "/loop").await });
     server.until_in_flight().await?;
     let started = Instant::now();
     server.shutdown().await?;
+    // The guest runs on its own task; shutdown must have stopped it, not just closed its
+    // connection (a guest left spinning would hold a core until its 60 s deadline).
+    assert_eq!(stats.guests(), 0, "a guest is still running after shutdown");
+    assert_eq!(
+        stats.in_flight(),
+        0,
+        "a request is still counted after shutdown"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "shutdown waited {:?}",

@@ -10,9 +10,14 @@ use wa8s_oci::{BlobCache, Credentials, Registry, RegistryOptions};
 /// How to reach registries (shared by push, pull and inspect).
 #[derive(clap::Args, Debug)]
 pub struct RegistryArgs {
-    /// Speak plain HTTP to this registry (host[:port]); loopback registries always are.
+    /// Speak plain HTTP to this registry (host[:port]); loopback registries are too, unless
+    /// given a CA with --registry-ca.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure: Vec<String>,
+    /// Speak TLS to REGISTRY and trust the CA certificates in FILE (PEM) for it, besides the
+    /// system's roots, e.g. 127.0.0.1:5443=./ca.crt.
+    #[arg(long = "registry-ca", value_name = "REGISTRY=FILE")]
+    registry_ca: Vec<String>,
     /// Pull from MIRROR whenever a reference names REGISTRY, e.g. ghcr.io=127.0.0.1:5000.
     #[arg(long = "mirror", value_name = "REGISTRY=MIRROR")]
     mirrors: Vec<String>,
@@ -43,12 +48,26 @@ impl RegistryArgs {
                 .ok_or_else(|| anyhow!("--mirror {m:?}: expected REGISTRY=MIRROR"))?;
             mirrors.insert(from.to_owned(), to.to_owned());
         }
+        let mut ca_certificates = BTreeMap::new();
+        for c in &self.registry_ca {
+            let (registry, file) = c
+                .split_once('=')
+                .filter(|(r, f)| !r.is_empty() && !f.is_empty())
+                .ok_or_else(|| anyhow!("--registry-ca {c:?}: expected REGISTRY=FILE"))?;
+            let pem = std::fs::read(file)
+                .with_context(|| format!("--registry-ca {registry}: reading {file}"))?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                bail!("--registry-ca {registry}: {file} holds no PEM certificate");
+            }
+            ca_certificates.insert(registry.to_owned(), pem);
+        }
         Ok(Registry::new(RegistryOptions {
             credentials: Credentials {
                 explicit,
                 docker_config: self.docker_config.clone(),
             },
             insecure: self.insecure.clone(),
+            ca_certificates,
             mirrors,
             ..RegistryOptions::default()
         }))

@@ -92,3 +92,122 @@ fn registry_commands_name_what_went_wrong() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn credentials_come_from_a_docker_credential_helper_named_in_the_config() {
+    let reg = Registry::start_with(wa8s_e2e::registry::Users(vec![(
+        "carol".into(),
+        "from-the-helper".into(),
+    )]))
+    .expect("registry");
+    let dir = tempfile::tempdir().expect("tmp");
+    // A helper speaking docker's credential-helper protocol: `get` reads the server on stdin
+    // and answers JSON. It records what it was asked, to prove it was the source.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let asked = dir.path().join("asked");
+    let helper = bin.join("docker-credential-wa8stest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> {}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"carol\",\"Secret\":\"from-the-helper\"}}' \"$server\"\n",
+            asked.display()
+        ),
+    )
+    .expect("helper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        format!(r#"{{"credHelpers": {{"{}": "wa8stest"}}}}"#, reg.addr()),
+    )
+    .expect("config");
+    let file = dir.path().join("http.wasm");
+    std::fs::write(&file, guests::HTTP_COMPONENT).expect("write");
+    let reference = format!("{}/private/hello:v1", reg.addr());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        wa8s()
+            .env("PATH", &path)
+            .args(args)
+            .arg("--docker-config")
+            .arg(&config)
+            .output()
+            .expect("runs")
+    };
+    let out = run(&["push", file.to_str().expect("utf8"), &reference]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "pull",
+        &reference,
+        "-o",
+        dir.path().join("p.wasm").to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let asked = std::fs::read_to_string(&asked).expect("the helper was asked");
+    assert!(asked.contains(reg.addr()), "{asked}");
+
+    // Without the helper on PATH the error names it.
+    let out = wa8s()
+        .env("PATH", "/usr/bin:/bin")
+        .args(["pull", &reference, "--docker-config"])
+        .arg(&config)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("docker-credential-wa8stest"),
+        "the error should name the missing helper: {stderr}"
+    );
+}
+
+#[test]
+fn a_tls_registry_is_used_with_registry_ca_and_a_bad_ca_file_is_named() {
+    let reg = Registry::start_with_options(wa8s_e2e::registry::Options {
+        auth: wa8s_e2e::registry::Auth::Anonymous,
+        tls: true,
+    })
+    .expect("registry");
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, reg.ca_pem().expect("ca")).expect("ca");
+    let file = dir.path().join("http.wasm");
+    std::fs::write(&file, guests::HTTP_COMPONENT).expect("write");
+    let reference = format!("{}/secure/hello:v1", reg.addr());
+    let trust = format!("{}={}", reg.addr(), ca.display());
+    let digest = ok(&[
+        "push",
+        file.to_str().expect("utf8"),
+        &reference,
+        "--registry-ca",
+        &trust,
+    ]);
+    let out = ok(&["inspect", &reference, "--registry-ca", &trust, "--json"]);
+    assert!(out.contains(digest.trim()), "{out}");
+
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").expect("write");
+    let out = wa8s()
+        .args(["pull", &reference, "--registry-ca"])
+        .arg(format!("{}={}", reg.addr(), not_pem.display()))
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
+}

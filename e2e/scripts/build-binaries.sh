@@ -3,6 +3,7 @@
 # them by version under $WA8S_CACHE/bin. A binary already in the cache is never rebuilt.
 #
 #   build-binaries.sh [etcd] [kube-apiserver] [kube-controller-manager] [kube-scheduler] [kubelet]
+#                     [containerd] [ctr] [containerd-shim-runc-v2] [crictl]
 #
 # With no arguments it builds etcd and kube-apiserver (what the operator tests need).
 # Prints one `name=/path/to/binary` line per requested binary on stdout; logs go to stderr.
@@ -103,11 +104,67 @@ build_kube() {
   log "$cmd ready: $out/$cmd"
 }
 
+# Modules without local replace directives build with a plain `go install` into a versioned
+# directory (GOBIN), through a temporary directory so a half-built binary is never cached.
+go_install() {
+  local name="$1" pkg="$2" out="$3" tags="${4:-}"
+  if [ -x "$out/$name" ]; then log "$name cached at $out/$name"; return; fi
+  local tmp="$WA8S_CACHE/build/gobin-$name"
+  rm -rf "$tmp"; mkdir -p "$tmp" "$out"
+  log "building $name from $pkg (cold: a few minutes)"
+  GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -tags "$tags" -ldflags "-s -w" "$pkg"
+  mv "$tmp/$name" "$out/$name.tmp" && mv "$out/$name.tmp" "$out/$name"
+  log "$name ready: $out/$name"
+}
+
+# Like go_install, through a consumer module: the module proxy here answers 403 (not 404) for
+# a package path that is not itself a module, which stops `go install` from trying the parent.
+# Extra `module@version` arguments are required alongside (to lift dependencies past versions
+# the proxy lacks).
+go_build_from() {
+  local name="$1" module="$2" version="$3" pkg="$4" out="$5"
+  shift 5
+  if [ -x "$out/$name" ]; then log "$name cached at $out/$name"; return; fi
+  local mod="$WA8S_CACHE/build/$name-$version"
+  rm -rf "$mod"; mkdir -p "$mod" "$out"
+  (
+    cd "$mod"
+    go mod init "wa8s.local/$name" >/dev/null 2>&1
+    go get "$module@$version" "$@" >/dev/null
+    log "building $name $version (cold: a few minutes)"
+    CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "-s -w" -o "$mod/$name" "$pkg"
+  )
+  mv "$mod/$name" "$out/$name.tmp" && mv "$out/$name.tmp" "$out/$name"
+  log "$name ready: $out/$name"
+}
+
+containerd_pkg() {
+  echo "github.com/containerd/containerd/v2/cmd/$1@$CONTAINERD_VERSION"
+}
+
 for w in "${want[@]}"; do
   case "$w" in
     etcd) build_etcd; echo "etcd=$(etcd_bin_dir)/etcd" ;;
     kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl)
       build_kube "$w"; echo "$w=$(kube_bin_dir)/$w" ;;
-    *) log "unknown binary '$w' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)"; exit 2 ;;
+    containerd | ctr | containerd-shim-runc-v2)
+      # No btrfs/devmapper/zfs snapshotters: they need cgo and headers, and overlayfs/native do.
+      go_install "$w" "$(containerd_pkg "$w")" "$(containerd_bin_dir)" "no_btrfs no_devmapper no_zfs"
+      echo "$w=$(containerd_bin_dir)/$w" ;;
+    crictl)
+      if [ ! -x "$(cri_tools_bin_dir)/crictl" ]; then
+        sum="$(cd "$WA8S_CACHE/build" && GONOSUMDB=sigs.k8s.io/cri-tools go mod download -json "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION" | sed -n 's/.*"Sum": "\(.*\)".*/\1/p')"
+        [ "$sum" = "$CRI_TOOLS_SUM" ] || { log "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION has hash '$sum', expected $CRI_TOOLS_SUM; refusing to build it"; exit 1; }
+      fi
+      # cri-tools 1.34.0 requires Kubernetes libraries at v0.34.0-rc.2, which the checksum
+      # database does not know; the v0.34.2 releases of the same minor are, and build it.
+      pins=()
+      for m in api apimachinery client-go cri-api cri-client kubectl kubelet cli-runtime component-base; do
+        pins+=("k8s.io/$m@$CRI_TOOLS_K8S_LIBS")
+      done
+      GONOSUMDB=sigs.k8s.io/cri-tools go_build_from crictl sigs.k8s.io/cri-tools "$CRI_TOOLS_VERSION" \
+        sigs.k8s.io/cri-tools/cmd/crictl "$(cri_tools_bin_dir)" "${pins[@]}"
+      echo "crictl=$(cri_tools_bin_dir)/crictl" ;;
+    *) log "unknown binary '$w' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl)"; exit 2 ;;
   esac
 done

@@ -2,8 +2,16 @@
 # Changing a version changes the cache key, so the next run rebuilds just that piece.
 KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.2.9}"
+# cri-tools 1.35.0 is not on the module proxy reachable here; 1.34.0 is, but the checksum
+# database has no entry for it, so the script checks this pinned module hash instead.
+CRI_TOOLS_VERSION="${CRI_TOOLS_VERSION:-v1.34.0}"
+CRI_TOOLS_K8S_LIBS="${CRI_TOOLS_K8S_LIBS:-v0.34.2}"
+CRI_TOOLS_SUM="${CRI_TOOLS_SUM:-h1:KqL9EJ+WgHtz1HR1exezm91n+o8O2uMLs/eHzHJHAWw=}"
 
 WA8S_CACHE="${WA8S_CACHE:-$HOME/.cache/wa8s}"
 # Binaries live under $WA8S_CACHE/bin/<name>-<version>/ so two versions never collide.
 kube_bin_dir() { echo "$WA8S_CACHE/bin/kubernetes-$KUBE_VERSION"; }
 etcd_bin_dir() { echo "$WA8S_CACHE/bin/etcd-$ETCD_VERSION"; }
+containerd_bin_dir() { echo "$WA8S_CACHE/bin/containerd-$CONTAINERD_VERSION"; }
+cri_tools_bin_dir() { echo "$WA8S_CACHE/bin/cri-tools-$CRI_TOOLS_VERSION"; }

@@ -11,6 +11,7 @@ pub mod kubectl;
 pub mod pki;
 pub mod process;
 pub mod registry;
+pub mod token;
 
 use std::path::PathBuf;
 

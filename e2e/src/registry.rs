@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::process::{self, Lifetime};
+use crate::token::{self, TokenRequest, TokenServer};
 
 /// What can go wrong starting a registry.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +34,34 @@ pub struct Registry {
     pid: u32,
     addr: String,
     dir: PathBuf,
+    ca_pem: Option<String>,
+    token: Option<TokenServer>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 /// Basic-auth users (`htpasswd`, bcrypt).
 #[derive(Debug, Clone, Default)]
 pub struct Users(pub Vec<(String, String)>);
+
+/// How the registry authenticates clients.
+#[derive(Debug, Clone, Default)]
+pub enum Auth {
+    /// Anyone may push and pull.
+    #[default]
+    Anonymous,
+    /// HTTP basic auth against an htpasswd file.
+    Basic(Users),
+    /// Bearer tokens from a token server (the GHCR flow): anonymous pulls, pushes for users.
+    Token(Users),
+}
+
+/// How to start a registry.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub auth: Auth,
+    /// Serve HTTPS with a certificate from a fresh CA (see [`Registry::ca_pem`]).
+    pub tls: bool,
+}
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
@@ -53,24 +76,49 @@ impl Registry {
 
     /// Starts a registry requiring basic auth for `users` (anonymous if empty).
     pub fn start_with(users: Users) -> Result<Self, Error> {
+        let auth = if users.0.is_empty() {
+            Auth::Anonymous
+        } else {
+            Auth::Basic(users)
+        };
+        Self::start_with_options(Options { auth, tls: false })
+    }
+
+    /// Starts a registry as `options` say, in a fresh temporary directory.
+    pub fn start_with_options(options: Options) -> Result<Self, Error> {
         let tmp = tempfile::Builder::new()
             .prefix("wa8s-registry-")
             .tempdir()
             .map_err(io("creating the registry directory"))?;
         let dir = tmp.path().to_path_buf();
-        let mut reg = Self::start_in(&dir, &users)?;
+        let mut reg = Self::start_in(&dir, &options)?;
         reg._tmp = Some(tmp);
         Ok(reg)
     }
 
     /// Starts a registry keeping its storage and log in `dir`.
-    pub fn start_in(dir: &Path, users: &Users) -> Result<Self, Error> {
+    pub fn start_in(dir: &Path, options: &Options) -> Result<Self, Error> {
         let binary = which("docker-registry").ok_or(Error::Missing)?;
         std::fs::create_dir_all(dir.join("storage")).map_err(io("creating storage"))?;
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let mut auth = String::new();
-        if !users.0.is_empty() {
+        let mut token = None;
+        if let Auth::Token(users) = &options.auth {
+            let server =
+                TokenServer::start(users.0.clone()).map_err(io("starting the token server"))?;
+            let bundle = dir.join("token-signer.pem");
+            std::fs::write(&bundle, server.cert_pem()).map_err(io("writing token-signer.pem"))?;
+            auth = format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                server.realm(),
+                token::SERVICE,
+                token::ISSUER,
+                bundle.display()
+            );
+            token = Some(server);
+        }
+        if let Auth::Basic(users) = &options.auth {
             let htpasswd = dir.join("htpasswd");
             let _ = std::fs::remove_file(&htpasswd);
             for (i, (user, pass)) in users.0.iter().enumerate() {
@@ -96,10 +144,27 @@ impl Registry {
                 htpasswd.display()
             );
         }
+        let mut tls = String::new();
+        let mut ca_pem = None;
+        if options.tls {
+            let (ca, cert, key) = serving_certificate().map_err(|e| Error::Io {
+                what: "creating the registry's certificate".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+            std::fs::write(&cert_path, cert).map_err(io("writing tls.crt"))?;
+            std::fs::write(&key_path, key).map_err(io("writing tls.key"))?;
+            tls = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert_path.display(),
+                key_path.display()
+            );
+            ca_pem = Some(ca);
+        }
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {addr}\n{auth}",
+             http:\n  addr: {addr}\n{tls}{auth}",
             dir.join("storage").display()
         );
         let config_path = dir.join("config.yml");
@@ -113,10 +178,20 @@ impl Registry {
             pid,
             addr: addr.clone(),
             dir: dir.to_path_buf(),
+            ca_pem,
+            token,
             _tmp: None,
         };
+        let tls = options.tls;
         let ready = process::eventually(Duration::from_secs(20), Duration::from_millis(50), || {
-            http_status(&addr, "/v2/").filter(|s| *s == 200 || *s == 401)
+            if tls {
+                // Speaking TLS here would need a client; the registry binds only once its
+                // configuration (certificate included) has loaded, and logs that it listens.
+                TcpStream::connect(&addr).ok()?;
+                reg.log().contains("listening on").then_some(200)
+            } else {
+                http_status(&addr, "/v2/").filter(|s| *s == 200 || *s == 401)
+            }
         });
         if ready.is_none() {
             return Err(Error::NotReady {
@@ -130,6 +205,19 @@ impl Registry {
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The CA that signed the registry's certificate (PEM), when it serves TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// Requests the token server has seen, when the registry uses token auth.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.token
+            .as_ref()
+            .map(TokenServer::requests)
+            .unwrap_or_default()
     }
 
     /// Where blobs live on disk (`docker/registry/v2/blobs/sha256/<ab>/<hex>/data`).
@@ -161,6 +249,31 @@ impl Drop for Registry {
     fn drop(&mut self) {
         process::terminate(self.pid, None, Duration::from_secs(5));
     }
+}
+
+/// A fresh CA and a serving certificate for 127.0.0.1 and localhost: (ca, cert, key) PEM.
+fn serving_certificate() -> Result<(String, String, String), rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "wa8s-test-registry-ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let mut server = CertificateParams::new(vec!["localhost".to_owned()])?;
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "wa8s-test-registry");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = server.signed_by(&key, &ca)?;
+    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -166,10 +166,59 @@ impl WasmConfig {
             component: (info.kind == Kind::Component).then(|| ComponentConfig {
                 exports: info.exports.clone(),
                 imports: info.imports.clone(),
-                target: None,
+                target: target_world(&info.exports, &info.imports),
             }),
         }
     }
+}
+
+/// The standard world a component targets, when its exports name one and every import
+/// belongs to it: `wasi:http/proxy@V` or `wasi:cli/command@V`. `None` otherwise, rather than a
+/// guess (a handler that also imports, say, wasi:filesystem does not fit the proxy world).
+pub fn target_world(exports: &[String], imports: &[String]) -> Option<String> {
+    const PROXY: &[&str] = &[
+        "wasi:http/types",
+        "wasi:http/outgoing-handler",
+        "wasi:io/error",
+        "wasi:io/poll",
+        "wasi:io/streams",
+        "wasi:cli/stdin",
+        "wasi:cli/stdout",
+        "wasi:cli/stderr",
+        "wasi:clocks/monotonic-clock",
+        "wasi:clocks/wall-clock",
+        "wasi:random/random",
+    ];
+    const COMMAND_PACKAGES: &[&str] = &[
+        "wasi:cli/",
+        "wasi:clocks/",
+        "wasi:filesystem/",
+        "wasi:io/",
+        "wasi:random/",
+        "wasi:sockets/",
+    ];
+    let unversioned = |name: &str| name.split('@').next().unwrap_or(name).to_owned();
+    let version_of = |name: &str| name.split_once('@').map(|(_, v)| v.to_owned());
+    let export = |interface: &str| exports.iter().find(|e| unversioned(e) == interface);
+    if let Some(handler) = export("wasi:http/incoming-handler") {
+        let fits = imports
+            .iter()
+            .all(|i| PROXY.contains(&unversioned(i).as_str()));
+        return fits.then(|| match version_of(handler) {
+            Some(v) => format!("wasi:http/proxy@{v}"),
+            None => "wasi:http/proxy".to_owned(),
+        });
+    }
+    if let Some(run) = export("wasi:cli/run") {
+        let fits = imports
+            .iter()
+            .all(|i| COMMAND_PACKAGES.iter().any(|p| i.starts_with(p)));
+        return fits.then(|| match version_of(run) {
+            Some(v) => format!("wasi:cli/command@{v}"),
+            None => "wasi:cli/command".to_owned(),
+        });
+    }
+    None
 }
 
 /// How the Wasm binary is carried in a manifest.
@@ -311,6 +360,46 @@ pub fn is_wasm_platform(os: &str, architecture: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_target_world_is_named_only_when_exports_and_imports_fit_it() {
+        let v = |xs: &[&str]| xs.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            super::target_world(
+                &v(&["wasi:http/incoming-handler@0.2.6"]),
+                &v(&["wasi:http/types@0.2.6", "wasi:io/streams@0.2.6"])
+            )
+            .as_deref(),
+            Some("wasi:http/proxy@0.2.6")
+        );
+        assert_eq!(
+            super::target_world(
+                &v(&["wasi:http/incoming-handler@0.2.6"]),
+                &v(&["wasi:filesystem/preopens@0.2.6"])
+            ),
+            None,
+            "a handler reading files does not fit wasi:http/proxy"
+        );
+        assert_eq!(
+            super::target_world(
+                &v(&["wasi:cli/run@0.2.0"]),
+                &v(&[
+                    "wasi:filesystem/preopens@0.2.0",
+                    "wasi:cli/environment@0.2.0"
+                ])
+            )
+            .as_deref(),
+            Some("wasi:cli/command@0.2.0")
+        );
+        assert_eq!(
+            super::target_world(
+                &v(&["wasi:cli/run@0.2.0"]),
+                &v(&["wasi:keyvalue/store@0.2.0"])
+            ),
+            None
+        );
+        assert_eq!(super::target_world(&v(&["my:pkg/thing"]), &[]), None);
+    }
+
     use super::*;
 
     fn shape<'a>(config: &'a str, layers: &[&'a str]) -> ManifestShape<'a> {

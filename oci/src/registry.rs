@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::client::{
+    Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer,
+};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::{Client, Reference};
@@ -26,8 +28,12 @@ pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 256 << 20;
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
     pub credentials: Credentials,
-    /// Registries (`host[:port]`) spoken to over plain HTTP. Loopback registries always are.
+    /// Registries (`host[:port]`) spoken to over plain HTTP. Loopback registries are too,
+    /// unless they have a CA below.
     pub insecure: Vec<String>,
+    /// `registry → PEM bundle`: the registry is spoken to over TLS (even on loopback) and
+    /// these CAs are trusted for it, in addition to the system's roots.
+    pub ca_certificates: BTreeMap<String, Vec<u8>>,
     /// `registry → mirror` (`ghcr.io → 127.0.0.1:5000`): every pull and resolve of the
     /// registry goes to the mirror, same repository and tag. Pushes are not redirected.
     pub mirrors: BTreeMap<String, String>,
@@ -40,6 +46,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             credentials: Credentials::default(),
             insecure: Vec::new(),
+            ca_certificates: BTreeMap::new(),
             mirrors: BTreeMap::new(),
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
         }
@@ -180,11 +187,21 @@ impl Registry {
 
     fn client(&self, registry: &str) -> Client {
         let mut insecure = self.options.insecure.clone();
-        if is_loopback(registry) {
+        let ca = self.options.ca_certificates.get(registry);
+        if is_loopback(registry) && ca.is_none() {
             insecure.push(registry.to_owned());
         }
+        // Only this registry's CA: a private CA is trusted for the registry it was given for.
+        let extra_root_certificates = ca
+            .map(|pem| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.clone(),
+            })
+            .into_iter()
+            .collect();
         Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure),
+            extra_root_certificates,
             // Indexes are resolved here (to a wasm platform), not by the client.
             platform_resolver: None,
             connect_timeout: Some(std::time::Duration::from_secs(10)),

@@ -7,7 +7,7 @@ use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use wa8s_e2e::registry::{Registry as TestRegistry, Users};
+use wa8s_e2e::registry::{Auth, Options, Registry as TestRegistry, Users};
 use wa8s_oci::artifact::{self, Kind};
 use wa8s_oci::{BlobCache, Credentials, Error, Registry, RegistryOptions};
 use wa8s_test_components as guests;
@@ -152,6 +152,126 @@ async fn basic_auth_works_from_a_docker_config_and_wrong_credentials_are_named()
     let err = wrong.pull(&reference, None).await.expect_err("refused");
     assert!(matches!(err, Error::Auth { .. }), "{err}");
     assert!(err.to_string().contains("authentication failed"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_registry_is_reached_with_its_ca_and_refused_without_it() -> Result<()> {
+    let reg = TestRegistry::start_with_options(Options {
+        auth: Auth::Anonymous,
+        tls: true,
+    })?;
+    let ca = reg
+        .ca_pem()
+        .context("the registry has a CA")?
+        .as_bytes()
+        .to_vec();
+    let trusting = Registry::new(RegistryOptions {
+        ca_certificates: [(reg.addr().to_owned(), ca.clone())].into(),
+        ..RegistryOptions::default()
+    });
+    let reference = format!("{}/secure/hello:v1", reg.addr());
+    let pushed = trusting.push(guests::HTTP_COMPONENT, &reference).await?;
+    let pulled = trusting.pull(&reference, None).await?;
+    assert_eq!(pulled.bytes, guests::HTTP_COMPONENT);
+    assert_eq!(pulled.resolved.digest, pushed.digest);
+    assert!(
+        reg.log().contains("tls"),
+        "the registry did not serve TLS:\n{}",
+        reg.log()
+    );
+
+    // The same CA given for another registry does not make this one trusted: it is spoken
+    // to over TLS only when named (else loopback means plain HTTP, which the TLS port refuses),
+    // and a certificate from an unknown CA fails verification.
+    let elsewhere = Registry::new(RegistryOptions {
+        ca_certificates: [("registry.example.com".to_owned(), ca)].into(),
+        ..RegistryOptions::default()
+    });
+    let err = elsewhere.pull(&reference, None).await.expect_err("refused");
+    assert!(matches!(err, Error::Registry { .. }), "{err}");
+    let unknown_ca = wa8s_e2e::registry::Registry::start_with_options(Options {
+        auth: Auth::Anonymous,
+        tls: true,
+    })?;
+    let wrong_ca = Registry::new(RegistryOptions {
+        ca_certificates: [(
+            unknown_ca.addr().to_owned(),
+            reg.ca_pem().unwrap_or_default().as_bytes().to_vec(),
+        )]
+        .into(),
+        ..RegistryOptions::default()
+    });
+    let err = wrong_ca
+        .push(
+            guests::HTTP_COMPONENT,
+            &format!("{}/x/y:1", unknown_ca.addr()),
+        )
+        .await
+        .expect_err("an unknown CA is not trusted");
+    let message = format!("{err}");
+    assert!(
+        message.contains("certificate") || message.contains("UnknownIssuer"),
+        "the error should say the certificate is not trusted: {message}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_token_flow_gives_anonymous_pulls_and_authenticated_pushes() -> Result<()> {
+    let reg = TestRegistry::start_with_options(Options {
+        auth: Auth::Token(Users(vec![("bob".into(), "hunter2".into())])),
+        tls: false,
+    })?;
+    let reference = format!("{}/public/hello:v1", reg.addr());
+    let bob = Registry::new(RegistryOptions {
+        credentials: Credentials {
+            explicit: Some(("bob".into(), "hunter2".into())),
+            docker_config: None,
+        },
+        ..RegistryOptions::default()
+    });
+    let pushed = bob.push(guests::HTTP_COMPONENT, &reference).await?;
+    let pushes = reg.token_requests();
+    assert!(
+        pushes
+            .iter()
+            .any(|r| r.user.as_deref() == Some("bob") && r.issued),
+        "the push did not get a token for bob: {pushes:?}"
+    );
+
+    // Like a public GHCR package: no credentials, an anonymous pull token.
+    let pulled = anonymous().pull(&reference, None).await?;
+    assert_eq!(pulled.bytes, guests::HTTP_COMPONENT);
+    assert_eq!(pulled.resolved.digest, pushed.digest);
+    let requests = reg.token_requests();
+    assert!(
+        requests[pushes.len()..]
+            .iter()
+            .any(|r| r.user.is_none() && r.issued && r.scopes.iter().any(|s| s.ends_with(":pull"))),
+        "the pull did not use an anonymous token: {requests:?}"
+    );
+
+    // An anonymous token carries pull only: pushing without credentials is refused.
+    let err = anonymous()
+        .push(
+            guests::HTTP_COMPONENT,
+            &format!("{}/public/other:v1", reg.addr()),
+        )
+        .await
+        .expect_err("anonymous push refused");
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+
+    // Wrong credentials are refused by the token server, and the error says so.
+    let wrong = Registry::new(RegistryOptions {
+        credentials: Credentials {
+            explicit: Some(("bob".into(), "wrong".into())),
+            docker_config: None,
+        },
+        ..RegistryOptions::default()
+    });
+    let err = wrong.pull(&reference, None).await.expect_err("refused");
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
     Ok(())
 }
 

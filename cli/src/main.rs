@@ -46,8 +46,17 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// The component (.wasm) or preview1 command module.
+    /// The component (.wasm) or preview1 command module: a file, or a registry reference
+    /// (e.g. ghcr.io/myorg/app:v1), pulled through the local cache and run from its cached
+    /// precompiled form after the first time.
+    #[arg(value_name = "FILE|REFERENCE")]
     file: PathBuf,
+    /// Where pulled components and their precompiled forms are kept (default:
+    /// $XDG_CACHE_HOME/wa8s, else ~/.cache/wa8s).
+    #[arg(long, value_name = "DIR", env = "WA8S_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    registry: oci::RegistryArgs,
     /// Serve a wasi:http component on this address, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -119,7 +128,7 @@ fn registry_command(result: Result<()>) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
-    let (program, grants) = match prepare(&args) {
+    let (program, grants) = match prepare(&args).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -192,7 +201,7 @@ async fn shutdown_signal() {
     eprintln!("shutting down: finishing in-flight requests");
 }
 
-fn prepare(args: &RunArgs) -> Result<(Program, Grants)> {
+async fn prepare(args: &RunArgs) -> Result<(Program, Grants)> {
     let mut grants = Grants {
         args: std::iter::once(
             args.file
@@ -237,8 +246,6 @@ fn prepare(args: &RunArgs) -> Result<(Program, Grants)> {
     grants.limits.max_concurrent_requests = args.max_concurrent_requests;
     grants.validate()?;
 
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let engine = HostEngine::new(&EngineConfig {
         pooled_instances: args.listen.map(|_| {
             u32::try_from(args.max_concurrent_requests)
@@ -247,9 +254,32 @@ fn prepare(args: &RunArgs) -> Result<(Program, Grants)> {
         }),
         ..EngineConfig::default()
     })?;
-    let program = Program::load(&engine, &bytes)
-        .with_context(|| format!("loading {}", args.file.display()))?;
+    let program = if args.file.exists() || !oci::looks_like_reference(&args.file) {
+        let bytes = std::fs::read(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?;
+        Program::load(&engine, &bytes)
+            .with_context(|| format!("loading {}", args.file.display()))?
+    } else {
+        let reference = args.file.to_string_lossy();
+        let cache_dir = match &args.cache_dir {
+            Some(d) => d.clone(),
+            None => default_cache_dir()?,
+        };
+        oci::load_reference(&engine, &args.registry, &reference, &cache_dir)
+            .await
+            .with_context(|| format!("loading {reference}"))?
+    };
     Ok((program, grants))
+}
+
+fn default_cache_dir() -> Result<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("wa8s"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| anyhow!("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME"))?;
+    Ok(PathBuf::from(home).join(".cache/wa8s"))
 }
 
 fn dir_grant(spec: &str) -> Result<DirGrant> {

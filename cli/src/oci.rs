@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use wa8s_host::{HostEngine, PrecompileCache, Program};
 use wa8s_oci::artifact::{self, WasmInfo};
 use wa8s_oci::{BlobCache, Credentials, Registry, RegistryOptions};
 
@@ -107,6 +108,46 @@ pub struct InspectArgs {
     json: bool,
     #[command(flatten)]
     registry: RegistryArgs,
+}
+
+/// Whether a `run` argument that is not an existing file names a registry reference
+/// (`registry/repo[:tag][@digest]`), rather than a mistyped path.
+pub fn looks_like_reference(arg: &Path) -> bool {
+    let text = arg.to_string_lossy();
+    let first = text.split('/').next().unwrap_or("");
+    text.contains('/')
+        && !text.starts_with(['.', '/', '~'])
+        && !text.ends_with(".wasm")
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+}
+
+/// Largest size the run cache may grow to before evicting least-recently-used components.
+const RUN_CACHE_BYTES: u64 = 2 << 30;
+
+/// Pulls `reference` through the blob cache under `cache_dir` and loads it from its cached
+/// precompiled form (compiling and recording it the first time).
+pub async fn load_reference(
+    engine: &HostEngine,
+    args: &RegistryArgs,
+    reference: &str,
+    cache_dir: &Path,
+) -> Result<Program> {
+    let blobs = BlobCache::new(cache_dir.join("components"), RUN_CACHE_BYTES)?;
+    let pulled = args.registry()?.pull(reference, Some(&blobs)).await?;
+    let precompiled = PrecompileCache::new(cache_dir.join("precompiled"))?;
+    for foreign in precompiled.foreign_files() {
+        tracing::warn!(
+            "ignoring {} in the precompile cache: wa8s did not record it",
+            foreign.display()
+        );
+    }
+    let (program, source) = precompiled.load(engine, &pulled.info.digest, &pulled.bytes)?;
+    tracing::info!(
+        digest = %pulled.resolved.digest,
+        ?source,
+        "{reference} ready"
+    );
+    Ok(program)
 }
 
 pub async fn push(args: PushArgs) -> Result<()> {

@@ -211,3 +211,55 @@ fn a_tls_registry_is_used_with_registry_ca_and_a_bad_ca_file_is_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
 }
+
+#[test]
+fn run_takes_a_registry_reference_and_reuses_its_cached_precompiled_form() {
+    let reg = Registry::start().expect("registry");
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("hello.wasm");
+    std::fs::write(&file, guests::HELLO_COMPONENT).expect("write");
+    let reference = format!("{}/myorg/hello:v1", reg.addr());
+    ok(&["push", file.to_str().expect("utf8"), &reference]);
+    let cache = dir.path().join("cache");
+    let layer_digest = wa8s_oci::sha256_digest(guests::HELLO_COMPONENT);
+
+    for round in ["first (pull and compile)", "second (from the caches)"] {
+        let out = wa8s()
+            .args(["run", &reference, "--cache-dir"])
+            .arg(&cache)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(0), "{round}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello from wasm\n",
+            "{round}"
+        );
+    }
+    // One blob fetch for two runs: the second came from the component cache.
+    assert_eq!(reg.blob_fetches(&layer_digest), 1, "{}", reg.log());
+    let precompiled: Vec<_> = std::fs::read_dir(cache.join("precompiled"))
+        .expect("precompiled dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        precompiled.iter().any(|n| n.ends_with(".cwasm")),
+        "{precompiled:?}"
+    );
+
+    // A reference that names nothing is a registry error, not "file not found".
+    let out = wa8s()
+        .args([
+            "run",
+            &format!("{}/myorg/absent:v1", reg.addr()),
+            "--cache-dir",
+        ])
+        .arg(&cache)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("absent"), "{stderr}");
+    assert!(!stderr.contains("No such file"), "{stderr}");
+}

@@ -37,3 +37,18 @@ fi
 # basic-auth tests).
 command -v docker-registry >/dev/null || apt_install docker-registry
 command -v htpasswd >/dev/null || apt_install apache2-utils
+command -v curl >/dev/null || apt_install curl
+
+# wkg (the Bytecode Alliance's wasm package tool): the OCI interop tests push and pull with a
+# client nobody here wrote. Built once from crates.io (several minutes), cached by version.
+WKG_VERSION="${WKG_VERSION:-0.16.1}"
+WA8S_CACHE="${WA8S_CACHE:-$HOME/.cache/wa8s}"
+export WA8S_WKG="$WA8S_CACHE/wkg-$WKG_VERSION/bin/wkg"
+if [ ! -x "$WA8S_WKG" ]; then
+  log "installing wkg $WKG_VERSION from crates.io (several minutes, once)"
+  mkdir -p "$WA8S_CACHE/build"
+  # Locked to its published Cargo.lock; built outside this workspace so its lockfile is used.
+  (cd "$WA8S_CACHE/build" && cargo install --quiet --locked "wkg@$WKG_VERSION" --root "$WA8S_CACHE/wkg-$WKG_VERSION.partial")
+  rm -rf "$WA8S_CACHE/wkg-$WKG_VERSION"
+  mv "$WA8S_CACHE/wkg-$WKG_VERSION.partial" "$WA8S_CACHE/wkg-$WKG_VERSION"
+fi

@@ -1,0 +1,388 @@
+//! Desired state: a pure function of (object, resolved module, operator config) returning the
+//! Deployment, Service and HPA the operator applies. No I/O here, so every decision about what
+//! a `WebAssembly` becomes is covered by unit tests and golden snapshots.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use wa8s_api::contract::Policy;
+use wa8s_api::{DEFAULT_PORT, WebAssembly};
+
+/// Operator-wide settings that shape every object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// RuntimeClass the pods ask for.
+    pub runtime_class: String,
+    /// User the (non-root) pods run as; no Wasm guest needs root.
+    pub run_as_user: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            runtime_class: "wa8s".into(),
+            run_as_user: 65532,
+        }
+    }
+}
+
+/// What the module turned out to be, as far as the registry told us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// Exports wasi:http/incoming-handler: gets a Service and a readiness probe.
+    Http,
+    /// A wasi:cli command or preview1 module: no Service, no probe.
+    Cli,
+    /// The artifact does not say (an image-shaped artifact): treated as HTTP, the common case.
+    Unknown,
+}
+
+/// The module the pods run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// `sha256:…` manifest digest.
+    pub digest: String,
+    pub kind: ModuleKind,
+}
+
+/// Everything the operator applies for one object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub deployment: Deployment,
+    pub service: Option<Service>,
+    pub hpa: Option<HorizontalPodAutoscaler>,
+}
+
+/// Why desired state could not be computed (the object is not one the API server would
+/// have stored: missing name, namespace or uid).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("the object has no {0}")]
+    MissingMetadata(&'static str),
+}
+
+/// Label keys (Kubernetes recommended labels plus the object's own).
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+pub const VERSION_LABEL: &str = "app.kubernetes.io/version";
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The object that owns a pod, for selectors (immutable on a Deployment, so kept minimal).
+pub const OWNER_LABEL: &str = "wa8s.reconciler.io/webassembly";
+/// The field manager for server-side apply.
+pub const MANAGER: &str = "wa8s-operator";
+const CONTAINER: &str = "module";
+const PORT_NAME: &str = "http";
+
+/// Labels that select the pods of `name` (stable for the object's lifetime).
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (INSTANCE_LABEL.to_owned(), name.to_owned()),
+        (OWNER_LABEL.to_owned(), name.to_owned()),
+    ])
+}
+
+/// `selector_labels` as a label-selector string (for `status.selector`).
+pub fn selector_string(name: &str) -> String {
+    selector_labels(name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn labels(obj: &WebAssembly, name: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name);
+    labels.insert(NAME_LABEL.into(), name.into());
+    labels.insert(COMPONENT_LABEL.into(), "webassembly".into());
+    labels.insert(PART_OF_LABEL.into(), name.into());
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGER.into());
+    if let Some(tag) = &obj.spec.module.tag {
+        labels.insert(VERSION_LABEL.into(), tag.clone());
+    }
+    labels
+}
+
+fn owner(obj: &WebAssembly) -> Result<OwnerReference, Error> {
+    Ok(OwnerReference {
+        api_version: WebAssembly::api_version(&()).into_owned(),
+        kind: WebAssembly::kind(&()).into_owned(),
+        name: obj
+            .metadata
+            .name
+            .clone()
+            .ok_or(Error::MissingMetadata("name"))?,
+        uid: obj
+            .metadata
+            .uid
+            .clone()
+            .ok_or(Error::MissingMetadata("uid"))?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// The desired objects for `obj` running `resolved`.
+pub fn desired(obj: &WebAssembly, resolved: &Resolved, config: &Config) -> Result<Desired, Error> {
+    let name = obj
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    let namespace = obj
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(namespace),
+        labels: Some(labels(obj, &name)),
+        owner_references: Some(vec![owner(obj)?]),
+        ..ObjectMeta::default()
+    };
+    let http = resolved.kind != ModuleKind::Cli;
+    let port = obj.spec.port.unwrap_or(DEFAULT_PORT);
+    Ok(Desired {
+        deployment: deployment(obj, resolved, config, &name, meta.clone(), port, http),
+        service: http.then(|| service(&name, meta.clone())),
+        hpa: hpa(obj, &name, meta),
+    })
+}
+
+fn deployment(
+    obj: &WebAssembly,
+    resolved: &Resolved,
+    config: &Config,
+    name: &str,
+    meta: ObjectMeta,
+    port: i32,
+    http: bool,
+) -> Deployment {
+    let spec = &obj.spec;
+    let wasi = spec.wasi.clone().unwrap_or_default();
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    for (i, grant) in wasi.fs.iter().enumerate() {
+        let volume_name = format!("wasi-fs-{i}");
+        let read_only = grant.read_only.unwrap_or(false);
+        let mut volume = Volume {
+            name: volume_name.clone(),
+            ..Volume::default()
+        };
+        match &grant.source {
+            Some(source) => {
+                volume.config_map = source.config_map.clone();
+                volume.secret = source.secret.clone();
+                volume.persistent_volume_claim = source.persistent_volume_claim.clone();
+            }
+            None => {
+                volume.empty_dir = Some(EmptyDirVolumeSource {
+                    // The kubelet evicts past sizeLimit; the runtime refuses the write first.
+                    size_limit: grant.max_size.as_ref().map(|q| K8sQuantity(q.0.clone())),
+                    ..EmptyDirVolumeSource::default()
+                });
+            }
+        }
+        volumes.push(volume);
+        mounts.push(VolumeMount {
+            name: volume_name,
+            mount_path: grant.path.0.clone(),
+            read_only: read_only.then_some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let env: Vec<EnvVar> = spec
+        .env
+        .iter()
+        .map(|e| EnvVar {
+            name: e.name.0.clone(),
+            value: e.value.clone(),
+            value_from: e.value_from.clone(),
+        })
+        .collect();
+    let resources = spec.resources.as_ref().map(|r| {
+        let mut amounts = BTreeMap::new();
+        if let Some(m) = &r.memory {
+            amounts.insert("memory".to_owned(), K8sQuantity(m.0.clone()));
+        }
+        if let Some(c) = &r.cpu {
+            amounts.insert("cpu".to_owned(), K8sQuantity(c.0.clone()));
+        }
+        // Requests equal limits: the kernel enforces what the scheduler reserved, and the
+        // HPA's utilization is measured against the same number.
+        ResourceRequirements {
+            requests: Some(amounts.clone()),
+            limits: Some(amounts),
+            ..ResourceRequirements::default()
+        }
+    });
+    let policy = Policy::from_spec(spec);
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(format!("{}@{}", spec.module.registry, resolved.digest)),
+        ports: http.then(|| {
+            vec![ContainerPort {
+                name: Some(PORT_NAME.into()),
+                container_port: port,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            }]
+        }),
+        env: (!env.is_empty()).then_some(env),
+        env_from: (!spec.env_from.is_empty()).then(|| spec.env_from.clone()),
+        resources,
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        readiness_probe: http.then(|| Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String(PORT_NAME.into()),
+                ..TCPSocketAction::default()
+            }),
+            period_seconds: Some(5),
+            ..Probe::default()
+        }),
+        // The shim writes why a component could not start; the operator surfaces it.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let mut template_meta = ObjectMeta {
+        labels: meta.labels.clone(),
+        annotations: Some(policy.to_annotations()),
+        ..ObjectMeta::default()
+    };
+    if let Some(a) = template_meta.annotations.as_mut() {
+        a.insert(
+            "wa8s.reconciler.io/module-digest".into(),
+            resolved.digest.clone(),
+        );
+    }
+    Deployment {
+        metadata: meta,
+        spec: Some(DeploymentSpec {
+            // With scaling, the HPA owns the replica count: leaving the field out of the
+            // apply keeps the operator from fighting it.
+            replicas: match spec.scaling {
+                Some(_) => None,
+                None => Some(spec.replicas.unwrap_or(1)),
+            },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(name)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..DeploymentStrategy::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(template_meta),
+                spec: Some(PodSpec {
+                    runtime_class_name: Some(config.runtime_class.clone()),
+                    containers: vec![container],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+                        .then(|| spec.image_pull_secrets.clone()),
+                    node_selector: (!spec.node_selector.is_empty())
+                        .then(|| spec.node_selector.clone()),
+                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+                    affinity: spec.affinity.clone(),
+                    // A guest has no use for an API token or service-link variables.
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(config.run_as_user),
+                        run_as_group: Some(config.run_as_user),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn service(name: &str, meta: ObjectMeta) -> Service {
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(name)),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.into()),
+                port: 80,
+                target_port: Some(IntOrString::String(PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn hpa(obj: &WebAssembly, name: &str, meta: ObjectMeta) -> Option<HorizontalPodAutoscaler> {
+    let scaling = obj.spec.scaling.as_ref()?;
+    let target = |resource: &str, utilization: i32| MetricSpec {
+        type_: "Resource".into(),
+        resource: Some(ResourceMetricSource {
+            name: resource.into(),
+            target: MetricTarget {
+                type_: "Utilization".into(),
+                average_utilization: Some(utilization),
+                ..MetricTarget::default()
+            },
+        }),
+        ..MetricSpec::default()
+    };
+    let mut metrics = Vec::new();
+    if let Some(m) = scaling.target_memory_utilization {
+        metrics.push(target("memory", m));
+    }
+    if let Some(c) = scaling.target_cpu_utilization {
+        metrics.push(target("cpu", c));
+    }
+    Some(HorizontalPodAutoscaler {
+        metadata: meta,
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: name.into(),
+            },
+            min_replicas: Some(scaling.min_replicas.unwrap_or(1)),
+            max_replicas: scaling.max_replicas,
+            metrics: Some(metrics),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    })
+}

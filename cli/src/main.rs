@@ -34,7 +34,7 @@ enum Command {
     ///
     /// Exit status: the guest's own for cli programs; 124 when it ran past --timeout; 134
     /// when it trapped; 2 when wa8s could not start it (bad flag, file, binary or grant).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Push a component to a registry as a CNCF wasm OCI artifact; prints the manifest digest.
     Push(oci::PushArgs),
     /// Pull a component from a registry (wasm artifacts, layered images, image indexes);
@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => runtime.block_on(run(args)),
+        Command::Run(args) => runtime.block_on(run(*args)),
         Command::Push(args) => registry_command(runtime.block_on(oci::push(args))),
         Command::Pull(args) => registry_command(runtime.block_on(oci::pull(args))),
         Command::Inspect(args) => registry_command(runtime.block_on(oci::inspect(args))),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use wa8s_host::{HostEngine, PrecompileCache, Program};
 use wa8s_oci::artifact::{self, WasmInfo};
-use wa8s_oci::{BlobCache, Credentials, Registry, RegistryOptions};
+use wa8s_oci::{BlobCache, Credentials, DockerConfigSource, Registry, RegistryOptions};
 
 /// How to reach registries (shared by push, pull and inspect).
 #[derive(clap::Args, Debug)]
@@ -65,7 +65,11 @@ impl RegistryArgs {
         Ok(Registry::new(RegistryOptions {
             credentials: Credentials {
                 explicit,
-                docker_config: self.docker_config.clone(),
+                pull_secrets: Vec::new(),
+                docker_config: match &self.docker_config {
+                    Some(p) => DockerConfigSource::File(p.clone()),
+                    None => DockerConfigSource::Default,
+                },
             },
             insecure: self.insecure.clone(),
             ca_certificates,

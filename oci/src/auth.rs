@@ -12,14 +12,31 @@ use serde::Deserialize;
 
 use crate::Error;
 
+/// Which docker `config.json` to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DockerConfigSource {
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, if it exists.
+    #[default]
+    Default,
+    /// This file (it must exist).
+    File(PathBuf),
+    /// None: only explicit credentials and pull secrets (the operator, which must use what
+    /// each object grants and nothing of its own).
+    Ignored,
+}
+
 /// Where credentials come from, in order of precedence.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     /// Used for every registry when set.
     pub explicit: Option<(String, String)>,
+    /// Kubernetes image pull secrets (`kubernetes.io/dockerconfigjson`): `(where from, JSON)`.
+    /// Only their `auths` are read: a secret must never make the reader run a credential
+    /// helper. Consulted in order, before `docker_config`.
+    pub pull_secrets: Vec<(String, String)>,
     /// A docker `config.json` (`auths`, `credHelpers`, `credsStore`). `None`: the default
     /// location (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`) if it exists.
-    pub docker_config: Option<PathBuf>,
+    pub docker_config: DockerConfigSource,
 }
 
 #[derive(Deserialize, Default)]
@@ -58,9 +75,16 @@ impl Credentials {
         if let Some((user, pass)) = &self.explicit {
             return Ok(RegistryAuth::Basic(user.clone(), pass.clone()));
         }
+        for (origin, json) in &self.pull_secrets {
+            match from_config_text(json, origin, registry, false)? {
+                RegistryAuth::Anonymous => continue,
+                found => return Ok(found),
+            }
+        }
         let path = match &self.docker_config {
-            Some(p) => p.clone(),
-            None => match default_docker_config() {
+            DockerConfigSource::File(p) => p.clone(),
+            DockerConfigSource::Ignored => return Ok(RegistryAuth::Anonymous),
+            DockerConfigSource::Default => match default_docker_config() {
                 Some(p) if p.exists() => p,
                 _ => return Ok(RegistryAuth::Anonymous),
             },
@@ -88,16 +112,24 @@ fn normalize(key: &str) -> &str {
 fn from_docker_config(path: &Path, registry: &str) -> Result<RegistryAuth, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Credentials(format!("reading {}: {e}", path.display())))?;
-    let config: DockerConfig = serde_json::from_str(&text).map_err(|e| {
-        Error::Credentials(format!("{} is not a docker config: {e}", path.display()))
-    })?;
+    from_config_text(&text, &path.display().to_string(), registry, true)
+}
+
+fn from_config_text(
+    text: &str,
+    origin: &str,
+    registry: &str,
+    helpers: bool,
+) -> Result<RegistryAuth, Error> {
+    let config: DockerConfig = serde_json::from_str(text)
+        .map_err(|e| Error::Credentials(format!("{origin} is not a docker config: {e}")))?;
     let aliases: &[&str] = if registry == "docker.io" {
         &["docker.io", "index.docker.io", "registry-1.docker.io"]
     } else {
         &[]
     };
     let matches = |key: &str| normalize(key) == registry || aliases.contains(&normalize(key));
-    if let Some((_, helper)) = config.cred_helpers.iter().find(|(k, _)| matches(k)) {
+    if helpers && let Some((_, helper)) = config.cred_helpers.iter().find(|(k, _)| matches(k)) {
         return helper_get(helper, registry);
     }
     if let Some((key, entry)) = config.auths.iter().find(|(k, _)| matches(k)) {
@@ -112,27 +144,20 @@ fn from_docker_config(path: &Path, registry: &str) -> Result<RegistryAuth, Error
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
                 .map_err(|e| {
-                    Error::Credentials(format!(
-                        "{}: auths[{key:?}].auth is not base64: {e}",
-                        path.display()
-                    ))
+                    Error::Credentials(format!("{origin}: auths[{key:?}].auth is not base64: {e}"))
                 })?;
             let text = String::from_utf8(decoded).map_err(|_| {
-                Error::Credentials(format!(
-                    "{}: auths[{key:?}].auth is not UTF-8",
-                    path.display()
-                ))
+                Error::Credentials(format!("{origin}: auths[{key:?}].auth is not UTF-8"))
             })?;
             let Some((u, p)) = text.split_once(':') else {
                 return Err(Error::Credentials(format!(
-                    "{}: auths[{key:?}].auth is not user:password",
-                    path.display()
+                    "{origin}: auths[{key:?}].auth is not user:password"
                 )));
             };
             return Ok(RegistryAuth::Basic(u.into(), p.into()));
         }
     }
-    if let Some(store) = &config.creds_store {
+    if helpers && let Some(store) = &config.creds_store {
         return helper_get(store, registry);
     }
     Ok(RegistryAuth::Anonymous)
@@ -198,7 +223,8 @@ mod tests {
         .map_err(Error::io("write"))?;
         let creds = Credentials {
             explicit: None,
-            docker_config: Some(path),
+            pull_secrets: Vec::new(),
+            docker_config: DockerConfigSource::File(path),
         };
         assert_eq!(
             basic(creds.for_registry("127.0.0.1:5000")?),
@@ -216,6 +242,36 @@ mod tests {
     }
 
     #[test]
+    fn pull_secrets_give_their_auths_but_never_run_a_credential_helper() -> Result<(), Error> {
+        let secret = r#"{"auths": {"ghcr.io": {"username": "ci", "password": "t0ken"}},
+                         "credHelpers": {"quay.io": "evil"}, "credsStore": "evil"}"#;
+        let creds = Credentials {
+            explicit: None,
+            pull_secrets: vec![("secret apps/regcred".into(), secret.into())],
+            docker_config: DockerConfigSource::File("/nonexistent/config.json".into()),
+        };
+        assert_eq!(
+            basic(creds.for_registry("ghcr.io")?),
+            Some(("ci".into(), "t0ken".into()))
+        );
+        // quay.io is named only by a helper: the secret yields nothing, and the next source
+        // (a missing docker config file) is reported rather than a helper being run.
+        let err = creds.for_registry("quay.io").expect_err("no helper run");
+        assert!(
+            err.to_string().contains("/nonexistent/config.json"),
+            "{err}"
+        );
+        let broken = Credentials {
+            explicit: None,
+            pull_secrets: vec![("secret apps/broken".into(), "{".into())],
+            docker_config: DockerConfigSource::Default,
+        };
+        let err = broken.for_registry("ghcr.io").expect_err("broken");
+        assert!(err.to_string().contains("secret apps/broken"), "{err}");
+        Ok(())
+    }
+
+    #[test]
     fn a_broken_docker_config_is_a_clear_error() -> Result<(), Error> {
         let dir = tempfile::tempdir().map_err(Error::io("tmp"))?;
         let path = dir.path().join("config.json");
@@ -223,7 +279,8 @@ mod tests {
             .map_err(Error::io("write"))?;
         let creds = Credentials {
             explicit: None,
-            docker_config: Some(path),
+            pull_secrets: Vec::new(),
+            docker_config: DockerConfigSource::File(path),
         };
         let err = creds.for_registry("ghcr.io").expect_err("refused");
         assert!(

@@ -14,10 +14,10 @@ mod cache;
 mod error;
 mod registry;
 
-pub use auth::Credentials;
+pub use auth::{Credentials, DockerConfigSource};
 pub use cache::BlobCache;
 pub use error::Error;
-pub use registry::{Pulled, Pushed, Registry, RegistryOptions, Resolved};
+pub use registry::{Described, Pulled, Pushed, Registry, RegistryOptions, Resolved};
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {

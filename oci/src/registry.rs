@@ -77,6 +77,40 @@ pub struct Resolved {
     pub digest: String,
 }
 
+/// What a reference names, from its manifest and config (see [`Registry::describe`]).
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub resolved: Resolved,
+    pub config_media_type: String,
+    /// The CNCF wasm config, when the artifact has one.
+    pub config: Option<WasmConfig>,
+}
+
+impl Described {
+    /// Whether the config says the component serves HTTP; `None` when it does not say.
+    pub fn serves_http(&self) -> Option<bool> {
+        let config = self.config.as_ref()?;
+        match &config.component {
+            Some(c) => Some(
+                c.exports
+                    .iter()
+                    .any(|e| e.starts_with("wasi:http/incoming-handler")),
+            ),
+            // A wasip1 module has no component section and cannot serve wasi:http.
+            None => Some(false),
+        }
+    }
+}
+
+/// A manifest known to carry WebAssembly, and where it was found.
+struct Shaped {
+    digest: String,
+    at: Reference,
+    config: RawDescriptor,
+    layers: Vec<RawDescriptor>,
+    carrier: Carrier,
+}
+
 /// A pulled component.
 #[derive(Debug, Clone)]
 pub struct Pulled {
@@ -340,6 +374,104 @@ impl Registry {
         })
     }
 
+    /// A client for where `at` lives, holding the credentials for the registry `parsed`
+    /// names (a mirror is presented the original registry's credentials).
+    async fn authed_client(&self, parsed: &Reference, at: &Reference) -> Result<Client, Error> {
+        let registry = at.resolve_registry().to_owned();
+        let client = self.client(&registry);
+        let auth = self
+            .options
+            .credentials
+            .for_registry(parsed.resolve_registry())?;
+        client.store_auth_if_needed(&registry, &auth).await;
+        Ok(client)
+    }
+
+    /// The manifest `parsed` names, checked to carry WebAssembly.
+    async fn shaped(&self, parsed: &Reference) -> Result<Shaped, Error> {
+        let (manifest, digest, at) = self.manifest(parsed).await?;
+        let artifact_error = |reason: String| Error::Artifact {
+            reference: parsed.whole(),
+            reason,
+        };
+        let config = manifest
+            .config
+            .clone()
+            .ok_or_else(|| artifact_error("the manifest has no config".into()))?;
+        let layers = manifest.layers.clone().unwrap_or_default();
+        let shape = ManifestShape {
+            config_media_type: &config.media_type,
+            layer_media_types: layers.iter().map(|l| l.media_type.as_str()).collect(),
+        };
+        let carrier = artifact::carrier(&shape).map_err(artifact_error)?;
+        Ok(Shaped {
+            digest,
+            at,
+            config,
+            layers,
+            carrier,
+        })
+    }
+
+    /// What `reference` names, without downloading the component: the manifest digest, that
+    /// it carries WebAssembly, and what a CNCF wasm config says about it. For the operator,
+    /// which pins pods to the digest and needs to know whether to give them a Service.
+    pub async fn describe(&self, reference: &str) -> Result<Described, Error> {
+        let parsed = parse_reference(reference)?;
+        let Shaped {
+            digest, at, config, ..
+        } = self.shaped(&parsed).await?;
+        let artifact_error = |reason: String| Error::Artifact {
+            reference: parsed.whole(),
+            reason,
+        };
+        let mut wasm_config = None;
+        if config.media_type == artifact::WASM_CONFIG_V0 {
+            if config.size > 1 << 20 {
+                return Err(artifact_error(format!(
+                    "the config declares {} bytes, over the 1 MiB limit",
+                    config.size
+                )));
+            }
+            let registry = at.resolve_registry().to_owned();
+            let client = self.authed_client(&parsed, &at).await?;
+            let desc = OciDescriptor {
+                media_type: config.media_type.clone(),
+                digest: config.digest.clone(),
+                size: config.size,
+                ..OciDescriptor::default()
+            };
+            let mut raw = Vec::new();
+            client
+                .pull_blob(&at, &desc, &mut raw)
+                .await
+                .map_err(|e| Error::Registry {
+                    registry: registry.clone(),
+                    reason: error_chain(&e),
+                })?;
+            let actual = crate::sha256_digest(&raw);
+            if actual != config.digest {
+                return Err(Error::Digest {
+                    what: format!("config of {}", parsed.whole()),
+                    expected: config.digest,
+                    actual,
+                });
+            }
+            wasm_config = Some(
+                serde_json::from_slice::<WasmConfig>(&raw)
+                    .map_err(|e| artifact_error(format!("the wasm config is not valid: {e}")))?,
+            );
+        }
+        Ok(Described {
+            resolved: Resolved {
+                reference: reference.to_owned(),
+                digest,
+            },
+            config_media_type: config.media_type,
+            config: wasm_config,
+        })
+    }
+
     /// Fetches the manifest (following an index to its wasm platform entry) and verifies
     /// its digest when the reference pins one.
     async fn manifest(
@@ -419,29 +551,19 @@ impl Registry {
     /// verified against its digest; a mismatch is an error and nothing is cached.
     pub async fn pull(&self, reference: &str, cache: Option<&BlobCache>) -> Result<Pulled, Error> {
         let parsed = parse_reference(reference)?;
-        let (manifest, digest, at) = self.manifest(&parsed).await?;
+        let Shaped {
+            digest,
+            at,
+            config,
+            layers,
+            carrier,
+        } = self.shaped(&parsed).await?;
         let artifact_error = |reason: String| Error::Artifact {
             reference: parsed.whole(),
             reason,
         };
-        let config = manifest
-            .config
-            .clone()
-            .ok_or_else(|| artifact_error("the manifest has no config".into()))?;
-        let layers = manifest.layers.clone().unwrap_or_default();
-        let shape = ManifestShape {
-            config_media_type: &config.media_type,
-            layer_media_types: layers.iter().map(|l| l.media_type.as_str()).collect(),
-        };
-        let carrier = artifact::carrier(&shape).map_err(artifact_error)?;
         let max = self.options.max_component_bytes;
-        let registry = at.resolve_registry().to_owned();
-        let client = self.client(&registry);
-        let auth = self
-            .options
-            .credentials
-            .for_registry(parsed.resolve_registry())?;
-        client.store_auth_if_needed(&registry, &auth).await;
+        let client = self.authed_client(&parsed, &at).await?;
         let fetch = |d: RawDescriptor, limit: u64| {
             let client = client.clone();
             let at = at.clone();

@@ -9,7 +9,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use wa8s_e2e::registry::{Auth, Options, Registry as TestRegistry, Users};
 use wa8s_oci::artifact::{self, Kind};
-use wa8s_oci::{BlobCache, Credentials, Error, Registry, RegistryOptions};
+use wa8s_oci::{BlobCache, Credentials, DockerConfigSource, Error, Registry, RegistryOptions};
 use wa8s_test_components as guests;
 
 fn anonymous() -> Registry {
@@ -131,7 +131,8 @@ async fn basic_auth_works_from_a_docker_config_and_wrong_credentials_are_named()
     let with_config = Registry::new(RegistryOptions {
         credentials: Credentials {
             explicit: None,
-            docker_config: Some(config),
+            pull_secrets: Vec::new(),
+            docker_config: DockerConfigSource::File(config),
         },
         ..RegistryOptions::default()
     });
@@ -145,7 +146,8 @@ async fn basic_auth_works_from_a_docker_config_and_wrong_credentials_are_named()
     let wrong = Registry::new(RegistryOptions {
         credentials: Credentials {
             explicit: Some(("alice".into(), "wrong".into())),
-            docker_config: None,
+            pull_secrets: Vec::new(),
+            docker_config: DockerConfigSource::Default,
         },
         ..RegistryOptions::default()
     });
@@ -227,7 +229,8 @@ async fn the_bearer_token_flow_gives_anonymous_pulls_and_authenticated_pushes() 
     let bob = Registry::new(RegistryOptions {
         credentials: Credentials {
             explicit: Some(("bob".into(), "hunter2".into())),
-            docker_config: None,
+            pull_secrets: Vec::new(),
+            docker_config: DockerConfigSource::Default,
         },
         ..RegistryOptions::default()
     });
@@ -266,7 +269,8 @@ async fn the_bearer_token_flow_gives_anonymous_pulls_and_authenticated_pushes() 
     let wrong = Registry::new(RegistryOptions {
         credentials: Credentials {
             explicit: Some(("bob".into(), "wrong".into())),
-            docker_config: None,
+            pull_secrets: Vec::new(),
+            docker_config: DockerConfigSource::Default,
         },
         ..RegistryOptions::default()
     });

@@ -1,0 +1,494 @@
+//! The reconcile loop: resolve the module, apply desired state server-side, then tell the
+//! truth in status (and events for every condition that changed).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use wa8s_api::{ServiceStatus, WebAssembly, WebAssemblyStatus};
+
+use crate::desired::{self, Config as DesiredConfig, MANAGER, ModuleKind, OWNER_LABEL, Resolved};
+use crate::metrics::Metrics;
+use crate::resolve::{Resolve, ResolveError};
+use crate::status::{self, Observed, PodFailure, Resolution, Rollout};
+
+/// The annotation on pod templates naming the digest they run.
+const DIGEST_ANNOTATION: &str = "wa8s.reconciler.io/module-digest";
+
+/// Errors a reconcile returns (and `error_policy` retries with backoff). Problems a user must
+/// fix are not errors here: they become conditions and events.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Desired(#[from] desired::Error),
+    #[error("{0}")]
+    Resolve(ResolveError),
+}
+
+impl Error {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesAPI",
+            Error::Desired(_) => "InvalidObject",
+            Error::Resolve(e) => e.reason,
+        }
+    }
+}
+
+/// Operator settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub desired: DesiredConfig,
+    /// How often a tag is resolved again (a moved tag rolls the pods).
+    pub resolve_interval: Duration,
+    /// Watch only this namespace (`None`: all).
+    pub namespace: Option<String>,
+    /// Name in events (`reportingInstance`), usually the pod name.
+    pub instance: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            desired: DesiredConfig::default(),
+            resolve_interval: Duration::from_secs(300),
+            namespace: None,
+            instance: None,
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub resolver: Arc<dyn Resolve>,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        resolver: Arc<dyn Resolve>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: settings.instance.clone(),
+            },
+        );
+        Context {
+            client,
+            resolver,
+            settings,
+            metrics,
+            recorder,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn api<K>(ctx: &Context, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let ns = ctx.settings.namespace.clone();
+    let ns = ns.as_deref();
+    let owned =
+        watcher::Config::default().labels(&format!("{}={MANAGER}", desired::MANAGED_BY_LABEL));
+    let pods = watcher::Config::default().labels(OWNER_LABEL);
+    Controller::new(api::<WebAssembly>(&ctx, ns), watcher::Config::default())
+        .owns(api::<Deployment>(&ctx, ns), owned.clone())
+        .owns(api::<Service>(&ctx, ns), owned.clone())
+        .owns(api::<HorizontalPodAutoscaler>(&ctx, ns), owned)
+        // Pods are not owned directly, but a crash loop must reach status.
+        .watches(api::<Pod>(&ctx, ns), pods, |pod| {
+            let ns = pod.namespace();
+            pod.labels()
+                .get(OWNER_LABEL)
+                .map(|name| ObjectRef::<WebAssembly>::new(name).within(ns.as_deref().unwrap_or("")))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!("reconcile: {e}");
+            }
+        })
+        .await;
+}
+
+fn key(obj: &WebAssembly) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Retries with exponential backoff (1 s doubling to 5 min) and ±50 % jitter, so a registry
+/// outage does not make every object hit it at once.
+pub fn error_policy(obj: Arc<WebAssembly>, err: &Error, ctx: Arc<Context>) -> Action {
+    let n = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key(&obj)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    ctx.metrics.error(err.reason());
+    let base = Duration::from_secs(1u64 << n.min(9)).min(Duration::from_secs(300));
+    let jitter = 0.5
+        + (std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            % 1000) as f64
+            / 1000.0;
+    let delay = base.mul_f64(jitter);
+    tracing::warn!(object = %key(&obj), attempt = n, ?delay, "reconcile failed: {err}");
+    Action::requeue(delay)
+}
+
+async fn reconcile(obj: Arc<WebAssembly>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&obj, &ctx).await;
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key(&obj));
+    }
+    result
+}
+
+async fn pull_secrets(
+    obj: &WebAssembly,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Vec<(String, String)>, ResolveError> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut out = Vec::new();
+    for r in &obj.spec.image_pull_secrets {
+        let name = &r.name;
+        let origin = format!("imagePullSecret {ns}/{name}");
+        let secret = secrets.get_opt(name).await.map_err(|e| ResolveError {
+            reason: "PullSecretUnreadable",
+            message: format!("{origin}: {e}"),
+            transient: true,
+        })?;
+        let Some(secret) = secret else {
+            return Err(ResolveError {
+                reason: "PullSecretNotFound",
+                message: format!("{origin} does not exist"),
+                transient: false,
+            });
+        };
+        let data = secret.data.unwrap_or_default();
+        let Some(ByteString(bytes)) = data.get(".dockerconfigjson") else {
+            return Err(ResolveError {
+                reason: "BadPullSecret",
+                message: format!(
+                    "{origin} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)"
+                ),
+                transient: false,
+            });
+        };
+        out.push((origin, String::from_utf8_lossy(bytes).into_owned()));
+    }
+    Ok(out)
+}
+
+async fn reconcile_inner(obj: &WebAssembly, ctx: &Context) -> Result<Action, Error> {
+    if obj.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove what we made.
+        return Ok(Action::await_change());
+    }
+    let ns = obj
+        .namespace()
+        .ok_or(desired::Error::MissingMetadata("namespace"))?;
+    let name = obj.name_any();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let live = deployments.get_opt(&name).await?;
+    let running_before = live
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(DIGEST_ANNOTATION).cloned())
+        .or_else(|| {
+            obj.status
+                .as_ref()
+                .and_then(|s| s.module.as_ref())
+                .map(|m| m.digest.clone())
+        });
+
+    let outcome = match pull_secrets(obj, ctx, &ns).await {
+        Ok(secrets) => ctx.resolver.resolve(&obj.spec.module, secrets).await,
+        Err(e) => Err(e),
+    };
+    let pinned = obj.spec.module.digest.clone();
+    let (resolution, target, failure) = match outcome {
+        Ok((reference, resolved)) => (
+            Resolution::Resolved {
+                reference,
+                digest: resolved.digest.clone(),
+                pinned: pinned.is_some(),
+            },
+            Some(resolved),
+            None,
+        ),
+        // A pinned digest needs no registry to be deployed: the kubelet pulls it.
+        Err(e) if pinned.is_some() && e.transient => (
+            Resolution::Resolved {
+                reference: crate::resolve::reference(&obj.spec.module),
+                digest: pinned.clone().unwrap_or_default(),
+                pinned: true,
+            },
+            Some(Resolved {
+                digest: pinned.clone().unwrap_or_default(),
+                kind: ModuleKind::Unknown,
+            }),
+            None,
+        ),
+        Err(e) => {
+            // Keep running what runs: spec changes still apply, on the last good digest.
+            let kind = if live_has_service(obj, ctx, &ns).await {
+                ModuleKind::Http
+            } else {
+                ModuleKind::Cli
+            };
+            (
+                Resolution::Failed {
+                    reason: e.reason.into(),
+                    message: e.message.clone(),
+                },
+                running_before
+                    .clone()
+                    .map(|digest| Resolved { digest, kind }),
+                Some(e),
+            )
+        }
+    };
+
+    let mut deployment = live;
+    let mut service_status = None;
+    if let Some(target) = &target {
+        let want = desired::desired(obj, target, &ctx.settings.desired)?;
+        let pp = PatchParams::apply(MANAGER).force();
+        deployment = Some(
+            deployments
+                .patch(&name, &pp, &Patch::Apply(&want.deployment))
+                .await?,
+        );
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+        match &want.service {
+            Some(svc) => {
+                services.patch(&name, &pp, &Patch::Apply(svc)).await?;
+                service_status = Some(ServiceStatus {
+                    name: name.clone(),
+                    url: Some(format!("http://{name}.{ns}.svc:80")),
+                });
+            }
+            None => delete_owned(&services, &name, obj).await?,
+        }
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &ns);
+        match &want.hpa {
+            Some(hpa) => {
+                hpas.patch(&name, &pp, &Patch::Apply(hpa)).await?;
+            }
+            None => delete_owned(&hpas, &name, obj).await?,
+        }
+    }
+
+    let observed = Observed {
+        generation: obj.metadata.generation,
+        resolution,
+        running: target.as_ref().map(|t| t.digest.clone()),
+        rollout: deployment.as_ref().map(rollout),
+        pod_failure: pod_failure(ctx, &ns, &name).await?,
+        service: service_status,
+        selector: desired::selector_string(&name),
+    };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new_status = status::status(obj.status.as_ref(), &observed, now);
+    publish_transitions(ctx, obj, obj.status.as_ref(), &new_status).await;
+    if obj.status.as_ref() != Some(&new_status) {
+        let api: Api<WebAssembly> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": new_status })),
+        )
+        .await?;
+    }
+    match failure {
+        Some(e) if e.transient => Err(Error::Resolve(e)),
+        // Someone has to act (push the tag, fix the secret); look again at the normal pace.
+        _ => Ok(Action::requeue(ctx.settings.resolve_interval)),
+    }
+}
+
+async fn live_has_service(obj: &WebAssembly, ctx: &Context, ns: &str) -> bool {
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    matches!(services.get_opt(&obj.name_any()).await, Ok(Some(_)))
+}
+
+/// Deletes `name` if this object controls it (never something a user made by hand).
+async fn delete_owned<K>(api: &Api<K>, name: &str, obj: &WebAssembly) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(existing) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let ours = existing
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(&o.uid) == obj.metadata.uid.as_ref() && o.controller == Some(true));
+    if ours {
+        api.delete(name, &DeleteParams::background()).await?;
+    }
+    Ok(())
+}
+
+fn rollout(d: &Deployment) -> Rollout {
+    let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let stalled = st.conditions.iter().flatten().find_map(|c| {
+        (c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+        .then(|| {
+            c.message
+                .clone()
+                .unwrap_or_else(|| "the rollout stalled".into())
+        })
+    });
+    Rollout {
+        desired: spec_replicas,
+        replicas: st.replicas.unwrap_or(0),
+        updated: st.updated_replicas.unwrap_or(0),
+        ready: st.ready_replicas.unwrap_or(0),
+        available: st.available_replicas.unwrap_or(0),
+        observed: st.observed_generation >= d.metadata.generation,
+        stalled,
+    }
+}
+
+/// The first pod that cannot run its module, with the reason the kubelet gives and the
+/// message the shim left.
+async fn pod_failure(ctx: &Context, ns: &str, name: &str) -> Result<Option<PodFailure>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&desired::selector_string(name)))
+        .await?;
+    for pod in list {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default();
+        for cs in statuses {
+            let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
+            let terminated_now = cs.state.as_ref().and_then(|s| s.terminated.as_ref());
+            let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+            let bad_wait = waiting.and_then(|w| w.reason.clone()).filter(|r| {
+                matches!(
+                    r.as_str(),
+                    "CrashLoopBackOff"
+                        | "CreateContainerError"
+                        | "RunContainerError"
+                        | "ImagePullBackOff"
+                        | "ErrImagePull"
+                        | "InvalidImageName"
+                )
+            });
+            let failed_exit = terminated_now.filter(|t| t.exit_code != 0);
+            if bad_wait.is_none() && failed_exit.is_none() {
+                continue;
+            }
+            let detail = failed_exit
+                .or(last)
+                .and_then(|t| {
+                    t.message.clone().or_else(|| {
+                        t.reason
+                            .clone()
+                            .map(|r| format!("{r} (exit code {})", t.exit_code))
+                    })
+                })
+                .or_else(|| waiting.and_then(|w| w.message.clone()))
+                .unwrap_or_else(|| "the container keeps failing".into());
+            return Ok(Some(PodFailure {
+                pod: pod.name_any(),
+                reason: bad_wait.unwrap_or_else(|| "ModuleFailed".into()),
+                message: detail.trim().to_owned(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+async fn publish_transitions(
+    ctx: &Context,
+    obj: &WebAssembly,
+    before: Option<&WebAssemblyStatus>,
+    after: &WebAssemblyStatus,
+) {
+    let reference = obj.object_ref(&());
+    for c in status::transitions(before, after) {
+        let healthy = match c.type_.as_str() {
+            status::DEGRADED | status::PROGRESSING => c.status == "False",
+            _ => c.status == "True",
+        };
+        let event = Event {
+            type_: if healthy {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: c.reason.clone(),
+            note: Some(format!("{} is {}: {}", c.type_, c.status, c.message)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!("publishing an event failed: {e}");
+        }
+    }
+}

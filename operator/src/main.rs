@@ -1,0 +1,190 @@
+//! `wa8s-operator`: flags → settings, then leader election, the health/metrics endpoint and
+//! the controller. Everything else lives in the library.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use clap::Parser;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use wa8s_api::contract::parse_duration_ms;
+use wa8s_operator::controller::{self, Context, Settings};
+use wa8s_operator::desired::Config as DesiredConfig;
+use wa8s_operator::http::{self, Readiness};
+use wa8s_operator::leader::LeaderElection;
+use wa8s_operator::metrics::Metrics;
+use wa8s_operator::resolve::{OciResolver, RegistryConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wa8s-operator",
+    version,
+    about = "Reconciles WebAssembly objects into Deployments, Services and HPAs"
+)]
+struct Args {
+    /// RuntimeClass the pods ask for.
+    #[arg(long, default_value = "wa8s", env = "WA8S_RUNTIME_CLASS")]
+    runtime_class: String,
+    /// How often tags are resolved again (a moved tag rolls the pods), e.g. 5m, 30s.
+    #[arg(long, default_value = "5m", env = "WA8S_RESOLVE_INTERVAL")]
+    resolve_interval: String,
+    /// Pull from MIRROR whenever a module names REGISTRY (air-gapped clusters), e.g.
+    /// ghcr.io=registry.internal:5000. Repeatable.
+    #[arg(long = "mirror", value_name = "REGISTRY=MIRROR")]
+    mirrors: Vec<String>,
+    /// Speak plain HTTP to this registry. Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+    /// Trust the CA certificates in FILE (PEM) for REGISTRY. Repeatable.
+    #[arg(long = "registry-ca", value_name = "REGISTRY=FILE")]
+    registry_ca: Vec<String>,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "WA8S_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Elect a leader among replicas through a Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "wa8s-system")]
+    lease_namespace: String,
+    /// This replica's identity (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn main() -> ExitCode {
+    // Structured JSON logs for log pipelines; WA8S_LOG sets the filter.
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WA8S_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn pairs(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>> {
+    values
+        .iter()
+        .map(|v| {
+            v.split_once('=')
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| anyhow!("--{flag} {v:?}: expected NAME=VALUE"))
+        })
+        .collect()
+}
+
+async fn run(args: Args) -> Result<()> {
+    let interval_ms = parse_duration_ms(&args.resolve_interval)
+        .filter(|ms| *ms >= 1000)
+        .ok_or_else(|| {
+            anyhow!(
+                "--resolve-interval {:?}: expected a duration of at least 1s, such as 30s or 5m",
+                args.resolve_interval
+            )
+        })?;
+    let mut ca_certificates = BTreeMap::new();
+    for (registry, file) in pairs("registry-ca", &args.registry_ca)? {
+        let pem = std::fs::read(&file).with_context(|| format!("--registry-ca: reading {file}"))?;
+        ca_certificates.insert(registry, pem);
+    }
+    let resolver = OciResolver {
+        config: RegistryConfig {
+            mirrors: pairs("mirror", &args.mirrors)?,
+            insecure: args.insecure.clone(),
+            ca_certificates,
+        },
+    };
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("wa8s-operator-{}", std::process::id()));
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Readiness::default();
+    let bound = http::serve(args.http_addr, metrics.clone(), ready.clone())
+        .await
+        .with_context(|| format!("binding --http-addr {}", args.http_addr))?;
+    tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+    // A standby replica is ready: it is healthy and waiting for the lease.
+    ready.set(true);
+
+    let election = args.leader_elect.then(|| {
+        LeaderElection::new(
+            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            "wa8s-operator",
+            &identity,
+            Duration::from_secs(15),
+        )
+    });
+    if let Some(e) = &election {
+        e.acquire().await?;
+    }
+    let ctx = Arc::new(Context::new(
+        client,
+        Arc::new(resolver),
+        Settings {
+            desired: DesiredConfig {
+                runtime_class: args.runtime_class,
+                ..DesiredConfig::default()
+            },
+            resolve_interval: Duration::from_millis(interval_ms),
+            namespace: args.namespace,
+            instance: Some(identity),
+        },
+        metrics,
+    ));
+    let controller = controller::run(ctx, shutdown_signal());
+    match election {
+        Some(e) => tokio::select! {
+            () = controller => Ok(()),
+            lost = e.hold() => Err(lost.into()),
+        },
+        None => {
+            controller.await;
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    } else {
+        std::future::pending::<()>().await;
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,112 @@
+//! Resolving `spec.module` to a digest, through the OCI library.
+
+use std::collections::BTreeMap;
+
+use wa8s_api::Module;
+use wa8s_oci::{Credentials, DockerConfigSource, Registry, RegistryOptions};
+
+use crate::desired::{ModuleKind, Resolved};
+
+/// Why a module could not be resolved, as the user should read it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct ResolveError {
+    /// CamelCase condition reason (`TagNotFound`, `AuthFailed`, `RegistryUnavailable`, …).
+    pub reason: &'static str,
+    pub message: String,
+    /// Worth retrying soon (registry down), as opposed to needing a change by someone.
+    pub transient: bool,
+}
+
+/// Registry settings that apply to every object (mirrors for air-gapped clusters, insecure
+/// registries, private CAs).
+#[derive(Debug, Clone, Default)]
+pub struct RegistryConfig {
+    pub mirrors: BTreeMap<String, String>,
+    pub insecure: Vec<String>,
+    pub ca_certificates: BTreeMap<String, Vec<u8>>,
+}
+
+/// Resolves modules. A trait so reconcile tests can stand in a registry that fails on cue;
+/// the acceptance tests use the real one.
+#[async_trait::async_trait]
+pub trait Resolve: Send + Sync {
+    /// `pull_secrets`: `(origin, .dockerconfigjson)` of the object's imagePullSecrets.
+    async fn resolve(
+        &self,
+        module: &Module,
+        pull_secrets: Vec<(String, String)>,
+    ) -> Result<(String, Resolved), ResolveError>;
+}
+
+/// The real resolver: asks the registry (through configured mirrors).
+#[derive(Debug, Clone, Default)]
+pub struct OciResolver {
+    pub config: RegistryConfig,
+}
+
+/// `registry:tag`, or `registry@digest` when pinned.
+pub fn reference(module: &Module) -> String {
+    match (&module.digest, &module.tag) {
+        (Some(d), _) => format!("{}@{d}", module.registry),
+        (None, Some(t)) => format!("{}:{t}", module.registry),
+        (None, None) => module.registry.clone(),
+    }
+}
+
+pub fn translate(e: &wa8s_oci::Error) -> ResolveError {
+    use wa8s_oci::Error as E;
+    let (reason, transient) = match e {
+        E::NotFound { .. } => ("TagNotFound", false),
+        E::Auth { .. } => ("AuthFailed", false),
+        E::Credentials(_) => ("BadPullSecret", false),
+        E::Artifact { .. } | E::NotWasm(_) => ("NotAComponent", false),
+        E::Digest { .. } => ("DigestMismatch", false),
+        E::Reference { .. } => ("InvalidReference", false),
+        E::Registry { .. } | E::Io { .. } => ("RegistryUnavailable", true),
+    };
+    ResolveError {
+        reason,
+        message: e.to_string(),
+        transient,
+    }
+}
+
+#[async_trait::async_trait]
+impl Resolve for OciResolver {
+    async fn resolve(
+        &self,
+        module: &Module,
+        pull_secrets: Vec<(String, String)>,
+    ) -> Result<(String, Resolved), ResolveError> {
+        let registry = Registry::new(RegistryOptions {
+            credentials: Credentials {
+                explicit: None,
+                pull_secrets,
+                // Never the operator's own docker config: only what the object grants.
+                docker_config: DockerConfigSource::Ignored,
+            },
+            insecure: self.config.insecure.clone(),
+            ca_certificates: self.config.ca_certificates.clone(),
+            mirrors: self.config.mirrors.clone(),
+            ..RegistryOptions::default()
+        });
+        let reference = reference(module);
+        let described = registry
+            .describe(&reference)
+            .await
+            .map_err(|e| translate(&e))?;
+        let kind = match described.serves_http() {
+            Some(true) => ModuleKind::Http,
+            Some(false) => ModuleKind::Cli,
+            None => ModuleKind::Unknown,
+        };
+        Ok((
+            reference,
+            Resolved {
+                digest: described.resolved.digest,
+                kind,
+            },
+        ))
+    }
+}

@@ -40,7 +40,7 @@ pub enum Error {
     /// A component exited or did not become healthy in time.
     #[error("{component} {outcome}; last lines of {log}:\n{tail}")]
     NotHealthy {
-        /// etcd or kube-apiserver.
+        /// etcd, kube-apiserver or kube-controller-manager.
         component: &'static str,
         /// "exited during startup" or "was not healthy within …".
         outcome: String,
@@ -170,6 +170,50 @@ impl ControlPlane {
             })
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// Like [`ControlPlane::shared`], with kube-controller-manager running too (garbage
+    /// collection, Deployment → ReplicaSet → Pod, HPAs), for tests that need those.
+    pub fn shared_with_controller_manager() -> Result<&'static ControlPlane, String> {
+        static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let run = cache_dir().join("run");
+                sweep_stale(&run);
+                let dir = run.join(format!("test-{}-kcm", std::process::id()));
+                let mut cp =
+                    ControlPlane::start(&dir, Lifetime::Attached).map_err(|e| e.to_string())?;
+                cp.start_controller_manager().map_err(|e| e.to_string())?;
+                stop_at_exit(cp.state_dir());
+                Ok(cp)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Starts kube-controller-manager against this API server and waits until its
+    /// controllers run.
+    pub fn start_controller_manager(&mut self) -> Result<(), Error> {
+        let bins = binaries::ensure(&["kube-controller-manager"])?;
+        let exe = &bins["kube-controller-manager"];
+        let pki = self.state_dir.join("pki");
+        let mut cmd = Command::new(exe);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--root-ca-file={}", pki.join("ca.crt").display()))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                pki.join("sa.key").display()
+            ))
+            .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
+            // No serving port (nothing scrapes it here) and a single instance.
+            .args(["--secure-port=0", "--leader-elect=false"])
+            .args(["--use-service-account-credentials=false", "--v=2"]);
+        self.spawn("kube-controller-manager", exe, cmd)?;
+        let log = self.state_dir.join("kube-controller-manager.log");
+        self.wait_healthy("kube-controller-manager", || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains("garbagecollector") && l.contains("deployment"))
+        })
     }
 
     /// The real kubectl (same version as the API server), with an admin kubeconfig.
@@ -307,7 +351,8 @@ pub fn is_up(state_dir: &Path) -> bool {
         }
         n += 1;
     }
-    n == 2
+    // etcd and kube-apiserver, plus kube-controller-manager when it was started.
+    n >= 2
 }
 
 /// Removes test control planes left by runs whose process no longer exists.

@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 use crate::resolve::{Resolve, ResolveError};
 use crate::status::{self, Observed, PodFailure, Resolution, Rollout};
 
+/// Field manager that sets a new Deployment's replicas to the HPA's minimum, once.
+const INITIAL_REPLICAS_MANAGER: &str = "wa8s-operator-initial-replicas";
+
 /// The annotation on pod templates naming the digest they run.
 const DIGEST_ANNOTATION: &str = "wa8s.reconciler.io/module-digest";
 
@@ -309,11 +312,36 @@ async fn reconcile_inner(obj: &WebAssembly, ctx: &Context) -> Result<Action, Err
     if let Some(target) = &target {
         let want = desired::desired(obj, target, &ctx.settings.desired)?;
         let pp = PatchParams::apply(MANAGER).force();
+        let created = deployment.is_none();
         deployment = Some(
             deployments
                 .patch(&name, &pp, &Patch::Apply(&want.deployment))
                 .await?,
         );
+        if created
+            && let Some(min) = want
+                .hpa
+                .as_ref()
+                .and_then(|h| h.spec.as_ref())
+                .and_then(|s| s.min_replicas)
+        {
+            // With scaling the HPA owns replicas, and it does not scale up without metrics; a
+            // new Deployment starts at minReplicas, set once by a separate field manager so
+            // the main apply never claims (and later fights over) the field.
+            deployment = Some(
+                deployments
+                    .patch(
+                        &name,
+                        &PatchParams::apply(INITIAL_REPLICAS_MANAGER).force(),
+                        &Patch::Apply(json!({
+                            "apiVersion": "apps/v1",
+                            "kind": "Deployment",
+                            "spec": { "replicas": min },
+                        })),
+                    )
+                    .await?,
+            );
+        }
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
         match &want.service {
             Some(svc) => {

@@ -11,3 +11,10 @@ pub mod leader;
 pub mod metrics;
 pub mod resolve;
 pub mod status;
+
+/// Picks rustls's crypto provider for the process. Two are linked (kube uses ring; the
+/// registry client's reqwest brings aws-lc-rs), and rustls refuses to guess, so the binary
+/// and tests call this before any TLS. Calling it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    wa8s_operator::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

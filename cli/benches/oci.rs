@@ -93,6 +93,15 @@ fn main() -> Result<()> {
         c.args(["-sSf", "-o"]).arg(&out_b).arg(&blob_url);
         c
     };
+    // Like for like: wa8s verifies the digest of what it downloads; plain curl does not.
+    let curl_verified = || {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!(
+            "curl -sSf -o {0} {blob_url} && sha256sum {0} >/dev/null",
+            out_b.display()
+        ));
+        c
+    };
     // Warm-up: page cache, registry, binaries.
     timed(pull())?;
     timed(curl())?;
@@ -100,13 +109,15 @@ fn main() -> Result<()> {
         std::fs::read(&out_a)? == big && std::fs::read(&out_b)? == big,
         "a pull or the curl did not produce the pushed bytes"
     );
-    let (mut pulls, mut curls) = (Vec::new(), Vec::new());
+    let (mut pulls, mut curls, mut verified) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         pulls.push(timed(pull())?);
         curls.push(timed(curl())?);
+        verified.push(timed(curl_verified())?);
     }
     pulls.sort();
     curls.sort();
+    verified.sort();
     let (p50, c50) = (percentile(&pulls, 0.5), percentile(&curls, 0.5));
     println!(
         "pull of a {:.1} MiB component, {rounds} rounds: wa8s pull median {:.1} ms (p90 {:.1}), \
@@ -117,6 +128,13 @@ fn main() -> Result<()> {
         ms(c50),
         ms(percentile(&curls, 0.9)),
         p50.as_secs_f64() / c50.as_secs_f64()
+    );
+    let v50 = percentile(&verified, 0.5);
+    println!(
+        "  curl + sha256sum of the blob median {:.1} ms (p90 {:.1}); wa8s pull / that {:.2}x",
+        ms(v50),
+        ms(percentile(&verified, 0.9)),
+        p50.as_secs_f64() / v50.as_secs_f64()
     );
 
     // 2. Cache hit to ready-to-instantiate.

@@ -66,6 +66,12 @@ pub struct WasmInfo {
 
 /// Reads a binary's kind, imports and exports without compiling it.
 pub fn inspect(bytes: &[u8]) -> Result<WasmInfo, Error> {
+    inspect_with_digest(bytes, crate::sha256_digest(bytes))
+}
+
+/// [`inspect`] for bytes whose digest is already known (verified on download), which saves
+/// hashing a large component a second time.
+pub(crate) fn inspect_with_digest(bytes: &[u8], digest: String) -> Result<WasmInfo, Error> {
     let kind = if wasmparser::Parser::is_component(bytes) {
         Kind::Component
     } else if wasmparser::Parser::is_core_wasm(bytes) {
@@ -113,7 +119,7 @@ pub fn inspect(bytes: &[u8]) -> Result<WasmInfo, Error> {
     }
     Ok(WasmInfo {
         kind,
-        digest: crate::sha256_digest(bytes),
+        digest,
         size: bytes.len() as u64,
         imports,
         exports,

@@ -1,6 +1,7 @@
 //! Talking to registries: push, resolve and pull Wasm artifacts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use oci_client::client::{
     Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer,
@@ -57,6 +58,18 @@ impl Default for RegistryOptions {
 #[derive(Debug, Clone)]
 pub struct Registry {
     options: RegistryOptions,
+    // One client per registry: each loads the system's trust roots, which costs more than
+    // a small pull.
+    clients: Clients,
+}
+
+#[derive(Clone, Default)]
+struct Clients(Arc<Mutex<HashMap<String, Client>>>);
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clients")
+    }
 }
 
 /// What a push produced.
@@ -182,10 +195,70 @@ pub fn parse_reference(reference: &str) -> Result<Reference, Error> {
         reference: reference.into(),
         reason,
     };
-    let parsed = reference
-        .parse::<Reference>()
-        .map_err(|e| bad(e.to_string()))?;
-    // The distribution spec's repository grammar; the parser is laxer (it keeps upper case).
+    // Parsed here with the distribution grammar rather than by the client library, whose
+    // Unicode regex costs ~15 ms to compile in every process that names a reference.
+    let (rest, digest) = match reference.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (reference, None),
+    };
+    if let Some(d) = digest {
+        let Some((algorithm, hex)) = d.split_once(':') else {
+            return Err(bad(format!("digest {d:?} has no algorithm (sha256:…)")));
+        };
+        let want = match algorithm {
+            "sha256" => 64,
+            "sha512" => 128,
+            other => {
+                return Err(bad(format!(
+                    "digest algorithm {other:?} is not sha256 or sha512"
+                )));
+            }
+        };
+        if hex.len() != want || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad(format!(
+                "digest {d:?} must be {algorithm}: followed by {want} lower-case hex digits"
+            )));
+        }
+    }
+    // A ':' after the last '/' starts the tag; one before it is a registry port.
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if i > rest.rfind('/').unwrap_or(0) => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    if let Some(t) = tag {
+        let first_ok = t
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !first_ok
+            || t.len() > 128
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(bad(format!(
+                "tag {t:?} must be letters, digits, '_', '.' or '-' (at most 128, not starting with '.' or '-')"
+            )));
+        }
+    }
+    if name.is_empty() {
+        return Err(bad("the repository name is empty".into()));
+    }
+    // Docker's rule: the first component is a registry if it looks like a host.
+    let (registry, repository) = match name.split_once('/') {
+        Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => {
+            let host_ok = first.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+            });
+            if !host_ok {
+                return Err(bad(format!("registry {first:?} is not a host[:port]")));
+            }
+            (first.to_owned(), path.to_owned())
+        }
+        Some(_) => ("docker.io".to_owned(), name.to_owned()),
+        None => ("docker.io".to_owned(), format!("library/{name}")),
+    };
+    // The distribution spec's repository grammar.
     let component_ok = |c: &str| {
         !c.is_empty()
             && c.bytes()
@@ -193,13 +266,19 @@ pub fn parse_reference(reference: &str) -> Result<Reference, Error> {
             && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
             && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
     };
-    if !parsed.repository().split('/').all(component_ok) {
+    if !repository.split('/').all(component_ok) {
         return Err(bad(format!(
-            "repository {:?} must be lower-case letters, digits and separators (. _ -)",
-            parsed.repository()
+            "repository {repository:?} must be lower-case letters, digits and separators (. _ -)"
         )));
     }
-    Ok(parsed)
+    Ok(match (tag, digest) {
+        (Some(t), Some(d)) => {
+            Reference::with_tag_and_digest(registry, repository, t.to_owned(), d.to_owned())
+        }
+        (None, Some(d)) => Reference::with_digest(registry, repository, d.to_owned()),
+        (Some(t), None) => Reference::with_tag(registry, repository, t.to_owned()),
+        (None, None) => Reference::with_tag(registry, repository, "latest".to_owned()),
+    })
 }
 
 fn is_loopback(registry: &str) -> bool {
@@ -216,10 +295,21 @@ fn is_loopback(registry: &str) -> bool {
 
 impl Registry {
     pub fn new(options: RegistryOptions) -> Self {
-        Registry { options }
+        Registry {
+            options,
+            clients: Clients::default(),
+        }
     }
 
     fn client(&self, registry: &str) -> Client {
+        let mut clients = self.clients.0.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(registry.to_owned())
+            .or_insert_with(|| self.new_client(registry))
+            .clone()
+    }
+
+    fn new_client(&self, registry: &str) -> Client {
         let mut insecure = self.options.insecure.clone();
         let ca = self.options.ca_certificates.get(registry);
         if is_loopback(registry) && ca.is_none() {
@@ -616,26 +706,19 @@ impl Registry {
                 };
                 match cache {
                     Some(c) => c.get_or_fetch(&d.digest, get).await,
-                    None => {
-                        let out = get().await?;
-                        let actual = crate::sha256_digest(&out);
-                        if actual != d.digest {
-                            return Err(Error::Digest {
-                                what: format!("layer of {}", parsed.whole()),
-                                expected: d.digest,
-                                actual,
-                            });
-                        }
-                        Ok(out)
-                    }
+                    // oci-client verifies every blob against the descriptor's digest as it
+                    // arrives (a mismatch is its DigestError, mapped above; the tampered-blob
+                    // test proves it), so hashing 10 MB again here would only cost time.
+                    None => get().await,
                 }
             }
         };
-        let (bytes, how) = match carrier {
+        let (bytes, how, known_digest) = match carrier {
             Carrier::WasmLayer { index } => {
                 let d = layers[index].clone();
                 let how = d.media_type.clone();
-                (fetch(d, max).await?, how)
+                let digest = d.digest.clone();
+                (fetch(d, max).await?, how, Some(digest))
             }
             Carrier::TarLayers { indexes } => {
                 let image_config: ImageConfig = {
@@ -657,11 +740,15 @@ impl Registry {
                 }
                 let wasm = artifact::wasm_from_tars(&tars, entrypoint.as_deref(), max)
                     .map_err(artifact_error)?;
-                (wasm, "tar".to_owned())
+                (wasm, "tar".to_owned(), None)
             }
         };
-        let info = artifact::inspect(&bytes)
-            .map_err(|e| artifact_error(format!("the layer is not WebAssembly: {e}")))?;
+        // A wasm layer was verified against its digest as it arrived.
+        let info = match known_digest {
+            Some(digest) => artifact::inspect_with_digest(&bytes, digest),
+            None => artifact::inspect(&bytes),
+        }
+        .map_err(|e| artifact_error(format!("the layer is not WebAssembly: {e}")))?;
         Ok(Pulled {
             resolved: Resolved {
                 reference: reference.to_owned(),
@@ -726,8 +813,56 @@ mod tests {
     }
 
     #[test]
+    fn references_parse_like_the_distribution_grammar() {
+        let cases = [
+            (
+                "ghcr.io/myorg/app:v1",
+                "ghcr.io",
+                "myorg/app",
+                Some("v1"),
+                None,
+            ),
+            (
+                "127.0.0.1:5000/a/b",
+                "127.0.0.1:5000",
+                "a/b",
+                Some("latest"),
+                None,
+            ),
+            ("localhost/x:1.0", "localhost", "x", Some("1.0"), None),
+            (
+                "busybox",
+                "docker.io",
+                "library/busybox",
+                Some("latest"),
+                None,
+            ),
+            ("myorg/app:v2", "docker.io", "myorg/app", Some("v2"), None),
+        ];
+        for (text, registry, repository, tag, digest) in cases {
+            let r = parse_reference(text).expect(text);
+            assert_eq!(r.registry(), registry, "{text}");
+            assert_eq!(r.repository(), repository, "{text}");
+            assert_eq!(r.tag(), tag, "{text}");
+            assert_eq!(r.digest(), digest, "{text}");
+        }
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse_reference(&format!("localhost:5000/x:v1@{d}")).expect("tag and digest");
+        assert_eq!((r.tag(), r.digest()), (Some("v1"), Some(d.as_str())));
+    }
+
+    #[test]
     fn bad_references_are_clear_errors() {
-        for bad in ["", "UPPER/case:tag", "ghcr.io/x:bad tag", "x@sha256:short"] {
+        for bad in [
+            "",
+            "UPPER/case:tag",
+            "ghcr.io/x:bad tag",
+            "x@sha256:short",
+            "ghcr.io/x@md5:00",
+            "ghcr.io/:v1",
+            "ghcr.io/a//b:v1",
+            "ghcr.io/x:.dot",
+        ] {
             let err = parse_reference(bad).expect_err(bad);
             assert!(err.to_string().starts_with("invalid reference"), "{err}");
         }

@@ -1,0 +1,157 @@
+//! Where a container's component comes from: a `.wasm` in the mounted root filesystem
+//! (layered images), else the image reference pulled through the node-wide cache. Either
+//! way it ends up in the verified blob cache under its digest, which is all the guest process
+//! is told.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use wa8s_oci::{BlobCache, Credentials, DockerConfigSource, Registry, RegistryOptions};
+
+use crate::spec::ContainerSpec;
+
+/// Errors obtaining a component.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no component: {0}")]
+    Missing(String),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Oci(#[from] wa8s_oci::Error),
+    #[error("shim configuration {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+}
+
+/// Node-wide settings, from `/etc/wa8s/shim.json` (or `$WA8S_SHIM_CONFIG`); all optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Blob and precompile caches live here.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Bound of the blob cache, in bytes (least recently used components are evicted).
+    #[serde(default = "default_cache_bytes")]
+    pub max_cache_bytes: u64,
+    /// `registry → mirror`, as in containerd's hosts.toml.
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, String>,
+    /// Registries reached over plain HTTP.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("/var/lib/wa8s")
+}
+
+fn default_cache_bytes() -> u64 {
+    4 << 30
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            cache_dir: default_cache_dir(),
+            max_cache_bytes: default_cache_bytes(),
+            mirrors: BTreeMap::new(),
+            insecure_registries: Vec::new(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads the node configuration; a missing file means the defaults.
+    pub fn load() -> Result<Self, Error> {
+        let path = std::env::var_os("WA8S_SHIM_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/etc/wa8s/shim.json"));
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Config {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeConfig::default()),
+            Err(e) => Err(Error::Config {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn blobs(&self) -> Result<BlobCache, Error> {
+        Ok(BlobCache::new(
+            self.cache_dir.join("components"),
+            self.max_cache_bytes,
+        )?)
+    }
+
+    pub fn precompiled_dir(&self) -> PathBuf {
+        self.cache_dir.join("precompiled")
+    }
+}
+
+/// The `.wasm` the container's `args[0]` names inside `rootfs`, if it is there (and inside).
+fn in_rootfs(rootfs: &Path, spec: &ContainerSpec) -> Result<Option<PathBuf>, Error> {
+    let Some(entry) = spec.args.first() else {
+        return Ok(None);
+    };
+    let Ok(root) = rootfs.canonicalize() else {
+        return Ok(None);
+    };
+    let candidate = root.join(entry.trim_start_matches('/'));
+    let Ok(resolved) = candidate.canonicalize() else {
+        return Ok(None);
+    };
+    // A symlink in the image must not make the shim read a host file.
+    if !resolved.starts_with(&root) || !resolved.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(resolved))
+}
+
+/// Obtains the component for `spec` and returns its digest in `blobs`.
+pub async fn obtain(
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    node: &NodeConfig,
+    blobs: &BlobCache,
+) -> Result<String, Error> {
+    if let Some(path) = in_rootfs(rootfs, spec)? {
+        let bytes = std::fs::read(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let digest = wa8s_oci::sha256_digest(&bytes);
+        blobs.get_or_fetch(&digest, || async { Ok(bytes) }).await?;
+        return Ok(digest);
+    }
+    let Some(image) = spec.image() else {
+        return Err(Error::Missing(format!(
+            "the root filesystem has no {} and the container names no image to pull",
+            spec.args.first().map_or("entry point", String::as_str)
+        )));
+    };
+    let registry = Registry::new(RegistryOptions {
+        credentials: Credentials {
+            explicit: None,
+            pull_secrets: Vec::new(),
+            docker_config: DockerConfigSource::Ignored,
+        },
+        insecure: node.insecure_registries.clone(),
+        mirrors: node.mirrors.clone(),
+        ..RegistryOptions::default()
+    });
+    let pulled = registry.pull(image, Some(blobs)).await?;
+    // A layered image caches its tar layer; the guest asks for the component itself.
+    let digest = pulled.info.digest.clone();
+    blobs
+        .get_or_fetch(&digest, || async { Ok(pulled.bytes) })
+        .await?;
+    Ok(digest)
+}

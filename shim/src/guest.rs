@@ -1,0 +1,199 @@
+//! The process that runs one container's guest: `containerd-shim-wa8s-v1 guest BUNDLE DIGEST`.
+//!
+//! The shim forks it already inside the container's cgroup and the sandbox's network
+//! namespace (see `sys::Confinement`). It loads the component from the verified node cache
+//! (precompiled when possible), reports `ok` or the reason it cannot run on fd 4, drops every
+//! privilege, waits for the start signal on fd 3, then serves or runs the guest with the
+//! grants of the pod contract. Its stdout and stderr are the container's.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wa8s_host::{
+    DirGrant, EngineConfig, Grants, HostEngine, Kind, NetworkPolicy, PrecompileCache, Program,
+    ServeOptions, Server, Stdio,
+};
+
+use crate::component::NodeConfig;
+use crate::spec::ContainerSpec;
+
+pub const SUBCOMMAND: &str = "guest";
+/// Descriptor the start signal arrives on.
+pub const START_FD: i32 = 3;
+/// Descriptor readiness (`ok`) or the startup error is reported on.
+pub const STATUS_FD: i32 = 4;
+/// Exit status when the guest could not be started (bad grant, unusable component).
+pub const EXIT_STARTUP: i32 = 2;
+/// How long in-flight requests may finish after SIGTERM; the kubelet's grace period
+/// (SIGKILL after it) is the outer bound.
+const DRAIN: Duration = Duration::from_secs(25);
+
+/// Entry point; returns the exit status.
+pub fn main(args: &[String]) -> i32 {
+    let (Some(bundle), Some(digest)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: containerd-shim-wa8s-v1 guest BUNDLE DIGEST");
+        return EXIT_STARTUP;
+    };
+    let mut status = owned_fd(STATUS_FD);
+    let mut start = owned_fd(START_FD);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&mut status, &format!("starting the async runtime: {e}")),
+    };
+    let prepared = prepare(PathBuf::from(bundle), digest);
+    let (program, grants, spec) = match prepared {
+        Ok(p) => p,
+        Err(message) => return fail(&mut status, &message),
+    };
+    if let Err(e) = crate::sys::drop_privileges(spec.uid, spec.gid, &spec.additional_gids) {
+        return fail(&mut status, &format!("dropping privileges: {e}"));
+    }
+    if let Some(s) = status.as_mut() {
+        let _ = s.write_all(b"ok\n");
+    }
+    drop(status);
+    // Block until the shim's Start (one byte) or until it goes away (EOF: do not run).
+    let mut byte = [0u8; 1];
+    match start.as_mut().map(|s| s.read(&mut byte)) {
+        Some(Ok(1)) => {}
+        _ => return EXIT_STARTUP,
+    }
+    runtime.block_on(run(program, grants, spec.policy.port))
+}
+
+fn owned_fd(fd: i32) -> Option<std::fs::File> {
+    crate::sys::inherited_fd(fd)
+}
+
+fn fail(status: &mut Option<std::fs::File>, message: &str) -> i32 {
+    eprintln!("wa8s: {message}");
+    if let Some(s) = status.as_mut() {
+        let _ = writeln!(s, "error: {message}");
+    }
+    EXIT_STARTUP
+}
+
+/// Loads the program and builds the grants; every error is a sentence for the user.
+fn prepare(bundle: PathBuf, digest: &str) -> Result<(Program, Grants, ContainerSpec), String> {
+    let spec = ContainerSpec::load(&bundle).map_err(|e| e.to_string())?;
+    let node = NodeConfig::load().map_err(|e| e.to_string())?;
+    let blobs = node.blobs().map_err(|e| e.to_string())?;
+    let bytes = blobs
+        .get(digest)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("component {digest} is not in the node cache"))?;
+    let policy = &spec.policy;
+    let engine = HostEngine::new(&EngineConfig {
+        pooled_instances: Some(policy.limits.max_concurrent_requests.clamp(1, 1000)),
+        ..EngineConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let precompiled = PrecompileCache::new(node.precompiled_dir()).map_err(|e| e.to_string())?;
+    let (program, _) = precompiled
+        .load(&engine, digest, &bytes)
+        .map_err(|e| e.to_string())?;
+
+    let mut grants = Grants {
+        args: if spec.args.is_empty() {
+            vec!["main".into()]
+        } else {
+            spec.args.clone()
+        },
+        stdout: Stdio::Inherit,
+        stderr: Stdio::Inherit,
+        ..Grants::default()
+    };
+    // Only the variables the contract names; the kubelet's own (service links,
+    // KUBERNETES_*) stay hidden.
+    grants.env = spec
+        .env
+        .iter()
+        .filter(|(k, _)| policy.env.iter().any(|n| n == k))
+        .cloned()
+        .collect();
+    for fs in &policy.fs {
+        let host = spec.mounts.get(&fs.path).ok_or_else(|| {
+            format!(
+                "the policy grants {} but the container mounts no volume there",
+                fs.path
+            )
+        })?;
+        grants.dirs.push(DirGrant {
+            host: host.clone(),
+            guest: fs.path.clone(),
+            read_only: fs.read_only,
+            max_bytes: fs.max_size_bytes,
+        });
+    }
+    grants.network =
+        NetworkPolicy::new(&policy.allowed_hosts, Vec::new()).map_err(|e| e.to_string())?;
+    grants.limits.memory_bytes = policy.limits.memory_bytes;
+    grants.limits.timeout = Some(Duration::from_millis(policy.limits.request_timeout_ms));
+    grants.limits.max_concurrent_requests = policy.limits.max_concurrent_requests as usize;
+    grants.validate().map_err(|e| e.to_string())?;
+    Ok((program, grants, spec))
+}
+
+async fn run(program: Program, grants: Grants, port: u16) -> i32 {
+    match program.kind() {
+        Kind::Http => {
+            let addr = SocketAddr::from(([0, 0, 0, 0], port));
+            let server = match Server::bind(
+                &program,
+                grants,
+                ServeOptions {
+                    addr,
+                    shutdown_grace: DRAIN,
+                },
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("wa8s: {e}");
+                    return EXIT_STARTUP;
+                }
+            };
+            match server.run(terminated()).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("wa8s: {e}");
+                    1
+                }
+            }
+        }
+        _ => {
+            // A command runs to completion; SIGTERM ends it like any process.
+            tokio::select! {
+                status = program.run(&grants) => match status {
+                    Ok(s) => s.code(),
+                    Err(e) => {
+                        eprintln!("wa8s: {e}");
+                        match e {
+                            wa8s_host::Error::Deadline(_) => 124,
+                            wa8s_host::Error::Trap(_) => 134,
+                            _ => 1,
+                        }
+                    }
+                },
+                () = terminated() => 143,
+            }
+        }
+    }
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

@@ -1,0 +1,35 @@
+//! `containerd-shim-wa8s-v1`: the containerd shim v2 for WebAssembly components
+//! (runtime type `io.containerd.wa8s.v1`). With `guest` as first argument it is instead the
+//! per-container process that runs guest code (see `guest.rs`).
+
+mod cgroup;
+mod component;
+mod error;
+mod guest;
+mod service;
+mod spec;
+mod sys;
+
+/// The runtime type containerd knows this shim by.
+const RUNTIME_ID: &str = "io.containerd.wa8s.v1";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(guest::SUBCOMMAND) {
+        std::process::exit(guest::main(&args[2..]));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(containerd_shim::asynchronous::run::<service::Service>(
+        RUNTIME_ID, None,
+    ));
+}

@@ -1,0 +1,710 @@
+//! The containerd task service: one shim process per pod (containers grouped by sandbox id),
+//! one guest process per application container, nothing but bookkeeping for the sandbox.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::monitor::monitor_subscribe;
+use containerd_shim::asynchronous::util::mount_rootfs;
+use containerd_shim::asynchronous::{ExitSignal, Shim, spawn};
+use containerd_shim::monitor::{Subject, Topic};
+use containerd_shim::protos::api;
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{Message, MessageDyn, MessageField};
+use containerd_shim::protos::shim_async::Task;
+use containerd_shim::protos::topics;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{
+    Config, Context, DeleteResponse, Flags, StartOpts, TtrpcContext, TtrpcResult,
+};
+use tokio::sync::{Mutex, watch};
+
+use crate::cgroup::Cgroup;
+use crate::component::{self, NodeConfig};
+use crate::error::Error;
+use crate::guest;
+use crate::spec::{ContainerSpec, Kind};
+use crate::sys::{self, Confinement};
+
+/// How long a guest process gets to load its component and report.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Exit status and time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Exited {
+    code: u32,
+    at: std::time::SystemTime,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Created,
+    Running,
+    Stopped(Exited),
+}
+
+#[derive(Debug)]
+struct Container {
+    id: String,
+    bundle: PathBuf,
+    kind: Kind,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    /// The guest process (app containers).
+    pid: Option<u32>,
+    /// Write end of the guest's start pipe.
+    start: Option<std::fs::File>,
+    cgroup: Option<Cgroup>,
+    rootfs_mounted: Option<PathBuf>,
+    phase: Phase,
+    exited: watch::Sender<Option<Exited>>,
+}
+
+/// The shim and its task service.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    containers: Mutex<HashMap<String, Container>>,
+    /// Exits that arrived before the pid was recorded.
+    early_exits: Mutex<HashMap<u32, Exited>>,
+    publisher: Mutex<Option<RemotePublisher>>,
+}
+
+fn now() -> Timestamp {
+    let at = std::time::SystemTime::now();
+    timestamp(at)
+}
+
+fn timestamp(at: std::time::SystemTime) -> Timestamp {
+    let d = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut t = Timestamp::new();
+    t.seconds = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    t.nanos = i32::try_from(d.subsec_nanos()).unwrap_or(0);
+    t
+}
+
+impl Service {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let publisher = self.inner.publisher.lock().await;
+        if let Some(p) = publisher.as_ref()
+            && let Err(e) = p
+                .publish(Context::default(), topic, &self.inner.namespace, event)
+                .await
+        {
+            log::warn!("publishing {topic}: {e}");
+        }
+    }
+
+    /// Records a process exit and tells containerd.
+    async fn exited(&self, pid: u32, code: i32) {
+        let exited = Exited {
+            code: u32::try_from(code).unwrap_or(255),
+            at: std::time::SystemTime::now(),
+        };
+        let mut event = None;
+        {
+            let mut containers = self.inner.containers.lock().await;
+            match containers.values_mut().find(|c| c.pid == Some(pid)) {
+                Some(c) => {
+                    c.phase = Phase::Stopped(exited);
+                    c.start = None;
+                    let _ = c.exited.send(Some(exited));
+                    let oom = c.cgroup.as_ref().is_some_and(|cg| cg.stats().oom_kills > 0);
+                    event = Some((c.id.clone(), oom));
+                }
+                None => {
+                    self.inner.early_exits.lock().await.insert(pid, exited);
+                }
+            }
+        }
+        if let Some((id, oom)) = event {
+            if oom {
+                let mut e = TaskOOM::new();
+                e.container_id = id.clone();
+                self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e))
+                    .await;
+            }
+            let mut e = TaskExit::new();
+            e.container_id = id.clone();
+            e.id = id;
+            e.pid = pid;
+            e.exit_status = exited.code;
+            e.exited_at = MessageField::some(timestamp(exited.at));
+            self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(e))
+                .await;
+        }
+    }
+
+    /// Follows exits the library's reaper reports.
+    fn watch_exits(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let Ok(mut sub) = monitor_subscribe(Topic::Pid).await else {
+                log::error!("cannot follow process exits");
+                return;
+            };
+            while let Some(e) = sub.rx.recv().await {
+                if let Subject::Pid(pid) = e.subject
+                    && let Ok(pid) = u32::try_from(pid)
+                {
+                    me.exited(pid, e.exit_code).await;
+                }
+            }
+        });
+    }
+
+    async fn create_container(&self, req: &api::CreateTaskRequest) -> Result<u32, Error> {
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = ContainerSpec::load(&bundle)?;
+        let (tx, _) = watch::channel(None);
+        let mut container = Container {
+            id: req.id.clone(),
+            bundle: bundle.clone(),
+            kind: spec.kind,
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            pid: None,
+            start: None,
+            cgroup: None,
+            rootfs_mounted: None,
+            phase: Phase::Created,
+            exited: tx,
+        };
+        if spec.kind == Kind::Sandbox {
+            // The pause container: the CRI's network namespace already exists; nothing to run.
+            self.inner
+                .containers
+                .lock()
+                .await
+                .insert(req.id.clone(), container);
+            return Ok(std::process::id());
+        }
+        let rootfs = spec.rootfs(&bundle);
+        if !req.rootfs.is_empty() {
+            std::fs::create_dir_all(&rootfs).map_err(Error::io("creating the rootfs directory"))?;
+            for m in &req.rootfs {
+                mount_rootfs(m, &rootfs)
+                    .await
+                    .map_err(|e| Error::Setup(format!("mounting the root filesystem: {e}")))?;
+            }
+            container.rootfs_mounted = Some(rootfs.clone());
+        }
+        let result = self.start_guest(&spec, &mut container, &rootfs).await;
+        match result {
+            Ok(pid) => {
+                self.inner
+                    .containers
+                    .lock()
+                    .await
+                    .insert(req.id.clone(), container);
+                Ok(pid)
+            }
+            Err(e) => {
+                cleanup(&container);
+                Err(e)
+            }
+        }
+    }
+
+    /// Obtains the component, creates the cgroup and forks the guest process, which reports
+    /// when it is ready to start (or why it cannot run).
+    async fn start_guest(
+        &self,
+        spec: &ContainerSpec,
+        container: &mut Container,
+        rootfs: &Path,
+    ) -> Result<u32, Error> {
+        let node = NodeConfig::load()?;
+        let blobs = node.blobs()?;
+        let digest = component::obtain(spec, rootfs, &node, &blobs).await?;
+        if let Some(path) = &spec.cgroups_path {
+            container.cgroup = Some(Cgroup::create(path, &spec.limits)?);
+        }
+        let netns = match &spec.netns {
+            Some(p) => Some(OwnedFd::from(
+                std::fs::File::open(p).map_err(Error::io(format!("opening {}", p.display())))?,
+            )),
+            None => None,
+        };
+        let (start_read, start_write) = std::io::pipe().map_err(Error::io("creating a pipe"))?;
+        let (status_read, status_write) = std::io::pipe().map_err(Error::io("creating a pipe"))?;
+        let exe = std::env::current_exe().map_err(Error::io("finding the shim binary"))?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg(guest::SUBCOMMAND)
+            .arg(&container.bundle)
+            .arg(&digest)
+            .current_dir(&container.bundle)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(open_stdio(&container.stdout)?)
+            .stderr(open_stdio(&container.stderr)?);
+        if let Ok(v) = std::env::var("WA8S_SHIM_CONFIG") {
+            cmd.env("WA8S_SHIM_CONFIG", v);
+        }
+        let confinement = Confinement {
+            cgroup_procs: container
+                .cgroup
+                .as_ref()
+                .map(|c| c.procs_files())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| {
+                    std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok()
+                })
+                .collect(),
+            netns,
+            fds: vec![
+                (OwnedFd::from(start_read), guest::START_FD),
+                (OwnedFd::from(status_write), guest::STATUS_FD),
+            ],
+        };
+        let keep = confinement.apply(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(Error::io("starting the guest process"))?;
+        drop(keep);
+        let pid = child.id();
+        // The library's reaper collects the exit; never wait on the Child here.
+        drop(child);
+        container.pid = Some(pid);
+        container.start = Some(std::fs::File::from(OwnedFd::from(start_write)));
+        let report = tokio::time::timeout(
+            READY_TIMEOUT,
+            tokio::task::spawn_blocking(move || {
+                let mut text = String::new();
+                let mut r = status_read;
+                let _ = std::io::Read::read_to_string(&mut r, &mut text);
+                text
+            }),
+        )
+        .await;
+        let text = match report {
+            Ok(Ok(text)) => text,
+            _ => {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                return Err(Error::Setup(format!(
+                    "the guest process did not get ready within {READY_TIMEOUT:?}"
+                )));
+            }
+        };
+        if text.trim() == "ok" {
+            return Ok(pid);
+        }
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let why = text.trim().trim_start_matches("error: ");
+        Err(Error::Guest(if why.is_empty() {
+            "the guest process exited before it was ready".into()
+        } else {
+            why.to_owned()
+        }))
+    }
+}
+
+/// Opens a container stdio FIFO (or /dev/null when containerd gives none).
+fn open_stdio(path: &str) -> Result<std::process::Stdio, Error> {
+    if path.is_empty() {
+        return Ok(std::process::Stdio::null());
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(Error::io(format!("opening {path}")))?;
+    Ok(std::process::Stdio::from(file))
+}
+
+/// Undoes what create did: rootfs mount and cgroup.
+fn cleanup(c: &Container) {
+    if let Some(rootfs) = &c.rootfs_mounted
+        && let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), 0)
+    {
+        log::warn!("unmounting {}: {e}", rootfs.display());
+    }
+    if let Some(cg) = &c.cgroup
+        && let Err(e) = cg.remove()
+    {
+        log::warn!("removing the cgroup: {e}");
+    }
+}
+
+#[async_trait]
+impl Shim for Service {
+    type T = Service;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        Service {
+            inner: Arc::new(Inner {
+                namespace: args.namespace.clone(),
+                exit: Arc::new(ExitSignal::default()),
+                containers: Mutex::new(HashMap::new()),
+                early_exits: Mutex::new(HashMap::new()),
+                publisher: Mutex::new(None),
+            }),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
+        // One shim per pod: containers of a sandbox share its socket (containerd calls
+        // `start` in the container's bundle directory).
+        let grouping = ContainerSpec::load(Path::new("."))
+            .ok()
+            .and_then(|s| s.sandbox_id)
+            .unwrap_or_else(|| opts.id.clone());
+        spawn(opts, &grouping, Vec::new()).await
+    }
+
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
+        let mut resp = DeleteResponse::new();
+        resp.exited_at = MessageField::some(now());
+        resp.exit_status = 137;
+        Ok(resp)
+    }
+
+    async fn wait(&mut self) {
+        self.inner.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        *self.inner.publisher.lock().await = Some(publisher);
+        self.watch_exits();
+        self.clone()
+    }
+}
+
+fn ttrpc(e: Error) -> containerd_shim::protos::ttrpc::Error {
+    e.into_ttrpc()
+}
+
+#[async_trait]
+impl Task for Service {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        if self.inner.containers.lock().await.contains_key(&req.id) {
+            return Err(ttrpc(Error::AlreadyExists(req.id.clone())));
+        }
+        let pid = self.create_container(&req).await.map_err(ttrpc)?;
+        let mut event = TaskCreate::new();
+        event.container_id = req.id.clone();
+        event.bundle = req.bundle.clone();
+        event.rootfs = req.rootfs.clone();
+        let mut io = TaskIO::new();
+        io.stdin = req.stdin.clone();
+        io.stdout = req.stdout.clone();
+        io.stderr = req.stderr.clone();
+        io.terminal = req.terminal;
+        event.io = MessageField::some(io);
+        event.pid = pid;
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
+            .await;
+        let mut resp = api::CreateTaskResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        let pid = {
+            let mut containers = self.inner.containers.lock().await;
+            let c = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| ttrpc(Error::NotFound(req.id.clone())))?;
+            if !matches!(c.phase, Phase::Created) {
+                return Err(ttrpc(Error::Precondition(format!(
+                    "container {} is not in the created state",
+                    req.id
+                ))));
+            }
+            match c.kind {
+                Kind::Sandbox => std::process::id(),
+                Kind::App => {
+                    let pid = c.pid.unwrap_or(0);
+                    if let Some(mut start) = c.start.take() {
+                        std::io::Write::write_all(&mut start, b"s")
+                            .map_err(|e| ttrpc(Error::io("starting the guest")(e)))?;
+                    }
+                    pid
+                }
+            }
+        };
+        // An exit that raced ahead of bookkeeping.
+        if let Some(exited) = self.inner.early_exits.lock().await.remove(&pid) {
+            self.exited(pid, i32::try_from(exited.code).unwrap_or(255))
+                .await;
+        }
+        {
+            let mut containers = self.inner.containers.lock().await;
+            if let Some(c) = containers.get_mut(&req.id)
+                && matches!(c.phase, Phase::Created)
+            {
+                c.phase = Phase::Running;
+            }
+        }
+        let mut event = TaskStart::new();
+        event.container_id = req.id.clone();
+        event.pid = pid;
+        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(event))
+            .await;
+        let mut resp = api::StartResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let containers = self.inner.containers.lock().await;
+        let c = containers
+            .get(&req.id)
+            .ok_or_else(|| ttrpc(Error::NotFound(req.id.clone())))?;
+        let mut resp = api::StateResponse::new();
+        resp.id = c.id.clone();
+        resp.bundle = c.bundle.to_string_lossy().into_owned();
+        resp.pid = c.pid.unwrap_or_else(std::process::id);
+        resp.stdin = c.stdin.clone();
+        resp.stdout = c.stdout.clone();
+        resp.stderr = c.stderr.clone();
+        resp.status = match c.phase {
+            Phase::Created => api::Status::CREATED,
+            Phase::Running => api::Status::RUNNING,
+            Phase::Stopped(_) => api::Status::STOPPED,
+        }
+        .into();
+        if let Phase::Stopped(e) = c.phase {
+            resp.exit_status = e.code;
+            resp.exited_at = MessageField::some(timestamp(e.at));
+        }
+        Ok(resp)
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let target = {
+            let containers = self.inner.containers.lock().await;
+            let c = containers
+                .get(&req.id)
+                .ok_or_else(|| ttrpc(Error::NotFound(req.id.clone())))?;
+            match (&c.phase, c.kind, c.pid) {
+                (Phase::Stopped(_), _, _) => None,
+                (_, Kind::Sandbox, _) => Some(None),
+                (_, Kind::App, Some(pid)) => Some(Some(pid)),
+                (_, Kind::App, None) => None,
+            }
+        };
+        match target {
+            // Already stopped: containerd may kill again; that is not an error.
+            None => {}
+            Some(None) => {
+                // The sandbox has no process: stopping it is bookkeeping.
+                let code = 128 + req.signal;
+                let mut containers = self.inner.containers.lock().await;
+                if let Some(c) = containers.get_mut(&req.id) {
+                    let e = Exited {
+                        code,
+                        at: std::time::SystemTime::now(),
+                    };
+                    c.phase = Phase::Stopped(e);
+                    let _ = c.exited.send(Some(e));
+                }
+                drop(containers);
+                let mut e = TaskExit::new();
+                e.container_id = req.id.clone();
+                e.id = req.id.clone();
+                e.pid = std::process::id();
+                e.exit_status = code;
+                e.exited_at = MessageField::some(now());
+                self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(e))
+                    .await;
+            }
+            Some(Some(pid)) => {
+                let signal = i32::try_from(req.signal).unwrap_or(libc::SIGKILL);
+                match sys::kill(pid, signal) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(ttrpc(Error::io(format!("signalling {pid}"))(e))),
+                }
+            }
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        let mut rx = {
+            let containers = self.inner.containers.lock().await;
+            let c = containers
+                .get(&req.id)
+                .ok_or_else(|| ttrpc(Error::NotFound(req.id.clone())))?;
+            c.exited.subscribe()
+        };
+        let exited = loop {
+            if let Some(e) = *rx.borrow_and_update() {
+                break e;
+            }
+            if rx.changed().await.is_err() {
+                return Err(ttrpc(Error::NotFound(req.id.clone())));
+            }
+        };
+        let mut resp = api::WaitResponse::new();
+        resp.exit_status = exited.code;
+        resp.exited_at = MessageField::some(timestamp(exited.at));
+        Ok(resp)
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let c = {
+            let mut containers = self.inner.containers.lock().await;
+            let c = containers
+                .get(&req.id)
+                .ok_or_else(|| ttrpc(Error::NotFound(req.id.clone())))?;
+            if matches!(c.phase, Phase::Running) {
+                return Err(ttrpc(Error::Precondition(format!(
+                    "container {} is still running: kill it first",
+                    req.id
+                ))));
+            }
+            let Some(c) = containers.remove(&req.id) else {
+                return Err(ttrpc(Error::NotFound(req.id.clone())));
+            };
+            c
+        };
+        // A created-but-never-started guest is waiting on its start pipe; closing it ends
+        // the process.
+        if let (Phase::Created, Some(pid)) = (&c.phase, c.pid) {
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+        cleanup(&c);
+        let (code, at) = match c.phase {
+            Phase::Stopped(e) => (e.code, e.at),
+            _ => (137, std::time::SystemTime::now()),
+        };
+        let pid = c.pid.unwrap_or_else(std::process::id);
+        let mut event = TaskDelete::new();
+        event.container_id = req.id.clone();
+        event.id = req.id.clone();
+        event.pid = pid;
+        event.exit_status = code;
+        event.exited_at = MessageField::some(timestamp(at));
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event))
+            .await;
+        let mut resp = api::DeleteResponse::new();
+        resp.pid = pid;
+        resp.exit_status = code;
+        resp.exited_at = MessageField::some(timestamp(at));
+        Ok(resp)
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        let containers = self.inner.containers.lock().await;
+        let c = containers
+            .get(&req.id)
+            .ok_or_else(|| ttrpc(Error::NotFound(req.id.clone())))?;
+        let mut resp = api::PidsResponse::new();
+        if let (Some(pid), Phase::Running | Phase::Created) = (c.pid, &c.phase) {
+            let mut p = containerd_shim::protos::types::task::ProcessInfo::new();
+            p.pid = pid;
+            resp.processes.push(p);
+        }
+        Ok(resp)
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        use containerd_shim::protos::cgroups::metrics::{
+            CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+        };
+        let stats = {
+            let containers = self.inner.containers.lock().await;
+            let c = containers
+                .get(&req.id)
+                .ok_or_else(|| ttrpc(Error::NotFound(req.id.clone())))?;
+            c.cgroup.as_ref().map(Cgroup::stats).unwrap_or_default()
+        };
+        let mut m = Metrics::new();
+        let mut mem = MemoryStat::new();
+        let mut usage = MemoryEntry::new();
+        usage.usage = stats.memory_usage;
+        usage.limit = stats.memory_limit;
+        usage.max = stats.memory_max_usage;
+        mem.usage = MessageField::some(usage);
+        mem.rss = stats.memory_usage;
+        m.memory = MessageField::some(mem);
+        let mut cpu = CPUStat::new();
+        let mut cu = CPUUsage::new();
+        cu.total = stats.cpu_usage_ns;
+        cpu.usage = MessageField::some(cu);
+        m.cpu = MessageField::some(cpu);
+        let mut pids = PidsStat::new();
+        pids.current = stats.pids;
+        m.pids = MessageField::some(pids);
+        let mut any = containerd_shim::protos::protobuf::well_known_types::any::Any::new();
+        any.type_url = "io.containerd.cgroups.v1.Metrics".into();
+        any.value = m
+            .write_to_bytes()
+            .map_err(|e| ttrpc(Error::Setup(format!("encoding metrics: {e}"))))?;
+        let mut resp = api::StatsResponse::new();
+        resp.stats = MessageField::some(any);
+        Ok(resp)
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let containers = self.inner.containers.lock().await;
+        let mut resp = api::ConnectResponse::new();
+        resp.shim_pid = std::process::id();
+        resp.task_pid = containers
+            .get(&req.id)
+            .and_then(|c| c.pid)
+            .unwrap_or_else(std::process::id);
+        resp.version = env!("CARGO_PKG_VERSION").into();
+        Ok(resp)
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        // containerd asks after each delete; the shim stays while the pod has containers.
+        if self.inner.containers.lock().await.is_empty() {
+            self.inner.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+}

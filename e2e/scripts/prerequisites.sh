@@ -52,3 +52,5 @@ if [ ! -x "$WA8S_WKG" ]; then
   rm -rf "$WA8S_CACHE/wkg-$WKG_VERSION"
   mv "$WA8S_CACHE/wkg-$WKG_VERSION.partial" "$WA8S_CACHE/wkg-$WKG_VERSION"
 fi
+# The shim tests make network namespaces (as the CRI does per pod) and curl inside them.
+command -v ip >/dev/null || apt_install iproute2

@@ -6,7 +6,9 @@
 //! with the real `kubectl`, each in its own namespace.
 
 pub mod binaries;
+pub mod containerd;
 pub mod control_plane;
+pub mod image;
 pub mod kubectl;
 pub mod pki;
 pub mod process;

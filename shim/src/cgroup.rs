@@ -40,6 +40,9 @@ pub struct Cgroup {
     v2: bool,
     /// `(controller, directory)`; for v2 a single `("unified", dir)`.
     dirs: Vec<(&'static str, PathBuf)>,
+    /// Ancestors this cgroup's creation made (e.g. `/wa8s-test` for `/wa8s-test/id`),
+    /// removed again when empty.
+    made: Vec<PathBuf>,
 }
 
 /// The controllers wa8s manages on v1.
@@ -75,14 +78,24 @@ impl Cgroup {
                     .into_iter()
                     .map(|(c, root)| (c, root.join(rel)))
                     .collect(),
+                made: Vec::new(),
             },
             None => Cgroup {
                 v2: true,
                 dirs: vec![("unified", PathBuf::from("/sys/fs/cgroup").join(rel))],
+                made: Vec::new(),
             },
         };
+        let mut cg = cg;
         for (_, dir) in &cg.dirs {
+            let mut missing: Vec<PathBuf> = dir
+                .ancestors()
+                .skip(1)
+                .take_while(|a| !a.exists())
+                .map(Path::to_path_buf)
+                .collect();
             std::fs::create_dir_all(dir).map_err(io(dir))?;
+            cg.made.append(&mut missing);
         }
         cg.apply(limits)?;
         Ok(cg)
@@ -203,6 +216,12 @@ impl Cgroup {
                     });
                 }
             }
+        }
+        // Deepest first; a parent another container still uses stays (not empty).
+        let mut made = self.made.clone();
+        made.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for dir in made {
+            let _ = std::fs::remove_dir(dir);
         }
         Ok(())
     }

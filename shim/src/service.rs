@@ -76,6 +76,9 @@ pub struct Service {
 
 struct Inner {
     namespace: String,
+    /// This shim server's socket (`unix:///run/containerd/s/<hash>`), removed at exit: the
+    /// library looks for it in the bundle, which containerd has deleted by then.
+    socket: String,
     exit: Arc<ExitSignal>,
     containers: Mutex<HashMap<String, Container>>,
     /// Exits that arrived before the pid was recorded.
@@ -348,6 +351,7 @@ impl Shim for Service {
         Service {
             inner: Arc::new(Inner {
                 namespace: args.namespace.clone(),
+                socket: args.socket.clone(),
                 exit: Arc::new(ExitSignal::default()),
                 containers: Mutex::new(HashMap::new()),
                 early_exits: Mutex::new(HashMap::new()),
@@ -375,6 +379,10 @@ impl Shim for Service {
 
     async fn wait(&mut self) {
         self.inner.exit.wait().await;
+        let path = self.inner.socket.trim_start_matches("unix://");
+        if !path.is_empty() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

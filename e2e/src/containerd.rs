@@ -1,0 +1,243 @@
+//! A real containerd 2.2 (built from the Go modules, see `build-binaries.sh`) with a private
+//! root, state and sockets, for shim tests driven with the real `ctr`.
+//!
+//! The wa8s shim is found on containerd's PATH (the directory given to [`Containerd::start`]);
+//! its node configuration (cache directory) is private to the instance. On drop every task is
+//! killed and deleted, containerd is stopped by PID, and its mounts and directories removed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::binaries;
+use crate::process::{self, Lifetime};
+
+/// Errors starting containerd or running `ctr`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Binaries(#[from] binaries::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("containerd did not answer within 30s; its log:\n{0}")]
+    NotReady(String),
+    #[error("ctr {args}: exit {code:?}\n{stderr}")]
+    Ctr {
+        args: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// What one `ctr` call printed.
+#[derive(Debug, Clone)]
+pub struct CtrOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A running containerd.
+#[derive(Debug)]
+pub struct Containerd {
+    pid: u32,
+    exe: PathBuf,
+    ctr: PathBuf,
+    dir: PathBuf,
+    namespace: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Containerd {
+    /// Starts containerd with `shim_dir` (holding `containerd-shim-wa8s-v1`) on its PATH.
+    pub fn start(shim_dir: &Path) -> Result<Self, Error> {
+        let bins = binaries::ensure(&["containerd", "ctr"])?;
+        let tmp = tempfile::Builder::new()
+            .prefix("wa8s-containerd-")
+            .tempdir()
+            .map_err(io("creating the containerd directory"))?;
+        let dir = tmp.path().to_path_buf();
+        let d = dir.display();
+        // Socket paths must stay short (108 bytes); the temp dir is under /tmp.
+        let config = format!(
+            r#"version = 3
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/c.sock"
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+[debug]
+  address = "{d}/debug.sock"
+  level = "debug"
+[plugins.'io.containerd.internal.v1.opt']
+  path = "{d}/opt"
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wa8s]
+  runtime_type = "io.containerd.wa8s.v1"
+"#
+        );
+        std::fs::write(dir.join("config.toml"), config).map_err(io("writing config.toml"))?;
+        std::fs::write(
+            dir.join("shim.json"),
+            format!(r#"{{"cacheDir": "{d}/wa8s-cache"}}"#),
+        )
+        .map_err(io("writing shim.json"))?;
+        let exe = bins["containerd"].clone();
+        let path = format!(
+            "{}:{}:{}",
+            shim_dir.display(),
+            exe.parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("PATH", path)
+            .env("WA8S_SHIM_CONFIG", dir.join("shim.json"));
+        let pid = process::spawn(cmd, &dir.join("containerd.log"), Lifetime::Attached)
+            .map_err(io("starting containerd"))?;
+        let me = Containerd {
+            pid,
+            exe,
+            ctr: bins["ctr"].clone(),
+            dir,
+            namespace: {
+                static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("wa8s-test-{}-{n}", std::process::id())
+            },
+            _tmp: tmp,
+        };
+        let ready =
+            process::eventually(Duration::from_secs(30), Duration::from_millis(100), || {
+                me.ctr(&["version"]).ok().filter(|o| o.code == Some(0))
+            });
+        if ready.is_none() {
+            return Err(Error::NotReady(me.log()));
+        }
+        Ok(me)
+    }
+
+    /// The containerd namespace `ctr` uses (unique per instance; ctr puts task cgroups
+    /// under `/<namespace>/<id>`).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// containerd's log so far (the shim's own log lines land here too).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The grpc socket (`ctr -a`, `crictl --runtime-endpoint unix://…`).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("c.sock")
+    }
+
+    /// Runs `ctr -a SOCKET -n wa8s-test ARGS` (60 s limit).
+    pub fn ctr(&self, args: &[&str]) -> Result<CtrOutput, Error> {
+        let mut cmd = Command::new(&self.ctr);
+        cmd.arg("-a")
+            .arg(self.socket())
+            .args(["-n", &self.namespace])
+            .args(args);
+        let out = process::run_with_timeout(cmd, Duration::from_secs(60))
+            .map_err(io(format!("running ctr {}", args.join(" "))))?;
+        Ok(CtrOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            // containerd 2.2 warns about cgroup v1 on every call; that is not the test's news.
+            stderr: String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .filter(|l| !l.contains("DEPRECATION"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        })
+    }
+
+    /// `ctr`, requiring success; returns stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String, Error> {
+        let out = self.ctr(args)?;
+        if out.code != Some(0) {
+            return Err(Error::Ctr {
+                args: args.join(" "),
+                code: out.code,
+                stderr: out.stderr,
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// Imports an OCI image layout tarball (see [`crate::image`]).
+    pub fn import(&self, tarball: &[u8], platform: &str) -> Result<(), Error> {
+        let path = self.dir.join(format!("import-{}.tar", std::process::id()));
+        std::fs::write(&path, tarball).map_err(io("writing the image tarball"))?;
+        let result = self.ctr_ok(&[
+            "image",
+            "import",
+            "--platform",
+            platform,
+            &path.to_string_lossy(),
+        ]);
+        let _ = std::fs::remove_file(&path);
+        result.map(drop)
+    }
+
+    fn cleanup_tasks(&self) {
+        let Ok(list) = self.ctr(&["task", "ls", "-q"]) else {
+            return;
+        };
+        for id in list.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+            let _ = process::eventually(Duration::from_secs(10), Duration::from_millis(50), || {
+                self.ctr(&["task", "delete", id])
+                    .ok()
+                    .filter(|o| o.code == Some(0))
+            });
+        }
+        if let Ok(list) = self.ctr(&["container", "ls", "-q"]) {
+            for id in list.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                let _ = self.ctr(&["container", "delete", id]);
+            }
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.cleanup_tasks();
+        process::terminate(self.pid, Some(&self.exe), Duration::from_secs(10));
+        // The namespace-level cgroup parents the tasks' cgroups were made under.
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join(&self.namespace));
+            }
+        }
+        // Snapshot mounts of anything that was still running.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let prefix = self.dir.to_string_lossy().into_owned();
+            let mut targets: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|t| t.starts_with(&prefix))
+                .collect();
+            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+            for t in targets {
+                let _ = Command::new("umount").arg("-l").arg(t).status();
+            }
+        }
+    }
+}

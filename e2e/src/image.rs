@@ -1,0 +1,78 @@
+//! OCI image layout tarballs (what `ctr image import` and registries take), written without a
+//! Docker engine: a "layered" wasm image whose `.wasm` sits in a gzip tar layer.
+
+use std::io::Write;
+
+use sha2::{Digest, Sha256};
+
+fn sha(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+fn tar_entry(out: &mut tar::Builder<impl Write>, path: &str, data: &[u8]) -> std::io::Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    out.append_data(&mut header, path, data)
+}
+
+/// An image named `name` (e.g. `docker.io/wa8s/hello:latest`) for platform `os`/`wasm`
+/// whose single layer holds `files` and whose entrypoint is `entrypoint`.
+pub fn layered(
+    name: &str,
+    os: &str,
+    files: &[(&str, &[u8])],
+    entrypoint: &[&str],
+) -> std::io::Result<Vec<u8>> {
+    let mut layer_tar = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        tar_entry(&mut layer_tar, path.trim_start_matches('/'), data)?;
+    }
+    let layer_tar = layer_tar.into_inner()?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer_tar)?;
+    let layer = gz.finish()?;
+    let config = serde_json::json!({
+        "architecture": "wasm",
+        "os": os,
+        "config": { "Entrypoint": entrypoint },
+        "rootfs": { "type": "layers", "diff_ids": [sha(&layer_tar)] },
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha(&config), "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": sha(&layer), "size": layer.len(),
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha(&manifest), "size": manifest.len(),
+            "platform": { "architecture": "wasm", "os": os },
+            "annotations": { "io.containerd.image.name": name },
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let mut out = tar::Builder::new(Vec::new());
+    tar_entry(&mut out, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    tar_entry(&mut out, "index.json", &index)?;
+    for blob in [&layer, &config, &manifest] {
+        let hex = sha(blob).trim_start_matches("sha256:").to_owned();
+        tar_entry(&mut out, &format!("blobs/sha256/{hex}"), blob)?;
+    }
+    out.into_inner()
+}

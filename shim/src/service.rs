@@ -124,7 +124,9 @@ impl Service {
                 Some(c) => {
                     c.phase = Phase::Stopped(exited);
                     c.start = None;
-                    let _ = c.exited.send(Some(exited));
+                    // send_replace stores the exit even when no Wait is listening yet (send
+                    // would drop it, and a later Wait would block forever).
+                    c.exited.send_replace(Some(exited));
                     let oom = c.cgroup.as_ref().is_some_and(|cg| cg.stats().oom_kills > 0);
                     event = Some((c.id.clone(), oom));
                 }
@@ -531,7 +533,7 @@ impl Task for Service {
                         at: std::time::SystemTime::now(),
                     };
                     c.phase = Phase::Stopped(e);
-                    let _ = c.exited.send(Some(e));
+                    c.exited.send_replace(Some(e));
                 }
                 drop(containers);
                 let mut e = TaskExit::new();

@@ -18,4 +18,4 @@ echo "== cargo test"
 runner="$(pwd)/e2e/scripts/test-runner.sh"
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$runner" \
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$runner" \
-  cargo test --workspace --locked
+  cargo test --workspace --locked --no-fail-fast

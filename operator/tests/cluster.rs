@@ -27,7 +27,21 @@ async fn operator_client(cp: &ControlPlane, ns: &Namespace) -> Result<Client> {
     let kubectl = cp.kubectl();
     let rbac = wa8s_e2e::repo_root().join("operator/rbac/operator.yaml");
     let n = ns.name();
-    kubectl.ok(&["apply", "-n", n, "-f", &rbac.to_string_lossy()])?;
+    {
+        // The ClusterRole is shared by every test; concurrent applies of it would race.
+        static RBAC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = RBAC.lock().unwrap_or_else(|p| p.into_inner());
+        kubectl.ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=wa8s-e2e",
+            "-n",
+            n,
+            "-f",
+            &rbac.to_string_lossy(),
+        ])?;
+    }
     kubectl.ok(&["-n", n, "create", "serviceaccount", "wa8s-operator"])?;
     kubectl.ok(&[
         "create",

@@ -81,6 +81,9 @@ state = "{d}/state"
   level = "debug"
 [plugins.'io.containerd.internal.v1.opt']
   path = "{d}/opt"
+[plugins.'io.containerd.nri.v1.nri']
+  # NRI's socket is machine-wide (/var/run/nri/nri.sock); parallel test instances collide.
+  disable = true
 [plugins.'io.containerd.cri.v1.runtime']
   restrict_oom_score_adj = true
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wa8s]

@@ -199,17 +199,27 @@ state = "{d}/state"
         result.map(drop)
     }
 
+    /// Kills task `id` (SIGKILL), waits (bounded) until it can be deleted, and deletes it
+    /// and its container. Returns whether the task was deleted.
+    pub fn remove(&self, id: &str) -> bool {
+        let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        let deleted =
+            process::eventually(Duration::from_secs(10), Duration::from_millis(50), || {
+                self.ctr(&["task", "delete", id])
+                    .ok()
+                    .filter(|o| o.code == Some(0))
+            })
+            .is_some();
+        let _ = self.ctr(&["container", "delete", id]);
+        deleted
+    }
+
     fn cleanup_tasks(&self) {
         let Ok(list) = self.ctr(&["task", "ls", "-q"]) else {
             return;
         };
         for id in list.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-            let _ = process::eventually(Duration::from_secs(10), Duration::from_millis(50), || {
-                self.ctr(&["task", "delete", id])
-                    .ok()
-                    .filter(|o| o.code == Some(0))
-            });
+            self.remove(id);
         }
         if let Ok(list) = self.ctr(&["container", "ls", "-q"]) {
             for id in list.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {

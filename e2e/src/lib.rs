@@ -10,6 +10,7 @@ pub mod containerd;
 pub mod control_plane;
 pub mod image;
 pub mod kubectl;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod registry;

@@ -8,65 +8,18 @@
 //! 3. 200 sequential and 50 concurrent `ctr run --rm` of the hello cli component.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use wa8s_e2e::containerd::Containerd;
+use wa8s_e2e::netns::Netns;
 use wa8s_test_components as guests;
 
 const RUNTIME: &str = "io.containerd.wa8s.v1";
 
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Result<Self> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        ensure!(
-            Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()?
-                .success()
-        );
-        ensure!(
-            Command::new("ip")
-                .args(["-n", &name, "link", "set", "lo", "up"])
-                .status()?
-                .success()
-        );
-        Ok(Netns(name))
-    }
-
-    fn spec(&self) -> String {
-        format!("network:/var/run/netns/{}", self.0)
-    }
-
-    fn ok(&self) -> bool {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0,
-                "curl",
-                "-sf",
-                "-o",
-                "/dev/null",
-                "-m",
-                "2",
-            ])
-            .arg("http://127.0.0.1:8080/")
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// 200 from the HTTP component inside `ns`.
+fn answers(ns: &Netns) -> bool {
+    ns.get("http://127.0.0.1:8080/").is_some()
 }
 
 fn pss_kib(pid: u32) -> u64 {
@@ -133,7 +86,7 @@ fn main() -> Result<()> {
     // 1. Start to first 200 (the first run compiles and fills the precompile cache).
     let mut firsts = Vec::new();
     for i in 0..=rounds {
-        let ns = Netns::new(format!("wa8sb-{}-{i}", std::process::id()))?;
+        let ns = Netns::new(&format!("wa8sb-{}-{i}", std::process::id()))?;
         let id = format!("first-{i}");
         let start = Instant::now();
         c.ctr_ok(&[
@@ -142,11 +95,11 @@ fn main() -> Result<()> {
             "--runtime",
             RUNTIME,
             "--with-ns",
-            &ns.spec(),
+            &ns.ctr_spec(),
             http,
             &id,
         ])?;
-        while !ns.ok() {
+        while !answers(&ns) {
             ensure!(
                 start.elapsed() < Duration::from_secs(30),
                 "no 200 from {id}"
@@ -156,9 +109,7 @@ fn main() -> Result<()> {
         if i > 0 {
             firsts.push(took);
         }
-        c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id])?;
-        while c.ctr(&["task", "delete", &id])?.code != Some(0) {}
-        c.ctr_ok(&["container", "delete", &id])?;
+        ensure!(c.remove(&id), "task {id} could not be deleted");
     }
     let (lo, hi) = (
         firsts.iter().min().copied().unwrap_or_default(),
@@ -175,7 +126,7 @@ fn main() -> Result<()> {
     let pods = 20;
     let mut namespaces = Vec::new();
     for i in 0..pods {
-        let ns = Netns::new(format!("wa8sp-{}-{i}", std::process::id()))?;
+        let ns = Netns::new(&format!("wa8sp-{}-{i}", std::process::id()))?;
         let id = format!("idle-{i}");
         c.ctr_ok(&[
             "run",
@@ -183,12 +134,12 @@ fn main() -> Result<()> {
             "--runtime",
             RUNTIME,
             "--with-ns",
-            &ns.spec(),
+            &ns.ctr_spec(),
             http,
             &id,
         ])?;
         let start = Instant::now();
-        while !ns.ok() {
+        while !answers(&ns) {
             ensure!(
                 start.elapsed() < Duration::from_secs(30),
                 "no 200 from {id}"
@@ -206,9 +157,7 @@ fn main() -> Result<()> {
     );
     for i in 0..pods {
         let id = format!("idle-{i}");
-        c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id])?;
-        while c.ctr(&["task", "delete", &id])?.code != Some(0) {}
-        c.ctr_ok(&["container", "delete", &id])?;
+        ensure!(c.remove(&id), "task {id} could not be deleted");
     }
     drop(namespaces);
 

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use wa8s_api::contract::{CONTRACT_VERSION, Limits, POLICY_ANNOTATION, Policy};
 use wa8s_e2e::containerd::Containerd;
+use wa8s_e2e::netns::Netns;
 use wa8s_e2e::process::eventually;
 use wa8s_test_components as guests;
 
@@ -56,56 +56,6 @@ fn policy(env: &[&str]) -> String {
     };
     let annotations: BTreeMap<String, String> = p.to_annotations();
     format!("{POLICY_ANNOTATION}={}", annotations[POLICY_ANNOTATION])
-}
-
-/// A network namespace made for one test (as the CRI makes one per pod), removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Result<Self> {
-        let name = format!("wa8s-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        ensure!(
-            Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()?
-                .success(),
-            "ip netns add"
-        );
-        let ns = Netns(name);
-        ensure!(
-            Command::new("ip")
-                .args(["-n", &ns.0, "link", "set", "lo", "up"])
-                .status()?
-                .success(),
-            "lo up"
-        );
-        Ok(ns)
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.0)
-    }
-
-    /// `curl` from inside the namespace.
-    fn get(&self, url: &str) -> Option<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "curl", "-sf", "-m", "5", url])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 fn status_field(pid: u32, field: &str) -> Result<String> {
@@ -246,8 +196,8 @@ fn an_http_component_serves_in_the_sandbox_netns_confined_and_measured_and_stops
 -> Result<()> {
     let c = containerd()?;
     let http = image(&c, "http", guests::HTTP_COMPONENT)?;
-    let ns = Netns::new("http")?;
-    let with_ns = format!("network:{}", ns.path().display());
+    let ns = Netns::new(&format!("wa8s-http-{}", std::process::id()))?;
+    let with_ns = ns.ctr_spec();
     c.ctr_ok(&[
         "run",
         "-d",
@@ -330,8 +280,8 @@ fn an_http_component_serves_in_the_sandbox_netns_confined_and_measured_and_stops
 fn two_app_containers_of_one_pod_share_one_shim() -> Result<()> {
     let c = containerd()?;
     let http = image(&c, "http-pod", guests::HTTP_COMPONENT)?;
-    let ns = Netns::new("pod")?;
-    let with_ns = format!("network:{}", ns.path().display());
+    let ns = Netns::new(&format!("wa8s-pod-{}", std::process::id()))?;
+    let with_ns = ns.ctr_spec();
     let sandbox = "io.kubernetes.cri.sandbox-id=pod-1";
     let second_policy = policy(&[]).replace("\"port\":8080", "\"port\":8081");
     for (id, p) in [("pod-a", policy(&[])), ("pod-b", second_policy)] {

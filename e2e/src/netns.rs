@@ -1,0 +1,53 @@
+//! Network namespaces made by a test, as the CRI makes one per pod; removed on drop.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// A named network namespace (`ip netns`) with loopback up.
+#[derive(Debug)]
+pub struct Netns(String);
+
+impl Netns {
+    /// Creates `name` (replacing a leftover of the same name).
+    pub fn new(name: &str) -> std::io::Result<Self> {
+        let ip = |args: &[&str]| -> std::io::Result<()> {
+            let ok = Command::new("ip").args(args).status()?.success();
+            ok.then_some(())
+                .ok_or_else(|| std::io::Error::other(format!("ip {} failed", args.join(" "))))
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", name])?;
+        let ns = Netns(name.to_owned());
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.0)
+    }
+
+    /// `network:<path>`, as `ctr run --with-ns` takes it.
+    pub fn ctr_spec(&self) -> String {
+        format!("network:{}", self.path().display())
+    }
+
+    /// The body of a successful `curl` of `url` from inside the namespace.
+    pub fn get(&self, url: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "curl", "-sf", "-m", "5", url])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

@@ -19,6 +19,10 @@ use crate::{DEFAULT_PORT, WebAssemblySpec};
 pub const POLICY_ANNOTATION: &str = "wa8s.reconciler.io/policy";
 /// The contract version this crate writes and understands.
 pub const CONTRACT_VERSION: u32 = 1;
+/// The container `command` the operator writes. containerd's CRI refuses a container without
+/// one, and a wasm artifact's config carries no entry point; the shim reads `/` as "the
+/// component is the image itself" (SpinKube's operator uses the same convention).
+pub const IMAGE_COMPONENT_COMMAND: &str = "/";
 /// Request deadline when the object sets none.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Concurrent requests per pod when the object sets none.

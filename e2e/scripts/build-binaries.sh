@@ -3,7 +3,7 @@
 # them by version under $WA8S_CACHE/bin. A binary already in the cache is never rebuilt.
 #
 #   build-binaries.sh [etcd] [kube-apiserver] [kube-controller-manager] [kube-scheduler] [kubelet]
-#                     [containerd] [ctr] [containerd-shim-runc-v2] [crictl]
+#                     [kube-proxy] [containerd] [ctr] [containerd-shim-runc-v2] [crictl] [helm]
 #
 # With no arguments it builds etcd and kube-apiserver (what the operator tests need).
 # Prints one `name=/path/to/binary` line per requested binary on stdout; logs go to stderr.
@@ -165,6 +165,9 @@ for w in "${want[@]}"; do
       GONOSUMDB=sigs.k8s.io/cri-tools go_build_from crictl sigs.k8s.io/cri-tools "$CRI_TOOLS_VERSION" \
         sigs.k8s.io/cri-tools/cmd/crictl "$(cri_tools_bin_dir)" "${pins[@]}"
       echo "crictl=$(cri_tools_bin_dir)/crictl" ;;
-    *) log "unknown binary '$w' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl)"; exit 2 ;;
+    helm)
+      go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$(helm_bin_dir)"
+      echo "helm=$(helm_bin_dir)/helm" ;;
+    *) log "unknown binary '$w' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl helm)"; exit 2 ;;
   esac
 done

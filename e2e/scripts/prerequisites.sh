@@ -54,3 +54,9 @@ if [ ! -x "$WA8S_WKG" ]; then
 fi
 # The shim tests make network namespaces (as the CRI does per pod) and curl inside them.
 command -v ip >/dev/null || apt_install iproute2
+# The local cluster's node: runc for ordinary pods (the sandbox), Debian's CNI plugins, iptables
+# (the bridge plugin's masquerade rules) and a C compiler for the static pause binary.
+[ -x /usr/lib/cni/bridge ] || apt_install containernetworking-plugins
+command -v runc >/dev/null || apt_install runc
+command -v iptables >/dev/null || apt_install iptables
+command -v gcc >/dev/null || apt_install gcc libc6-dev

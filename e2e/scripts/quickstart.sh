@@ -1,48 +1,100 @@
 #!/usr/bin/env bash
-# Brings up a local Kubernetes control plane (etcd + kube-apiserver from the upstream Go
-# modules, cached under ~/.cache/wa8s), installs the WebAssembly CRD, applies
-# examples/deploy.yaml, and shows what the API does with it. Idempotent: run it again at will.
-# Stop everything with: e2e/scripts/quickstart.sh down
+# README command 1. Brings up a local single-node Kubernetes (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, containerd 2.2 with the wa8s shim, a CNI
+# bridge, and a registry on 127.0.0.1:5000 that the node and the operator use as the mirror
+# of ghcr.io), starts the wa8s operator, pushes
+# a hello component as ghcr.io/myorg/image-processor:v1.2.3, applies examples/deploy.yaml,
+# waits for Ready and calls the Service; then the same for the Python example. Idempotent: run it again at will.
+# Stop everything and remove what it made with: e2e/scripts/quickstart.sh down
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source e2e/scripts/prerequisites.sh
 
-cargo build --quiet --locked -p wa8s-e2e --bin wa8s-cluster
 cluster=target/debug/wa8s-cluster
 if [ "${1:-}" = "down" ]; then
+  cargo build --quiet --locked -p wa8s-e2e --bin wa8s-cluster
   "$cluster" down
   exit 0
 fi
 
-kubectl_bin="$(bash e2e/scripts/build-binaries.sh etcd kube-apiserver kubectl | sed -n 's/^kubectl=//p')"
-kubeconfig="$("$cluster" up)"
-k() { "$kubectl_bin" --kubeconfig="$kubeconfig" "$@"; }
+echo "== building wa8s (operator, shim, CLI) and the cluster tool"
+cargo build --quiet --locked -p wa8s-e2e -p wa8s-shim -p wa8s-operator -p wa8s-cli --bins
+kubectl_bin="$(bash e2e/scripts/build-binaries.sh etcd kube-apiserver kube-controller-manager \
+  kube-scheduler kubelet kubectl containerd ctr containerd-shim-runc-v2 crictl | sed -n 's/^kubectl=//p')"
 
-echo "== installing the WebAssembly CRD"
+echo "== bringing up the local cluster"
+kubeconfig="$("$cluster" up)"
+state="$(dirname "$kubeconfig")"
+k() { "$kubectl_bin" --kubeconfig="$kubeconfig" "$@"; }
+k get nodes -o wide
+
+echo "== installing the WebAssembly CRD and the wa8s RuntimeClass"
 k apply --server-side --force-conflicts -f crds/webassembly.yaml
 k wait --for=condition=Established --timeout=60s crd/webassemblies.wa8s.reconciler.io
+k apply --server-side -f e2e/manifests/runtimeclass.yaml
+
+# The operator runs beside the cluster, with the admin kubeconfig; `down` stops it with the
+# rest (its pid is recorded with the cluster's).
+operator_exe="$(pwd)/target/debug/wa8s-operator"
+if ! grep -q '^wa8s-operator ' "$state/pids" 2>/dev/null \
+   || ! kill -0 "$(awk '/^wa8s-operator /{print $2}' "$state/pids")" 2>/dev/null; then
+  echo "== starting the wa8s operator (log: $state/wa8s-operator.log)"
+  sed -i '/^wa8s-operator /d' "$state/pids"
+  KUBECONFIG="$kubeconfig" setsid "$operator_exe" \
+    --mirror ghcr.io=127.0.0.1:5000 --insecure-registry 127.0.0.1:5000 \
+    --leader-elect=false --http-addr 127.0.0.1:18081 \
+    >>"$state/wa8s-operator.log" 2>&1 </dev/null &
+  echo "wa8s-operator $! $operator_exe" >>"$state/pids"
+fi
+
+echo "== pushing a hello HTTP component as ghcr.io/myorg/image-processor:v1.2.3 (via the mirror)"
+# A hand-written wasi:http component (shim/test-components/fixtures/http.wat): small enough
+# for the 32Mi the users' manifest grants.
+cargo run --quiet --locked -p wa8s-test-components --example write-guests -- "$state/guests" >/dev/null
+target/debug/wa8s push "$state/guests/http.wasm" 127.0.0.1:5000/myorg/image-processor:v1.2.3
 
 echo "== applying examples/deploy.yaml in namespace wa8s-demo"
 k create namespace wa8s-demo --dry-run=client -o yaml | k apply -f -
 k apply --server-side -n wa8s-demo -f examples/deploy.yaml
-k get webassemblies -n wa8s-demo
+if ! k wait -n wa8s-demo --for=condition=Ready --timeout=180s webassembly/image-processor; then
+  k get webassembly,deploy,pods -n wa8s-demo -o wide
+  k get webassembly -n wa8s-demo image-processor -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+  exit 1
+fi
+k get webassembly,deploy,hpa,svc,pods -n wa8s-demo -o wide
 
-echo "== a flawed object is refused with a message naming the field"
-sed -e 's/name: image-processor/name: flawed/' -e 's/minReplicas: 2/minReplicas: 500/' examples/deploy.yaml \
-  | k apply --server-side -n wa8s-demo -f - || true
+# Calls Service $1 through `kubectl port-forward` on local port $2 and prints the answer.
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+call_service() {
+  local svc="$1" port="$2" body="" log="$state/port-forward-$1.log"
+  echo "== calling the Service (kubectl port-forward svc/$svc $port:80)"
+  k port-forward -n wa8s-demo "svc/$svc" "$port:80" >"$log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 50); do
+    if body="$(curl -sS --fail -m 5 "http://127.0.0.1:$port/" 2>/dev/null)"; then break; fi
+    body=""; sleep 0.2
+  done
+  [ -n "$body" ] || { echo "Service $svc did not answer; port-forward said:"; cat "$log"; exit 1; }
+  echo "HTTP 200: $body"
+}
+call_service image-processor 18080
 
-echo "== kubectl explain webassembly.spec.wasi.network"
-for _ in $(seq 1 40); do
-  if k explain webassembly.spec.wasi.network 2>/dev/null; then break; fi
-  sleep 0.5   # the OpenAPI document follows the CRD by a moment
-done
+echo "== building examples/hello-python with componentize-py, pushing and applying it"
+wasm="$(examples/hello-python/build.sh "$state/hello-python.wasm")"
+target/debug/wa8s push "$wasm" 127.0.0.1:5000/myorg/hello-python:v1
+k apply --server-side -n wa8s-demo -f examples/hello-python/webassembly.yaml
+k wait -n wa8s-demo --for=condition=Ready --timeout=180s webassembly/hello-python
+call_service hello-python 18082
 
 cat <<MSG
 
-The control plane keeps running. Explore it with:
+wa8s is running on the local cluster. Explore it with:
   export KUBECONFIG=$kubeconfig
   $kubectl_bin get wasm -A
+  $kubectl_bin describe webassembly -n wa8s-demo image-processor
+  $kubectl_bin logs -n wa8s-demo -l app.kubernetes.io/instance=image-processor
   $kubectl_bin explain webassembly.spec --recursive
-Stop it and remove its state with:
+Stop it and remove everything it made with:
   e2e/scripts/quickstart.sh down
 MSG

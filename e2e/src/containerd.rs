@@ -240,17 +240,6 @@ impl Drop for Containerd {
             }
         }
         // Snapshot mounts of anything that was still running.
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let prefix = self.dir.to_string_lossy().into_owned();
-            let mut targets: Vec<&str> = mounts
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|t| t.starts_with(&prefix))
-                .collect();
-            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-            for t in targets {
-                let _ = Command::new("umount").arg("-l").arg(t).status();
-            }
-        }
+        crate::node::unmount_under(&self.dir);
     }
 }

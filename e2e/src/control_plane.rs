@@ -51,7 +51,7 @@ pub enum Error {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
 }
@@ -134,6 +134,14 @@ impl ControlPlane {
                 pki.apiserver_key.display()
             ))
             .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
+            // For logs, exec and port-forward through the kubelet.
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                pki.admin_cert.display()
+            ))
+            .arg(format!("--kubelet-client-key={}", pki.admin_key.display()))
+            // The node's name is not in DNS; its address is in its status.
+            .arg("--kubelet-preferred-address-types=InternalIP")
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg(format!(
                 "--service-account-key-file={}",
@@ -236,15 +244,14 @@ impl ControlPlane {
         &self.state_dir
     }
 
-    /// Stops every process (API server first) and removes the state directory.
+    /// Stops every process (the last started first; a node's pods before its containerd)
+    /// and removes the state directory.
     pub fn stop(&mut self) {
-        for p in self.processes.drain(..).rev() {
-            process::terminate(p.pid, Some(&p.exe), STOP_GRACE);
-        }
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        self.processes.clear();
+        stop_state_dir(&self.state_dir);
     }
 
-    fn spawn(&mut self, name: &str, exe: &Path, cmd: Command) -> Result<(), Error> {
+    pub(crate) fn spawn(&mut self, name: &str, exe: &Path, cmd: Command) -> Result<(), Error> {
         let log = self.state_dir.join(format!("{name}.log"));
         let pid = process::spawn(cmd, &log, self.lifetime)
             .map_err(io_err(format!("starting {}", exe.display())))?;
@@ -267,7 +274,7 @@ impl ControlPlane {
         std::fs::write(self.state_dir.join("pids"), text).map_err(io_err("writing pids"))
     }
 
-    fn wait_healthy(
+    pub(crate) fn wait_healthy(
         &self,
         component: &'static str,
         mut healthy: impl FnMut() -> bool,
@@ -319,18 +326,23 @@ impl Drop for ControlPlane {
 /// executable) and removes the directory. Safe to call on a directory that does not exist.
 pub fn stop_state_dir(state_dir: &Path) {
     if let Ok(text) = std::fs::read_to_string(state_dir.join("pids")) {
-        let entries: Vec<(u32, PathBuf)> = text
+        let entries: Vec<(String, u32, PathBuf)> = text
             .lines()
             .filter_map(|l| {
                 let mut f = l.splitn(3, ' ');
-                let (_name, pid, exe) = (f.next()?, f.next()?.parse().ok()?, f.next()?);
-                Some((pid, PathBuf::from(exe)))
+                let (name, pid, exe) = (f.next()?, f.next()?.parse().ok()?, f.next()?);
+                Some((name.to_owned(), pid, PathBuf::from(exe)))
             })
             .collect();
-        for (pid, exe) in entries.into_iter().rev() {
+        for (name, pid, exe) in entries.into_iter().rev() {
+            if name == "containerd" && process::is_running(pid, Some(&exe)) {
+                // The kubelet is already stopped, so nothing restarts what this removes.
+                crate::node::remove_pods(state_dir);
+            }
             process::terminate(pid, Some(&exe), STOP_GRACE);
         }
     }
+    crate::node::clean_up_after(state_dir);
     let _ = std::fs::remove_dir_all(state_dir);
 }
 
@@ -374,7 +386,7 @@ fn sweep_stale(run: &Path) {
     }
 }
 
-fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
     // Hold every listener until all ports are chosen so the kernel cannot hand one out twice.
     let listeners: Vec<TcpListener> = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
@@ -435,7 +447,7 @@ fn register_at_exit(f: extern "C" fn()) {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -1,5 +1,6 @@
 //! OCI image layout tarballs (what `ctr image import` and registries take), written without a
-//! Docker engine: a "layered" wasm image whose `.wasm` sits in a gzip tar layer.
+//! Docker engine: a "layered" wasm image whose `.wasm` sits in a gzip tar layer, or a small
+//! Linux image (the pod sandbox's pause image).
 
 use std::io::Write;
 
@@ -10,9 +11,18 @@ fn sha(bytes: &[u8]) -> String {
 }
 
 fn tar_entry(out: &mut tar::Builder<impl Write>, path: &str, data: &[u8]) -> std::io::Result<()> {
+    tar_entry_mode(out, path, data, 0o644)
+}
+
+fn tar_entry_mode(
+    out: &mut tar::Builder<impl Write>,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
     let mut header = tar::Header::new_ustar();
     header.set_size(data.len() as u64);
-    header.set_mode(0o644);
+    header.set_mode(mode);
     header.set_mtime(0);
     header.set_cksum();
     out.append_data(&mut header, path, data)
@@ -26,16 +36,41 @@ pub fn layered(
     files: &[(&str, &[u8])],
     entrypoint: &[&str],
 ) -> std::io::Result<Vec<u8>> {
+    let files: Vec<(&str, &[u8], u32)> = files.iter().map(|(p, d)| (*p, *d, 0o644)).collect();
+    image(name, (os, "wasm"), &files, entrypoint)
+}
+
+/// A Linux image for this machine's architecture whose single layer holds `files` (path,
+/// contents, mode), e.g. a static binary as the pod sandbox's pause image.
+pub fn linux(
+    name: &str,
+    files: &[(&str, &[u8], u32)],
+    entrypoint: &[&str],
+) -> std::io::Result<Vec<u8>> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    image(name, ("linux", arch), files, entrypoint)
+}
+
+fn image(
+    name: &str,
+    (os, arch): (&str, &str),
+    files: &[(&str, &[u8], u32)],
+    entrypoint: &[&str],
+) -> std::io::Result<Vec<u8>> {
     let mut layer_tar = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        tar_entry(&mut layer_tar, path.trim_start_matches('/'), data)?;
+    for (path, data, mode) in files {
+        tar_entry_mode(&mut layer_tar, path.trim_start_matches('/'), data, *mode)?;
     }
     let layer_tar = layer_tar.into_inner()?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&layer_tar)?;
     let layer = gz.finish()?;
     let config = serde_json::json!({
-        "architecture": "wasm",
+        "architecture": arch,
         "os": os,
         "config": { "Entrypoint": entrypoint },
         "rootfs": { "type": "layers", "diff_ids": [sha(&layer_tar)] },
@@ -61,7 +96,7 @@ pub fn layered(
         "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": sha(&manifest), "size": manifest.len(),
-            "platform": { "architecture": "wasm", "os": os },
+            "platform": { "architecture": arch, "os": os },
             "annotations": { "io.containerd.image.name": name },
         }],
     })

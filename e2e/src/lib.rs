@@ -11,6 +11,7 @@ pub mod control_plane;
 pub mod image;
 pub mod kubectl;
 pub mod netns;
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod registry;

@@ -1,5 +1,6 @@
 //! A throwaway PKI for a test control plane: a CA, the API server's serving certificate, an
-//! admin client certificate (group `system:masters`) and the service-account signing key.
+//! admin client certificate (group `system:masters`), the kubelet's client certificate and
+//! the service-account signing key.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +8,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
+
+/// The name of the local cluster's one node (its kubelet's identity).
+pub const NODE_NAME: &str = "wa8s-node";
 
 /// Errors while creating the PKI.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,10 @@ pub struct Pki {
     pub admin_cert: PathBuf,
     /// Key of `admin_cert`.
     pub admin_key: PathBuf,
+    /// The kubelet's client certificate (CN `system:node:<node>`, O `system:nodes`).
+    pub node_cert: PathBuf,
+    /// Key of `node_cert`.
+    pub node_key: PathBuf,
     /// Service-account token signing key (private).
     pub service_account_key: PathBuf,
     /// Its public key, which the API server uses to verify tokens.
@@ -89,6 +97,15 @@ impl Pki {
         let admin_key = KeyPair::generate()?;
         let admin_cert = admin.signed_by(&admin_key, &ca)?;
 
+        let mut node = CertificateParams::new(Vec::<String>::new())?;
+        node.distinguished_name
+            .push(DnType::CommonName, format!("system:node:{NODE_NAME}"));
+        node.distinguished_name
+            .push(DnType::OrganizationName, "system:nodes");
+        node.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let node_key = KeyPair::generate()?;
+        let node_cert = node.signed_by(&node_key, &ca)?;
+
         let sa_key = KeyPair::generate()?;
 
         let pki = Pki {
@@ -97,6 +114,8 @@ impl Pki {
             apiserver_key: dir.join("apiserver.key"),
             admin_cert: dir.join("admin.crt"),
             admin_key: dir.join("admin.key"),
+            node_cert: dir.join("node.crt"),
+            node_key: dir.join("node.key"),
             service_account_key: dir.join("sa.key"),
             service_account_pub: dir.join("sa.pub"),
         };
@@ -105,6 +124,8 @@ impl Pki {
         write(&pki.apiserver_key, &server_key.serialize_pem())?;
         write(&pki.admin_cert, &admin_cert.pem())?;
         write(&pki.admin_key, &admin_key.serialize_pem())?;
+        write(&pki.node_cert, &node_cert.pem())?;
+        write(&pki.node_key, &node_key.serialize_pem())?;
         write(&pki.service_account_key, &sa_key.serialize_pem())?;
         write(&pki.service_account_pub, &sa_key.public_key_pem())?;
         Ok(pki)

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
-use wa8s_api::contract::Policy;
+use wa8s_api::contract::{IMAGE_COMPONENT_COMMAND, Policy};
 use wa8s_api::{DEFAULT_PORT, WebAssembly};
 
 /// Operator-wide settings that shape every object.
@@ -234,6 +234,7 @@ fn deployment(
     let container = Container {
         name: CONTAINER.into(),
         image: Some(format!("{}@{}", spec.module.registry, resolved.digest)),
+        command: Some(vec![IMAGE_COMPONENT_COMMAND.into()]),
         ports: http.then(|| {
             vec![ContainerPort {
                 name: Some(PORT_NAME.into()),

@@ -98,7 +98,11 @@ impl NodeConfig {
 
 /// The `.wasm` the container's `args[0]` names inside `rootfs`, if it is there (and inside).
 fn in_rootfs(rootfs: &Path, spec: &ContainerSpec) -> Result<Option<PathBuf>, Error> {
-    let Some(entry) = spec.args.first() else {
+    let Some(entry) = spec
+        .args
+        .first()
+        .filter(|a| *a != wa8s_api::contract::IMAGE_COMPONENT_COMMAND)
+    else {
         return Ok(None);
     };
     let Ok(root) = rootfs.canonicalize() else {

@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wa8s_host::{
@@ -16,10 +16,14 @@ use wa8s_host::{
     ServeOptions, Server, Stdio,
 };
 
+use wa8s_api::contract::IMAGE_COMPONENT_COMMAND;
+
 use crate::component::NodeConfig;
 use crate::spec::ContainerSpec;
 
 pub const SUBCOMMAND: &str = "guest";
+/// First argument that makes the binary compile a component into the node cache.
+pub const PRECOMPILE_SUBCOMMAND: &str = "precompile";
 /// Descriptor the start signal arrives on.
 pub const START_FD: i32 = 3;
 /// Descriptor readiness (`ok`) or the startup error is reported on.
@@ -79,18 +83,39 @@ fn fail(status: &mut Option<std::fs::File>, message: &str) -> i32 {
     EXIT_STARTUP
 }
 
-/// Loads the program and builds the grants; every error is a sentence for the user.
-fn prepare(bundle: PathBuf, digest: &str) -> Result<(Program, Grants, ContainerSpec), String> {
-    let spec = ContainerSpec::load(&bundle).map_err(|e| e.to_string())?;
+/// `containerd-shim-wa8s-v1 precompile BUNDLE DIGEST`: puts the component's compiled form in
+/// the node's precompile cache (run by the shim outside the container's cgroup). Prints `ok`
+/// when it is there; else exits 2 with the reason on stderr.
+pub fn precompile_main(args: &[String]) -> i32 {
+    let (Some(bundle), Some(digest)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: containerd-shim-wa8s-v1 {PRECOMPILE_SUBCOMMAND} BUNDLE DIGEST");
+        return EXIT_STARTUP;
+    };
+    match load_program(&PathBuf::from(bundle), digest) {
+        Ok(_) => {
+            println!("ok");
+            0
+        }
+        Err(message) => {
+            eprintln!("wa8s: {message}");
+            EXIT_STARTUP
+        }
+    }
+}
+
+/// The spec and the program, compiled or from the precompile cache.
+fn load_program(bundle: &Path, digest: &str) -> Result<(ContainerSpec, Program), String> {
+    let spec = ContainerSpec::load(bundle).map_err(|e| e.to_string())?;
     let node = NodeConfig::load().map_err(|e| e.to_string())?;
     let blobs = node.blobs().map_err(|e| e.to_string())?;
     let bytes = blobs
         .get(digest)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("component {digest} is not in the node cache"))?;
-    let policy = &spec.policy;
+    // The same engine configuration in the precompile process and the guest, so the cache
+    // entry one writes is the one the other reads.
     let engine = HostEngine::new(&EngineConfig {
-        pooled_instances: Some(policy.limits.max_concurrent_requests.clamp(1, 1000)),
+        pooled_instances: Some(spec.policy.limits.max_concurrent_requests.clamp(1, 1000)),
         ..EngineConfig::default()
     })
     .map_err(|e| e.to_string())?;
@@ -98,12 +123,24 @@ fn prepare(bundle: PathBuf, digest: &str) -> Result<(Program, Grants, ContainerS
     let (program, _) = precompiled
         .load(&engine, digest, &bytes)
         .map_err(|e| e.to_string())?;
+    Ok((spec, program))
+}
+
+/// Loads the program and builds the grants; every error is a sentence for the user.
+fn prepare(bundle: PathBuf, digest: &str) -> Result<(Program, Grants, ContainerSpec), String> {
+    let (spec, program) = load_program(&bundle, digest)?;
+    let policy = &spec.policy;
 
     let mut grants = Grants {
-        args: if spec.args.is_empty() {
-            vec!["main".into()]
-        } else {
-            spec.args.clone()
+        // The guest's argv[0] is a program name, not the placeholder command.
+        args: match spec.args.split_first() {
+            None => vec!["main".into()],
+            Some((first, rest)) if first == IMAGE_COMPONENT_COMMAND => {
+                std::iter::once("main".to_owned())
+                    .chain(rest.iter().cloned())
+                    .collect()
+            }
+            Some(_) => spec.args.clone(),
         },
         stdout: Stdio::Inherit,
         stderr: Stdio::Inherit,

@@ -18,6 +18,9 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(guest::SUBCOMMAND) {
         std::process::exit(guest::main(&args[2..]));
     }
+    if args.get(1).map(String::as_str) == Some(guest::PRECOMPILE_SUBCOMMAND) {
+        std::process::exit(guest::precompile_main(&args[2..]));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

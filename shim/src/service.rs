@@ -84,6 +84,8 @@ struct Inner {
     /// Exits that arrived before the pid was recorded.
     early_exits: Mutex<HashMap<u32, Exited>>,
     publisher: Mutex<Option<RemotePublisher>>,
+    /// Each sandbox's network namespace (`None`: the host's, for `hostNetwork` pods).
+    sandbox_netns: Mutex<HashMap<String, Option<PathBuf>>>,
 }
 
 fn now() -> Timestamp {
@@ -153,6 +155,45 @@ impl Service {
         }
     }
 
+    /// Compiles the component into the node's precompile cache in a short-lived process
+    /// outside the container's cgroup: compiling takes far more memory than running (hundreds of
+    /// MiB for an interpreter-sized component), and neither the pod's limit nor this long-lived
+    /// shim should carry that peak.
+    async fn precompile(bundle: &Path, digest: &str) -> Result<(), Error> {
+        let exe = std::env::current_exe().map_err(Error::io("finding the shim binary"))?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg(guest::PRECOMPILE_SUBCOMMAND)
+            .arg(bundle)
+            .arg(digest)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Ok(v) = std::env::var("WA8S_SHIM_CONFIG") {
+            cmd.env("WA8S_SHIM_CONFIG", v);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(Error::io("starting the precompile process"))?;
+        // The library's reaper collects every child's exit, so the outcome comes through the
+        // pipes: "ok" on stdout, else the reason on stderr. Both end when the process does.
+        let (mut out, mut err) = (String::new(), String::new());
+        if let (Some(mut o), Some(mut e)) = (child.stdout.take(), child.stderr.take()) {
+            use tokio::io::AsyncReadExt;
+            let _ = tokio::join!(o.read_to_string(&mut out), e.read_to_string(&mut err));
+        }
+        drop(child);
+        if out.trim() == "ok" {
+            return Ok(());
+        }
+        let why = err.trim().trim_start_matches("wa8s: ");
+        Err(Error::Guest(if why.is_empty() {
+            "compiling the component failed: the process was killed".to_owned()
+        } else {
+            why.to_owned()
+        }))
+    }
+
     /// Follows exits the library's reaper reports.
     fn watch_exits(&self) {
         let me = self.clone();
@@ -173,7 +214,7 @@ impl Service {
 
     async fn create_container(&self, req: &api::CreateTaskRequest) -> Result<u32, Error> {
         let bundle = PathBuf::from(&req.bundle);
-        let spec = ContainerSpec::load(&bundle)?;
+        let mut spec = ContainerSpec::load(&bundle)?;
         let (tx, _) = watch::channel(None);
         let mut container = Container {
             id: req.id.clone(),
@@ -192,12 +233,18 @@ impl Service {
         if spec.kind == Kind::Sandbox {
             // The pause container: the CRI's network namespace already exists; nothing to run.
             self.inner
+                .sandbox_netns
+                .lock()
+                .await
+                .insert(req.id.clone(), spec.netns.clone());
+            self.inner
                 .containers
                 .lock()
                 .await
                 .insert(req.id.clone(), container);
             return Ok(std::process::id());
         }
+        spec.netns = self.container_netns(&spec).await?;
         let rootfs = spec.rootfs(&bundle);
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs).map_err(Error::io("creating the rootfs directory"))?;
@@ -225,6 +272,25 @@ impl Service {
         }
     }
 
+    /// The network namespace a container's guest serves in. The CRI points an app
+    /// container at its sandbox's namespace through the sandbox's PID — for this shim that is
+    /// the shim itself, which sits in the host's namespace — so the sandbox's own namespace
+    /// (recorded at its create) is used instead. Never silently the host's.
+    async fn container_netns(&self, spec: &ContainerSpec) -> Result<Option<PathBuf>, Error> {
+        let ours = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+        if spec.netns.as_deref() != Some(ours.as_path()) {
+            return Ok(spec.netns.clone());
+        }
+        let sandboxes = self.inner.sandbox_netns.lock().await;
+        match spec.sandbox_id.as_ref().and_then(|id| sandboxes.get(id)) {
+            Some(netns) => Ok(netns.clone()),
+            None => Err(Error::Setup(format!(
+                "the container joins the network namespace of sandbox {}, which this shim does not run",
+                spec.sandbox_id.as_deref().unwrap_or("(none named)")
+            ))),
+        }
+    }
+
     /// Obtains the component, creates the cgroup and forks the guest process, which reports
     /// when it is ready to start (or why it cannot run).
     async fn start_guest(
@@ -236,6 +302,7 @@ impl Service {
         let node = NodeConfig::load()?;
         let blobs = node.blobs()?;
         let digest = component::obtain(spec, rootfs, &node, &blobs).await?;
+        Self::precompile(&container.bundle, &digest).await?;
         if let Some(path) = &spec.cgroups_path {
             container.cgroup = Some(Cgroup::create(path, &spec.limits)?);
         }
@@ -311,10 +378,14 @@ impl Service {
         }
         let _ = sys::kill(pid, libc::SIGKILL);
         let why = text.trim().trim_start_matches("error: ");
-        Err(Error::Guest(if why.is_empty() {
-            "the guest process exited before it was ready".into()
-        } else {
-            why.to_owned()
+        let stats = container.cgroup.as_ref().map(Cgroup::stats);
+        Err(Error::Guest(match stats {
+            _ if !why.is_empty() => why.to_owned(),
+            Some(s) if s.oom_kills > 0 => format!(
+                "the guest process ran out of memory while starting (the container's limit is {} bytes)",
+                s.memory_limit
+            ),
+            _ => "the guest process exited before it was ready".into(),
         }))
     }
 }
@@ -358,6 +429,7 @@ impl Shim for Service {
                 containers: Mutex::new(HashMap::new()),
                 early_exits: Mutex::new(HashMap::new()),
                 publisher: Mutex::new(None),
+                sandbox_netns: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -604,6 +676,7 @@ impl Task for Service {
             };
             c
         };
+        self.inner.sandbox_netns.lock().await.remove(&req.id);
         // A created-but-never-started guest is waiting on its start pipe; closing it ends
         // the process.
         if let (Phase::Created, Some(pid)) = (&c.phase, c.pid) {

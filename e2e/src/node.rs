@@ -1,0 +1,557 @@
+//! The local cluster's one node: containerd 2.2 with the CRI plugin (runc for ordinary pods,
+//! the wa8s shim for the `wa8s` runtime handler), a CNI bridge from Debian's plugins, the
+//! kubelet and kube-scheduler — all started by [`ControlPlane::start_node`] and stopped with
+//! the control plane.
+//!
+//! Everything the node makes outside its state directory is named after its network index
+//! (`wa8s<N>` bridge, `/wa8s-node-<N>` cgroup root, `wa8s-<N>` CNI network), so teardown
+//! removes exactly that: pods first (CNI DEL cleans their iptables rules and netns), then
+//! processes by PID, leftover shims by their containerd address, mounts, cgroups, the bridge.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::control_plane::{ControlPlane, Error, io_err};
+use crate::pki::NODE_NAME;
+use crate::process;
+use crate::{binaries, image};
+
+/// The sandbox (pause) image every pod's sandbox uses; imported, never pulled.
+pub const PAUSE_IMAGE: &str = "wa8s.local/pause:1";
+
+/// What the node is wired to.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Directory holding `containerd-shim-wa8s-v1` (put on containerd's PATH).
+    pub shim_dir: PathBuf,
+    /// Which of the machine's local networks to use: 0 for the quickstart cluster, 1 for the
+    /// tests', so both can run at once. Picks the bridge, the pod subnet and the cgroup root.
+    pub network: u8,
+    /// Plain-HTTP registries on loopback (`127.0.0.1:5000`) containerd and the shim may use.
+    pub insecure_registries: Vec<String>,
+    /// `registry host → mirror host`, for containerd (hosts.toml) and the shim alike: the
+    /// air-gapped setup that maps `ghcr.io` to the local registry.
+    pub mirrors: Vec<(String, String)>,
+}
+
+impl NodeOptions {
+    /// The pod subnet (`10.24<N>.0.0/24`).
+    pub fn pod_subnet(&self) -> String {
+        format!("10.24{}.0.0/24", 4 + self.network)
+    }
+
+    fn bridge(&self) -> String {
+        format!("wa8s{}", self.network)
+    }
+
+    fn cgroup_root(&self) -> String {
+        format!("wa8s-node-{}", self.network)
+    }
+
+    fn cni_network(&self) -> String {
+        format!("wa8s-{}", self.network)
+    }
+}
+
+/// The node's files: `<state>/node/…`. Short paths: unix sockets are limited to 108 bytes.
+fn node_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("node")
+}
+
+/// containerd's CRI socket of the node recorded under `state_dir`.
+pub fn containerd_socket(state_dir: &Path) -> PathBuf {
+    node_dir(state_dir).join("containerd.sock")
+}
+
+impl ControlPlane {
+    /// Starts containerd, the kubelet and kube-scheduler, registers node `wa8s-node`, and
+    /// waits until it is `Ready`. Ordinary pods run with runc; pods with runtime class
+    /// handler `wa8s` run in the shim found in `options.shim_dir`.
+    pub fn start_node(&mut self, options: &NodeOptions) -> Result<(), Error> {
+        let bins = binaries::ensure(&[
+            "containerd",
+            "containerd-shim-runc-v2",
+            "ctr",
+            "crictl",
+            "kubelet",
+            "kube-scheduler",
+        ])?;
+        let dir = node_dir(self.state_dir());
+        for sub in [
+            "cni/net.d",
+            "cni/ipam",
+            "certs.d",
+            "kubelet",
+            "pod-logs",
+            "wa8s-cache",
+        ] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(io_err(format!("creating {}", dir.join(sub).display())))?;
+        }
+        std::fs::write(
+            self.state_dir().join("node-network"),
+            options.network.to_string(),
+        )
+        .map_err(io_err("writing node-network"))?;
+        write_cni_config(&dir, options)?;
+        write_registry_hosts(&dir, options)?;
+        write_shim_config(&dir, options)?;
+        let config = containerd_config(&dir);
+        std::fs::write(dir.join("containerd.toml"), config)
+            .map_err(io_err("writing containerd.toml"))?;
+
+        // containerd: the wa8s shim and runc's shim on its PATH, Debian's runc after them.
+        let containerd = &bins["containerd"];
+        let path = std::env::join_paths(
+            [
+                options.shim_dir.clone(),
+                parent(containerd),
+                parent(&bins["containerd-shim-runc-v2"]),
+            ]
+            .into_iter()
+            .chain(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            )),
+        )
+        .map_err(|e| Error::Io {
+            what: "building containerd's PATH".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let mut cmd = Command::new(containerd);
+        cmd.arg("--config")
+            .arg(dir.join("containerd.toml"))
+            .env("PATH", path)
+            .env("WA8S_SHIM_CONFIG", dir.join("shim.json"));
+        self.spawn("containerd", containerd, cmd)?;
+        let ctr = bins["ctr"].clone();
+        let socket = containerd_socket(self.state_dir());
+        self.wait_healthy("containerd", || {
+            ctr_cmd(&ctr, &socket, &["version"]).is_ok_and(|o| o.status.success())
+        })?;
+        import_pause_image(&dir, &ctr, &socket)?;
+
+        let pki = self.state_dir().join("pki");
+        let kubelet_kubeconfig = dir.join("kubelet.kubeconfig");
+        std::fs::write(
+            &kubelet_kubeconfig,
+            kubeconfig(
+                self.server(),
+                &pki.join("ca.crt"),
+                &pki.join("node.crt"),
+                &pki.join("node.key"),
+            ),
+        )
+        .map_err(io_err("writing the kubelet's kubeconfig"))?;
+        let [kubelet_port, healthz_port] = crate::control_plane::free_ports()?;
+        std::fs::write(
+            dir.join("kubelet.yaml"),
+            kubelet_config(&dir, options, &pki, kubelet_port, healthz_port),
+        )
+        .map_err(io_err("writing kubelet.yaml"))?;
+        // The kubelet insists that its cgroup root exists in every hierarchy.
+        create_cgroups(&options.cgroup_root())?;
+        let kubelet = &bins["kubelet"];
+        let mut cmd = Command::new(kubelet);
+        cmd.arg(format!("--config={}", dir.join("kubelet.yaml").display()))
+            .arg(format!("--kubeconfig={}", kubelet_kubeconfig.display()))
+            .arg(format!("--root-dir={}", dir.join("kubelet").display()))
+            .arg(format!("--cert-dir={}", dir.join("kubelet/pki").display()))
+            .arg(format!("--hostname-override={NODE_NAME}"))
+            .arg("--v=1");
+        self.spawn("kubelet", kubelet, cmd)?;
+
+        let scheduler = &bins["kube-scheduler"];
+        let mut cmd = Command::new(scheduler);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig().display()))
+            .args(["--leader-elect=false", "--secure-port=0", "--v=1"]);
+        self.spawn("kube-scheduler", scheduler, cmd)?;
+
+        let kubectl = self.kubectl();
+        self.wait_healthy("kubelet", || {
+            kubectl
+                .ok(&[
+                    "get",
+                    "node",
+                    NODE_NAME,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ])
+                .is_ok_and(|s| s.trim() == "True")
+        })?;
+        Ok(())
+    }
+}
+
+fn parent(p: &Path) -> PathBuf {
+    p.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn containerd_config(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"version = 3
+root = "{d}/containerd/root"
+state = "{d}/containerd/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins.'io.containerd.internal.v1.opt']
+  path = "{d}/containerd/opt"
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+[plugins.'io.containerd.cri.v1.runtime']
+  # runc cannot give sandboxes oom_score_adj -998 without CAP_SYS_RESOURCE.
+  restrict_oom_score_adj = true
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["/usr/lib/cni"]
+  conf_dir = "{d}/cni/net.d"
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = "runc"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wa8s]
+  runtime_type = "io.containerd.wa8s.v1"
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = "{d}/certs.d"
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+"#
+    )
+}
+
+fn write_cni_config(dir: &Path, options: &NodeOptions) -> Result<(), Error> {
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": options.cni_network(),
+        "plugins": [{
+            "type": "bridge",
+            "bridge": options.bridge(),
+            "isGateway": true,
+            "ipMasq": true,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": options.pod_subnet() }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+                "dataDir": dir.join("cni/ipam"),
+            },
+        }],
+    });
+    std::fs::write(
+        dir.join("cni/net.d/10-wa8s.conflist"),
+        serde_json::to_vec_pretty(&config).unwrap_or_default(),
+    )
+    .map_err(io_err("writing the CNI configuration"))
+}
+
+/// containerd's per-registry hosts.toml: plain HTTP for the local registries, and mirrors.
+fn write_registry_hosts(dir: &Path, options: &NodeOptions) -> Result<(), Error> {
+    let plain = |host: &str| options.insecure_registries.iter().any(|r| r == host);
+    let scheme = |host: &str| if plain(host) { "http" } else { "https" };
+    let mut files: Vec<(String, String)> = Vec::new();
+    for reg in &options.insecure_registries {
+        files.push((
+            reg.clone(),
+            format!(
+                "server = \"http://{reg}\"\n[host.\"http://{reg}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n"
+            ),
+        ));
+    }
+    for (from, to) in &options.mirrors {
+        files.push((
+            from.clone(),
+            format!(
+                "server = \"{}://{from}\"\n[host.\"{}://{to}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                scheme(from),
+                scheme(to)
+            ),
+        ));
+    }
+    for (host, text) in files {
+        let d = dir.join("certs.d").join(&host);
+        std::fs::create_dir_all(&d).map_err(io_err(format!("creating {}", d.display())))?;
+        std::fs::write(d.join("hosts.toml"), text)
+            .map_err(io_err(format!("writing {}/hosts.toml", d.display())))?;
+    }
+    Ok(())
+}
+
+/// The shim's node configuration (`WA8S_SHIM_CONFIG`): the same mirrors as containerd's.
+fn write_shim_config(dir: &Path, options: &NodeOptions) -> Result<(), Error> {
+    let mirrors: serde_json::Map<String, serde_json::Value> = options
+        .mirrors
+        .iter()
+        .map(|(f, t)| (f.clone(), serde_json::Value::String(t.clone())))
+        .collect();
+    let config = serde_json::json!({
+        "cacheDir": dir.join("wa8s-cache"),
+        "mirrors": mirrors,
+        "insecureRegistries": options.insecure_registries,
+    });
+    std::fs::write(
+        dir.join("shim.json"),
+        serde_json::to_vec_pretty(&config).unwrap_or_default(),
+    )
+    .map_err(io_err("writing shim.json"))
+}
+
+fn kubelet_config(
+    dir: &Path,
+    options: &NodeOptions,
+    pki: &Path,
+    port: u16,
+    healthz_port: u16,
+) -> String {
+    format!(
+        r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# This machine has cgroup v1 and no systemd.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: /{cgroup_root}
+containerRuntimeEndpoint: unix://{d}/containerd.sock
+port: {port}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: {healthz_port}
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: false
+  x509:
+    clientCAFile: {ca}
+authorization:
+  mode: AlwaysAllow
+clusterDomain: cluster.local
+failSwapOn: false
+protectKernelDefaults: false
+# Nothing may lower oom_score_adj without CAP_SYS_RESOURCE.
+oomScoreAdj: 0
+podLogsDir: {d}/pod-logs
+serializeImagePulls: false
+# A developer's disk is often fuller than a server's: evict only when it is really full.
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%
+  nodefs.inodesFree: 1%
+  imagefs.available: 1%
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+"#,
+        cgroup_root = options.cgroup_root(),
+        d = dir.display(),
+        ca = pki.join("ca.crt").display(),
+    )
+}
+
+fn kubeconfig(server: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: wa8s\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: node\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: node\n  context:\n    cluster: wa8s\n    user: node\ncurrent-context: node\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
+fn ctr_cmd(ctr: &Path, socket: &Path, args: &[&str]) -> std::io::Result<std::process::Output> {
+    let mut cmd = Command::new(ctr);
+    cmd.arg("-a").arg(socket).args(["-n", "k8s.io"]).args(args);
+    process::run_with_timeout(cmd, Duration::from_secs(60))
+}
+
+/// Builds the pause program (static, from `e2e/pause/pause.c`) into an image and imports it
+/// into the CRI's namespace. Sandbox images are never pulled here: no outside registry.
+fn import_pause_image(dir: &Path, ctr: &Path, socket: &Path) -> Result<(), Error> {
+    let source = crate::repo_root().join("e2e/pause/pause.c");
+    let binary = dir.join("pause");
+    let mut cc = Command::new("gcc");
+    cc.args(["-static", "-Os", "-s", "-o"])
+        .arg(&binary)
+        .arg(&source);
+    let out = process::run_with_timeout(cc, Duration::from_secs(60))
+        .map_err(io_err("running gcc for the pause image"))?;
+    if !out.status.success() {
+        return Err(Error::Io {
+            what: format!("building {} with gcc -static", source.display()),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        });
+    }
+    let bytes = std::fs::read(&binary).map_err(io_err("reading the pause binary"))?;
+    let tarball = image::linux(PAUSE_IMAGE, &[("pause", &bytes, 0o755)], &["/pause"])
+        .map_err(io_err("writing the pause image"))?;
+    let path = dir.join("pause.tar");
+    std::fs::write(&path, tarball).map_err(io_err("writing pause.tar"))?;
+    let out = ctr_cmd(
+        ctr,
+        socket,
+        &["image", "import", "--local", &path.to_string_lossy()],
+    )
+    .map_err(io_err("running ctr image import"))?;
+    if !out.status.success() {
+        return Err(Error::Io {
+            what: "importing the pause image".into(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        });
+    }
+    Ok(())
+}
+
+/// Removes every pod of the node recorded under `state_dir` through the CRI (so CNI DEL runs
+/// and each pod's netns and iptables rules go), while its containerd still runs.
+pub(crate) fn remove_pods(state_dir: &Path) {
+    let socket = containerd_socket(state_dir);
+    if !socket.exists() {
+        return;
+    }
+    let Ok(bins) = binaries::ensure(&["crictl"]) else {
+        return;
+    };
+    let endpoint = format!("unix://{}", socket.display());
+    let crictl = |args: &[&str]| {
+        let mut cmd = Command::new(&bins["crictl"]);
+        cmd.args(["--runtime-endpoint", &endpoint, "--timeout", "30s"])
+            .args(args);
+        process::run_with_timeout(cmd, Duration::from_secs(90)).ok()
+    };
+    let _ = crictl(&["rmp", "--all", "--force"]);
+}
+
+/// After the node's processes are gone: stops shims still serving its containerd address,
+/// unmounts what is left under the state directory, removes its cgroups and its bridge.
+pub(crate) fn clean_up_after(state_dir: &Path) {
+    let dir = node_dir(state_dir);
+    let Ok(network) = std::fs::read_to_string(state_dir.join("node-network")) else {
+        return;
+    };
+    let Ok(network) = network.trim().parse::<u8>() else {
+        return;
+    };
+    let options = NodeOptions {
+        shim_dir: PathBuf::new(),
+        network,
+        insecure_registries: Vec::new(),
+        mirrors: Vec::new(),
+    };
+    // Shims outlive containerd by design; ours carry its socket path on their command line.
+    let address = containerd_socket(state_dir).to_string_lossy().into_owned();
+    for pid in processes_mentioning(&address) {
+        process::terminate(pid, None, Duration::from_secs(5));
+    }
+    unmount_under(&dir);
+    remove_cgroups(&options.cgroup_root());
+    let _ = Command::new("ip")
+        .args(["link", "del", &options.bridge()])
+        .stderr(std::process::Stdio::null())
+        .status();
+    // libcni's result cache is machine-wide; drop only this network's entries.
+    if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
+        let prefix = format!("{}-", options.cni_network());
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// Lazily unmounts everything mounted under `dir`, deepest first.
+pub(crate) fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|t| t.starts_with(&prefix))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = Command::new("umount").arg("-l").arg(t).status();
+    }
+}
+
+fn create_cgroups(root: &str) -> Result<(), Error> {
+    let hierarchies =
+        std::fs::read_dir("/sys/fs/cgroup").map_err(io_err("listing /sys/fs/cgroup"))?;
+    for h in hierarchies.flatten() {
+        if h.path().join("cgroup.procs").exists() {
+            let dir = h.path().join(root);
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `/<root>` in every cgroup hierarchy, deepest directories first.
+fn remove_cgroups(root: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hierarchies.flatten() {
+        let top = h.path().join(root);
+        if top.is_dir() {
+            remove_tree(&top);
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl ControlPlane {
+    /// Starts an anonymous plain-HTTP distribution registry on `addr` (e.g. `127.0.0.1:5000`)
+    /// with its storage in the state directory, stopped with the rest of the cluster.
+    pub fn start_registry(&mut self, addr: &str) -> Result<(), Error> {
+        let dir = self.state_dir().join("registry");
+        std::fs::create_dir_all(dir.join("storage"))
+            .map_err(io_err(format!("creating {}", dir.display())))?;
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.join("storage").display()
+        );
+        std::fs::write(dir.join("config.yml"), config)
+            .map_err(io_err("writing the registry's config.yml"))?;
+        let exe = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join("docker-registry"))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::Io {
+                what: "finding docker-registry on PATH".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve").arg(dir.join("config.yml"));
+        self.spawn("registry", &exe, cmd)?;
+        let url = addr.to_owned();
+        self.wait_healthy("registry", || std::net::TcpStream::connect(&url).is_ok())
+    }
+}

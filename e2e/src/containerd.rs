@@ -38,6 +38,30 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// The part of a private containerd's configuration every instance here shares: its own
+/// root, state, sockets and opt directory under `dir`, no NRI (its socket is machine-wide, so
+/// parallel instances would collide), and CRI sandboxes that runc can create without
+/// CAP_SYS_RESOURCE.
+pub(crate) fn base_config(dir: &Path, socket: &Path) -> String {
+    let (d, sock) = (dir.display(), socket.display());
+    format!(
+        r#"version = 3
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins.'io.containerd.internal.v1.opt']
+  path = "{d}/opt"
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+"#
+    )
+}
+
 /// What one `ctr` call printed.
 #[derive(Debug, Clone)]
 pub struct CtrOutput {
@@ -68,27 +92,10 @@ impl Containerd {
         let dir = tmp.path().to_path_buf();
         let d = dir.display();
         // Socket paths must stay short (108 bytes); the temp dir is under /tmp.
+        // Socket paths must stay short (108 bytes); the temp dir is under /tmp.
         let config = format!(
-            r#"version = 3
-root = "{d}/root"
-state = "{d}/state"
-[grpc]
-  address = "{d}/c.sock"
-[ttrpc]
-  address = "{d}/c.sock.ttrpc"
-[debug]
-  address = "{d}/debug.sock"
-  level = "debug"
-[plugins.'io.containerd.internal.v1.opt']
-  path = "{d}/opt"
-[plugins.'io.containerd.nri.v1.nri']
-  # NRI's socket is machine-wide (/var/run/nri/nri.sock); parallel test instances collide.
-  disable = true
-[plugins.'io.containerd.cri.v1.runtime']
-  restrict_oom_score_adj = true
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wa8s]
-  runtime_type = "io.containerd.wa8s.v1"
-"#
+            "{}[debug]\n  address = \"{d}/debug.sock\"\n  level = \"debug\"\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wa8s]\n  runtime_type = \"io.containerd.wa8s.v1\"\n",
+            base_config(&dir, &dir.join("c.sock"))
         );
         std::fs::write(dir.join("config.toml"), config).map_err(io("writing config.toml"))?;
         std::fs::write(

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::control_plane::{ControlPlane, Error, io_err};
 use crate::pki::NODE_NAME;
 use crate::process;
-use crate::{binaries, image};
+use crate::{binaries, image, registry};
 
 /// The sandbox (pause) image every pod's sandbox uses; imported, never pulled.
 pub const PAUSE_IMAGE: &str = "wa8s.local/pause:1";
@@ -40,18 +40,19 @@ impl NodeOptions {
     pub fn pod_subnet(&self) -> String {
         format!("10.24{}.0.0/24", 4 + self.network)
     }
+}
 
-    fn bridge(&self) -> String {
-        format!("wa8s{}", self.network)
-    }
+/// The machine-wide names a node on network `n` creates; teardown derives them the same way.
+fn bridge(n: u8) -> String {
+    format!("wa8s{n}")
+}
 
-    fn cgroup_root(&self) -> String {
-        format!("wa8s-node-{}", self.network)
-    }
+fn cgroup_root(n: u8) -> String {
+    format!("wa8s-node-{n}")
+}
 
-    fn cni_network(&self) -> String {
-        format!("wa8s-{}", self.network)
-    }
+fn cni_network(n: u8) -> String {
+    format!("wa8s-{n}")
 }
 
 /// The node's files: `<state>/node/…`. Short paths: unix sockets are limited to 108 bytes.
@@ -150,7 +151,7 @@ impl ControlPlane {
         )
         .map_err(io_err("writing kubelet.yaml"))?;
         // The kubelet insists that its cgroup root exists in every hierarchy.
-        create_cgroups(&options.cgroup_root())?;
+        create_cgroups(&cgroup_root(options.network))?;
         let kubelet = &bins["kubelet"];
         let mut cmd = Command::new(kubelet);
         cmd.arg(format!("--config={}", dir.join("kubelet.yaml").display()))
@@ -190,21 +191,7 @@ fn parent(p: &Path) -> PathBuf {
 fn containerd_config(dir: &Path) -> String {
     let d = dir.display();
     format!(
-        r#"version = 3
-root = "{d}/containerd/root"
-state = "{d}/containerd/state"
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[plugins.'io.containerd.internal.v1.opt']
-  path = "{d}/containerd/opt"
-[plugins.'io.containerd.nri.v1.nri']
-  disable = true
-[plugins.'io.containerd.cri.v1.runtime']
-  # runc cannot give sandboxes oom_score_adj -998 without CAP_SYS_RESOURCE.
-  restrict_oom_score_adj = true
-[plugins.'io.containerd.cri.v1.runtime'.cni]
+        r#"{base}[plugins.'io.containerd.cri.v1.runtime'.cni]
   bin_dirs = ["/usr/lib/cni"]
   conf_dir = "{d}/cni/net.d"
 [plugins.'io.containerd.cri.v1.runtime'.containerd]
@@ -219,17 +206,19 @@ state = "{d}/containerd/state"
   config_path = "{d}/certs.d"
 [plugins.'io.containerd.grpc.v1.cri']
   stream_server_address = "127.0.0.1"
-"#
+"#,
+        base =
+            crate::containerd::base_config(&dir.join("containerd"), &dir.join("containerd.sock")),
     )
 }
 
 fn write_cni_config(dir: &Path, options: &NodeOptions) -> Result<(), Error> {
     let config = serde_json::json!({
         "cniVersion": "1.0.0",
-        "name": options.cni_network(),
+        "name": cni_network(options.network),
         "plugins": [{
             "type": "bridge",
-            "bridge": options.bridge(),
+            "bridge": bridge(options.network),
             "isGateway": true,
             "ipMasq": true,
             "hairpinMode": true,
@@ -343,7 +332,7 @@ evictionHard:
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 "#,
-        cgroup_root = options.cgroup_root(),
+        cgroup_root = cgroup_root(options.network),
         d = dir.display(),
         ca = pki.join("ca.crt").display(),
     )
@@ -431,26 +420,20 @@ pub(crate) fn clean_up_after(state_dir: &Path) {
     let Ok(network) = network.trim().parse::<u8>() else {
         return;
     };
-    let options = NodeOptions {
-        shim_dir: PathBuf::new(),
-        network,
-        insecure_registries: Vec::new(),
-        mirrors: Vec::new(),
-    };
     // Shims outlive containerd by design; ours carry its socket path on their command line.
     let address = containerd_socket(state_dir).to_string_lossy().into_owned();
     for pid in processes_mentioning(&address) {
         process::terminate(pid, None, Duration::from_secs(5));
     }
     unmount_under(&dir);
-    remove_cgroups(&options.cgroup_root());
+    remove_cgroups(&cgroup_root(network));
     let _ = Command::new("ip")
-        .args(["link", "del", &options.bridge()])
+        .args(["link", "del", &bridge(network)])
         .stderr(std::process::Stdio::null())
         .status();
     // libcni's result cache is machine-wide; drop only this network's entries.
     if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
-        let prefix = format!("{}-", options.cni_network());
+        let prefix = format!("{}-", cni_network(network));
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
                 let _ = std::fs::remove_file(e.path());
@@ -535,19 +518,12 @@ impl ControlPlane {
         let dir = self.state_dir().join("registry");
         std::fs::create_dir_all(dir.join("storage"))
             .map_err(io_err(format!("creating {}", dir.display())))?;
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            dir.join("storage").display()
-        );
-        std::fs::write(dir.join("config.yml"), config)
+        std::fs::write(dir.join("config.yml"), registry::config(&dir, addr, ""))
             .map_err(io_err("writing the registry's config.yml"))?;
-        let exe = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .map(|d| d.join("docker-registry"))
-            .find(|p| p.is_file())
-            .ok_or_else(|| Error::Io {
-                what: "finding docker-registry on PATH".into(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            })?;
+        let exe = registry::which("docker-registry").ok_or_else(|| Error::Io {
+            what: "finding docker-registry on PATH".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
         let mut cmd = Command::new(&exe);
         cmd.arg("serve").arg(dir.join("config.yml"));
         self.spawn("registry", &exe, cmd)?;

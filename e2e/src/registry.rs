@@ -161,12 +161,7 @@ impl Registry {
             );
             ca_pem = Some(ca);
         }
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {addr}\n{tls}{auth}",
-            dir.join("storage").display()
-        );
+        let config = config(dir, &addr, &format!("{tls}{auth}"));
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).map_err(io("writing config.yml"))?;
         let mut cmd = Command::new(&binary);
@@ -276,7 +271,18 @@ fn serving_certificate() -> Result<(String, String, String), rcgen::Error> {
     Ok((ca.pem(), cert.pem(), key.serialize_pem()))
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+/// A registry configuration: filesystem storage under `dir/storage` (deletes allowed), an
+/// access log, listening on `addr`; `extra` is appended (TLS under `http:`, then `auth:`).
+pub(crate) fn config(dir: &Path, addr: &str, extra: &str) -> String {
+    format!(
+        "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
+         storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+         http:\n  addr: {addr}\n{extra}",
+        dir.join("storage").display()
+    )
+}
+
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')

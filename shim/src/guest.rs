@@ -91,7 +91,13 @@ pub fn precompile_main(args: &[String]) -> i32 {
         eprintln!("usage: containerd-shim-wa8s-v1 {PRECOMPILE_SUBCOMMAND} BUNDLE DIGEST");
         return EXIT_STARTUP;
     };
-    match load_program(&PathBuf::from(bundle), digest) {
+    // A cache hit only checks the record; the guest is the one that loads the code.
+    let warmed = Cached::open(Path::new(bundle), digest).and_then(|c| {
+        c.precompiled
+            .ensure(&c.engine, digest, &c.bytes)
+            .map_err(|e| e.to_string())
+    });
+    match warmed {
         Ok(_) => {
             println!("ok");
             0
@@ -103,27 +109,50 @@ pub fn precompile_main(args: &[String]) -> i32 {
     }
 }
 
-/// The spec and the program, compiled or from the precompile cache.
-fn load_program(bundle: &Path, digest: &str) -> Result<(ContainerSpec, Program), String> {
-    let spec = ContainerSpec::load(bundle).map_err(|e| e.to_string())?;
-    let node = NodeConfig::load().map_err(|e| e.to_string())?;
-    let blobs = node.blobs().map_err(|e| e.to_string())?;
-    let bytes = blobs
-        .get(digest)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("component {digest} is not in the node cache"))?;
-    // The same engine configuration in the precompile process and the guest, so the cache
-    // entry one writes is the one the other reads.
-    let engine = HostEngine::new(&EngineConfig {
-        pooled_instances: Some(spec.policy.limits.max_concurrent_requests.clamp(1, 1000)),
-        ..EngineConfig::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let precompiled = PrecompileCache::new(node.precompiled_dir()).map_err(|e| e.to_string())?;
-    let (program, _) = precompiled
-        .load(&engine, digest, &bytes)
+/// What the precompile process and the guest both need: the spec, the component's bytes,
+/// the engine and the precompile cache.
+struct Cached {
+    spec: ContainerSpec,
+    bytes: Vec<u8>,
+    engine: HostEngine,
+    precompiled: PrecompileCache,
+}
+
+impl Cached {
+    fn open(bundle: &Path, digest: &str) -> Result<Self, String> {
+        let spec = ContainerSpec::load(bundle).map_err(|e| e.to_string())?;
+        let node = NodeConfig::load().map_err(|e| e.to_string())?;
+        let blobs = node.blobs().map_err(|e| e.to_string())?;
+        let bytes = blobs
+            .get(digest)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("component {digest} is not in the node cache"))?;
+        // The same engine configuration in the precompile process and the guest, so the
+        // cache entry one writes is the one the other reads.
+        let engine = HostEngine::new(&EngineConfig {
+            pooled_instances: Some(spec.policy.limits.max_concurrent_requests.clamp(1, 1000)),
+            ..EngineConfig::default()
+        })
         .map_err(|e| e.to_string())?;
-    Ok((spec, program))
+        let precompiled =
+            PrecompileCache::new(node.precompiled_dir()).map_err(|e| e.to_string())?;
+        Ok(Cached {
+            spec,
+            bytes,
+            engine,
+            precompiled,
+        })
+    }
+}
+
+/// The spec and the program, from the precompile cache (compiled now if it is missing).
+fn load_program(bundle: &Path, digest: &str) -> Result<(ContainerSpec, Program), String> {
+    let c = Cached::open(bundle, digest)?;
+    let (program, _) = c
+        .precompiled
+        .load(&c.engine, digest, &c.bytes)
+        .map_err(|e| e.to_string())?;
+    Ok((c.spec, program))
 }
 
 /// Loads the program and builds the grants; every error is a sentence for the user.

@@ -69,17 +69,14 @@ impl PrecompileCache {
         digest: &str,
         wasm: &[u8],
     ) -> Result<(Program, Source), Error> {
-        let name = Self::name(engine, digest)?;
-        let actual = format!("sha256:{}", sha256_hex(wasm));
-        if actual != digest {
-            return Err(Error::Engine(format!(
-                "component digest mismatch: expected {digest}, got {actual}"
-            )));
-        }
-        let artifact = self.dir.join(format!("{name}.cwasm"));
-        let record = self.dir.join(format!("{name}.record"));
-        if let Some(program) = self.load_recorded(engine, &artifact, &record) {
-            return Ok((program, Source::Cache));
+        let (artifact, record) = self.paths(engine, digest, wasm)?;
+        if let Some(code) = self.recorded_code(engine, &artifact, &record) {
+            match engine.load_own_precompiled(&code) {
+                Ok(p) => return Ok((p, Source::Cache)),
+                Err(e) => {
+                    tracing::warn!(path = %artifact.display(), "recorded artifact did not load: {e}");
+                }
+            }
         }
         let code = engine.precompile(wasm)?;
         let program = engine.load_own_precompiled(&code)?;
@@ -89,12 +86,47 @@ impl PrecompileCache {
         Ok((program, Source::Compiled))
     }
 
-    fn load_recorded(
+    /// Makes sure the cache holds a recorded artifact for `wasm`, compiling it if not, without
+    /// loading it (for a process that only warms the cache). Unlike [`PrecompileCache::load`],
+    /// failing to write the cache is an error: the caller relies on the entry being there.
+    pub fn ensure(&self, engine: &HostEngine, digest: &str, wasm: &[u8]) -> Result<Source, Error> {
+        let (artifact, record) = self.paths(engine, digest, wasm)?;
+        if self.recorded_code(engine, &artifact, &record).is_some() {
+            return Ok(Source::Cache);
+        }
+        let code = engine.precompile(wasm)?;
+        self.store(engine, digest, &code, &artifact, &record)?;
+        Ok(Source::Compiled)
+    }
+
+    /// The artifact and record paths for `wasm`, after checking it has digest `digest`.
+    fn paths(
+        &self,
+        engine: &HostEngine,
+        digest: &str,
+        wasm: &[u8],
+    ) -> Result<(PathBuf, PathBuf), Error> {
+        let name = Self::name(engine, digest)?;
+        let actual = format!("sha256:{}", sha256_hex(wasm));
+        if actual != digest {
+            return Err(Error::Engine(format!(
+                "component digest mismatch: expected {digest}, got {actual}"
+            )));
+        }
+        Ok((
+            self.dir.join(format!("{name}.cwasm")),
+            self.dir.join(format!("{name}.record")),
+        ))
+    }
+
+    /// The artifact's bytes when this cache recorded it for this engine and it still
+    /// matches its record.
+    fn recorded_code(
         &self,
         engine: &HostEngine,
         artifact: &Path,
         record: &Path,
-    ) -> Option<Program> {
+    ) -> Option<Vec<u8>> {
         let rec: Record = match std::fs::read(record) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(r) => r,
@@ -124,13 +156,7 @@ impl PrecompileCache {
             );
             return None;
         }
-        match engine.load_own_precompiled(&code) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!(path = %artifact.display(), "recorded artifact did not load: {e}");
-                None
-            }
-        }
+        Some(code)
     }
 
     fn store(

@@ -77,3 +77,29 @@ fn bytes_that_do_not_match_the_digest_are_refused() -> Result<()> {
     assert!(err.to_string().contains("is not a sha256 digest"), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn ensure_compiles_once_and_what_it_wrote_is_what_load_uses() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = PrecompileCache::new(dir.path())?;
+    let engine = engine();
+    let hello = digest(guests::HELLO_COMPONENT);
+    assert_eq!(
+        cache.ensure(&engine, &hello, guests::HELLO_COMPONENT)?,
+        Source::Compiled
+    );
+    assert_eq!(
+        cache.ensure(&engine, &hello, guests::HELLO_COMPONENT)?,
+        Source::Cache
+    );
+    let (program, source) = cache.load(&engine, &hello, guests::HELLO_COMPONENT)?;
+    assert_eq!(source, Source::Cache);
+    assert!(says_hello(&program).await?);
+    // The digest is checked before anything is written or trusted.
+    let wrong = digest(guests::HTTP_COMPONENT);
+    let err = cache
+        .ensure(&engine, &wrong, guests::HELLO_COMPONENT)
+        .expect_err("a digest mismatch must be refused");
+    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    Ok(())
+}

@@ -17,6 +17,13 @@ use crate::{DEFAULT_PORT, WebAssemblySpec};
 
 /// Annotation holding the JSON policy document.
 pub const POLICY_ANNOTATION: &str = "wa8s.reconciler.io/policy";
+/// The containerd runtime type of the shim (`containerd-shim-wa8s-v1`).
+pub const RUNTIME_TYPE: &str = "io.containerd.wa8s.v1";
+/// The CRI runtime handler (containerd's runtime name, the RuntimeClass `handler`).
+pub const RUNTIME_HANDLER: &str = "wa8s";
+/// The pod annotations containerd must hand to the runtime (its `pod_annotations` option);
+/// without it the shim sees no policy and denies everything.
+pub const POD_ANNOTATIONS: &[&str] = &[POLICY_ANNOTATION];
 /// The contract version this crate writes and understands.
 pub const CONTRACT_VERSION: u32 = 1;
 /// The container `command` the operator writes. containerd's CRI refuses a container without

@@ -38,6 +38,16 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// The wa8s runtime in containerd 2.x's CRI configuration (version 3).
+pub(crate) fn wa8s_runtime() -> String {
+    use wa8s_api::contract::{POD_ANNOTATIONS, RUNTIME_HANDLER, RUNTIME_TYPE};
+    let annotations: Vec<String> = POD_ANNOTATIONS.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{RUNTIME_HANDLER}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n  pod_annotations = [{}]\n",
+        annotations.join(", ")
+    )
+}
+
 /// The part of a private containerd's configuration every instance here shares: its own
 /// root, state, sockets and opt directory under `dir`, no NRI (its socket is machine-wide, so
 /// parallel instances would collide), and CRI sandboxes that runc can create without
@@ -92,10 +102,10 @@ impl Containerd {
         let dir = tmp.path().to_path_buf();
         let d = dir.display();
         // Socket paths must stay short (108 bytes); the temp dir is under /tmp.
-        // Socket paths must stay short (108 bytes); the temp dir is under /tmp.
         let config = format!(
-            "{}[debug]\n  address = \"{d}/debug.sock\"\n  level = \"debug\"\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wa8s]\n  runtime_type = \"io.containerd.wa8s.v1\"\n",
-            base_config(&dir, &dir.join("c.sock"))
+            "{}[debug]\n  address = \"{d}/debug.sock\"\n  level = \"debug\"\n{}",
+            base_config(&dir, &dir.join("c.sock")),
+            wa8s_runtime()
         );
         std::fs::write(dir.join("config.toml"), config).map_err(io("writing config.toml"))?;
         std::fs::write(

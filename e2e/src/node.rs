@@ -198,9 +198,7 @@ fn containerd_config(dir: &Path) -> String {
   default_runtime_name = "runc"
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wa8s]
-  runtime_type = "io.containerd.wa8s.v1"
-[plugins.'io.containerd.cri.v1.images'.pinned_images]
+{runtime}[plugins.'io.containerd.cri.v1.images'.pinned_images]
   sandbox = "{PAUSE_IMAGE}"
 [plugins.'io.containerd.cri.v1.images'.registry]
   config_path = "{d}/certs.d"
@@ -209,6 +207,7 @@ fn containerd_config(dir: &Path) -> String {
 "#,
         base =
             crate::containerd::base_config(&dir.join("containerd"), &dir.join("containerd.sock")),
+        runtime = crate::containerd::wa8s_runtime(),
     )
 }
 

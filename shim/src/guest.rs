@@ -51,8 +51,13 @@ pub fn main(args: &[String]) -> i32 {
         Err(e) => return fail(&mut status, &format!("starting the async runtime: {e}")),
     };
     let prepared = prepare(PathBuf::from(bundle), digest);
-    let (program, grants, spec) = match prepared {
+    let (program, mut grants, spec) = match prepared {
         Ok(p) => p,
+        Err(message) => return fail(&mut status, &message),
+    };
+    // Held for the life of the process: the grants now name these open directories.
+    let _granted_dirs = match open_granted_dirs(&mut grants) {
+        Ok(dirs) => dirs,
         Err(message) => return fail(&mut status, &message),
     };
     if let Err(e) = crate::sys::drop_privileges(spec.uid, spec.gid, &spec.additional_gids) {
@@ -69,6 +74,28 @@ pub fn main(args: &[String]) -> i32 {
         _ => return EXIT_STARTUP,
     }
     runtime.block_on(run(program, grants, spec.policy.port))
+}
+
+/// Opens each granted directory while the process may still reach it, and points the grant
+/// at the open directory (`/proc/self/fd/N`). The kubelet keeps volumes under
+/// `/var/lib/kubelet/pods/<uid>/`, which only root may traverse; after dropping to the
+/// pod's user the guest could otherwise not open them, though the volume itself is the
+/// pod's to use.
+fn open_granted_dirs(grants: &mut Grants) -> Result<Vec<std::fs::File>, String> {
+    use std::os::fd::AsRawFd;
+    let mut held = Vec::with_capacity(grants.dirs.len());
+    for d in &mut grants.dirs {
+        let dir = std::fs::File::open(&d.host).map_err(|e| {
+            format!(
+                "grant directory {}: cannot open {}: {e}",
+                d.guest,
+                d.host.display()
+            )
+        })?;
+        d.host = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        held.push(dir);
+    }
+    Ok(held)
 }
 
 fn owned_fd(fd: i32) -> Option<std::fs::File> {

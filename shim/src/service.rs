@@ -32,6 +32,7 @@ use crate::error::Error;
 use crate::guest;
 use crate::spec::{ContainerSpec, Kind};
 use crate::sys::{self, Confinement};
+use wa8s_api::contract::POLICY_ANNOTATION;
 
 /// How long a guest process gets to load its component and report.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -215,6 +216,18 @@ impl Service {
     async fn create_container(&self, req: &api::CreateTaskRequest) -> Result<u32, Error> {
         let bundle = PathBuf::from(&req.bundle);
         let mut spec = ContainerSpec::load(&bundle)?;
+        if spec.kind == Kind::App
+            && spec.sandbox_id.is_some()
+            && !spec.annotations.contains_key(POLICY_ANNOTATION)
+        {
+            // Fail closed, but say why: a CRI container without the policy usually means
+            // containerd was not told to pass it (`pod_annotations` on the runtime).
+            log::warn!(
+                "container {}: no {POLICY_ANNOTATION} annotation, so the component runs with no grants; \
+                 if its pod has one, add pod_annotations = [\"{POLICY_ANNOTATION}\"] to the wa8s runtime in containerd's configuration",
+                req.id
+            );
+        }
         let (tx, _) = watch::channel(None);
         let mut container = Container {
             id: req.id.clone(),

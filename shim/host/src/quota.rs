@@ -33,8 +33,12 @@ const ENOSPC: i32 = 28;
 pub(crate) struct Quotas(Arc<Vec<Bound>>);
 
 struct Bound {
-    /// Canonical host path, so a file's path can be matched against it.
+    /// The kernel's path of the directory, so a file's path can be matched against it.
     root: PathBuf,
+    /// The path the grant names, walked to measure usage. It may be a `/proc/self/fd/N`
+    /// link to a directory opened before privileges were dropped, whose parents the guest
+    /// process can no longer traverse.
+    walk: PathBuf,
     max: u64,
     guest: String,
 }
@@ -44,12 +48,17 @@ impl Quotas {
         let mut bounds = Vec::new();
         for d in &grants.dirs {
             let Some(max) = d.max_bytes else { continue };
-            let root = d.host.canonicalize().map_err(|e| Error::Grant {
-                what: format!("directory {}", d.guest),
-                reason: format!("cannot open {}: {e}", d.host.display()),
-            })?;
+            // Resolved through the open directory, as `bound_of` resolves files, rather
+            // than by walking parents the process may not be allowed to traverse.
+            let root = std::fs::File::open(&d.host)
+                .and_then(|dir| std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())))
+                .map_err(|e| Error::Grant {
+                    what: format!("directory {}", d.guest),
+                    reason: format!("cannot open {}: {e}", d.host.display()),
+                })?;
             bounds.push(Bound {
                 root,
+                walk: d.host.clone(),
                 max,
                 guest: d.guest.clone(),
             });
@@ -78,7 +87,7 @@ impl Quotas {
         if growth == 0 {
             return Ok(());
         }
-        let used = usage(&bound.root);
+        let used = usage(&bound.walk);
         if used.saturating_add(growth) > bound.max {
             tracing::debug!(
                 dir = %bound.guest,

@@ -7,12 +7,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source e2e/scripts/prerequisites.sh
 
 # Build (or find cached) upstream binaries before the Rust tests need them.
-bash e2e/scripts/build-binaries.sh etcd kube-apiserver kubectl >/dev/null
+bash e2e/scripts/build-binaries.sh etcd kube-apiserver kube-controller-manager kube-scheduler \
+  kubelet kubectl containerd ctr containerd-shim-runc-v2 crictl >/dev/null
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (the binaries the end-to-end scenarios run: shim, operator, CLI)"
+cargo build --locked -p wa8s-shim -p wa8s-operator -p wa8s-cli --bins
 echo "== cargo test"
 # Every test binary runs under a time limit (see test-runner.sh).
 runner="$(pwd)/e2e/scripts/test-runner.sh"

@@ -368,7 +368,7 @@ pub fn is_up(state_dir: &Path) -> bool {
 }
 
 /// Removes test control planes left by runs whose process no longer exists.
-fn sweep_stale(run: &Path) {
+pub(crate) fn sweep_stale(run: &Path) {
     let Ok(entries) = std::fs::read_dir(run) else {
         return;
     };
@@ -427,7 +427,7 @@ fn apiserver_ready(kubectl: &Kubectl) -> bool {
 /// The shared control plane lives in a static that is never dropped; its processes would die
 /// with the test process anyway (PR_SET_PDEATHSIG), but stopping them by PID and removing the
 /// state directory at exit leaves nothing behind.
-fn stop_at_exit(dir: &Path) {
+pub(crate) fn stop_at_exit(dir: &Path) {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     extern "C" fn stop() {
         if let Some(dir) = DIR.get() {

@@ -155,6 +155,60 @@ impl Kubectl {
         })
     }
 
+    /// `kubectl port-forward -n namespace target :remote_port` (e.g. `svc/name`), running
+    /// until the returned guard drops. Waits until it forwards.
+    pub fn port_forward(
+        &self,
+        namespace: &str,
+        target: &str,
+        remote_port: u16,
+    ) -> Result<PortForward, Error> {
+        use std::io::{BufRead, BufReader};
+        let args = format!("port-forward -n {namespace} {target} :{remote_port}");
+        let run_err = |source| Error::Run {
+            args: args.clone(),
+            source,
+        };
+        let mut child = Command::new(&self.binary)
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(["port-forward", "-n", namespace, target])
+            .arg(format!(":{remote_port}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(run_err)?;
+        // "Forwarding from 127.0.0.1:PORT -> REMOTE" once it listens; read it off a thread
+        // so a silent kubectl cannot hang the test.
+        let stdout = child.stdout.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Some(out) = stdout else { return };
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let port = line
+                    .strip_prefix("Forwarding from 127.0.0.1:")
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|p| p.parse::<u16>().ok());
+                if let Some(p) = port {
+                    let _ = tx.send(p);
+                }
+            }
+        });
+        match rx.recv_timeout(CALL_TIMEOUT) {
+            Ok(port) => Ok(PortForward {
+                child,
+                addr: format!("127.0.0.1:{port}"),
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().map_err(run_err)?;
+                Err(Error::Failed {
+                    args,
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })
+            }
+        }
+    }
+
     /// Retries `check` until it returns `Some`, for up to `timeout`.
     pub fn eventually<T>(
         &self,
@@ -164,6 +218,27 @@ impl Kubectl {
     ) -> Result<T, Error> {
         eventually(timeout, Duration::from_millis(250), || check(self))
             .ok_or_else(|| Error::Timeout(timeout, what.to_owned()))
+    }
+}
+
+/// A running `kubectl port-forward`; stopped on drop.
+#[derive(Debug)]
+pub struct PortForward {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl PortForward {
+    /// The local `127.0.0.1:port` that forwards.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

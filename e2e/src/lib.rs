@@ -8,6 +8,7 @@
 pub mod binaries;
 pub mod containerd;
 pub mod control_plane;
+pub mod dns;
 pub mod image;
 pub mod kubectl;
 pub mod netns;
@@ -15,6 +16,7 @@ pub mod node;
 pub mod pki;
 pub mod process;
 pub mod registry;
+pub mod scenario;
 pub mod token;
 
 use std::path::PathBuf;

@@ -33,9 +33,18 @@ pub struct NodeOptions {
     /// `registry host → mirror host`, for containerd (hosts.toml) and the shim alike: the
     /// air-gapped setup that maps `ghcr.io` to the local registry.
     pub mirrors: Vec<(String, String)>,
+    /// The cluster DNS server pods resolve through (the kubelet's `clusterDNS`); `None`:
+    /// pods use the node's resolv.conf.
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
 }
 
 impl NodeOptions {
+    /// The bridge's own address, the pods' gateway (`10.24<N>.0.1`): how pods reach
+    /// servers on the node.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 244 + self.network, 0, 1)
+    }
+
     /// The pod subnet (`10.24<N>.0.0/24`).
     pub fn pod_subnet(&self) -> String {
         format!("10.24{}.0.0/24", 4 + self.network)
@@ -330,8 +339,12 @@ evictionHard:
   imagefs.available: 1%
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-"#,
+{dns}"#,
         cgroup_root = cgroup_root(options.network),
+        dns = options
+            .cluster_dns
+            .map(|ip| format!("clusterDNS: [\"{ip}\"]\n"))
+            .unwrap_or_default(),
         d = dir.display(),
         ca = pki.join("ca.crt").display(),
     )
@@ -426,10 +439,20 @@ pub(crate) fn clean_up_after(state_dir: &Path) {
     }
     unmount_under(&dir);
     remove_cgroups(&cgroup_root(network));
-    let _ = Command::new("ip")
-        .args(["link", "del", &bridge(network)])
-        .stderr(std::process::Stdio::null())
-        .status();
+    // A scenario's upstream server namespace (its veth goes with it), then the bridge.
+    for args in [
+        [
+            "netns",
+            "del",
+            &crate::scenario::Upstream::netns_name(network),
+        ],
+        ["link", "del", &bridge(network)],
+    ] {
+        let _ = Command::new("ip")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
     // libcni's result cache is machine-wide; drop only this network's entries.
     if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
         let prefix = format!("{}-", cni_network(network));

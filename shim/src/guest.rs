@@ -28,6 +28,9 @@ pub const PRECOMPILE_SUBCOMMAND: &str = "precompile";
 pub const START_FD: i32 = 3;
 /// Descriptor readiness (`ok`) or the startup error is reported on.
 pub const STATUS_FD: i32 = 4;
+/// Environment variable (of the guest process, not the component) listing the node's own
+/// addresses, comma-separated: blocked for the component unless listed literally.
+pub const NODE_ADDRESSES_ENV: &str = "WA8S_NODE_ADDRESSES";
 /// Exit status when the guest could not be started (bad grant, unusable component).
 pub const EXIT_STARTUP: i32 = 2;
 /// How long in-flight requests may finish after SIGTERM; the kubelet's grace period
@@ -42,6 +45,10 @@ pub fn main(args: &[String]) -> i32 {
     };
     let mut status = owned_fd(STATUS_FD);
     let mut start = owned_fd(START_FD);
+    // First, while this process has one thread: names resolve as in the pod.
+    if let Err(message) = use_pod_name_files(Path::new(bundle)) {
+        return fail(&mut status, &message);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -74,6 +81,23 @@ pub fn main(args: &[String]) -> i32 {
         _ => return EXIT_STARTUP,
     }
     runtime.block_on(run(program, grants, spec.policy.port))
+}
+
+/// The files the pod's resolver reads, which the kubelet mounts into each container.
+const NAME_FILES: &[&str] = &["/etc/hosts", "/etc/resolv.conf"];
+
+/// Makes the guest resolve names with its pod's `/etc/hosts` and `/etc/resolv.conf` (the
+/// kubelet's, with the pod's host aliases and cluster DNS) rather than the node's, as a
+/// process in a container of the pod would.
+fn use_pod_name_files(bundle: &Path) -> Result<(), String> {
+    let spec = ContainerSpec::load(bundle).map_err(|e| e.to_string())?;
+    let files: Vec<(PathBuf, &str)> = NAME_FILES
+        .iter()
+        .filter_map(|target| Some((spec.mounts.get(*target)?.clone(), *target)))
+        .filter(|(_, target)| Path::new(target).exists())
+        .collect();
+    crate::sys::private_files(&files)
+        .map_err(|e| format!("using the pod's name resolution files: {e}"))
 }
 
 /// Opens each granted directory while the process may still reach it, and points the grant
@@ -224,8 +248,19 @@ fn prepare(bundle: PathBuf, digest: &str) -> Result<(Program, Grants, ContainerS
             max_bytes: fs.max_size_bytes,
         });
     }
+    // The node's own addresses stay blocked like loopback: a granted name pointed at the
+    // node (by DNS) must not reach the kubelet or other node services.
+    let node_addresses = std::env::var(NODE_ADDRESSES_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse()
+                .map_err(|_| format!("{NODE_ADDRESSES_ENV}: {a:?} is not an IP address"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     grants.network =
-        NetworkPolicy::new(&policy.allowed_hosts, Vec::new()).map_err(|e| e.to_string())?;
+        NetworkPolicy::new(&policy.allowed_hosts, node_addresses).map_err(|e| e.to_string())?;
     grants.limits.memory_bytes = policy.limits.memory_bytes;
     grants.limits.timeout = Some(Duration::from_millis(policy.limits.request_timeout_ms));
     grants.limits.max_concurrent_requests = policy.limits.max_concurrent_requests as usize;

@@ -340,6 +340,17 @@ impl Service {
         if let Ok(v) = std::env::var("WA8S_SHIM_CONFIG") {
             cmd.env("WA8S_SHIM_CONFIG", v);
         }
+        // Read here, in the node's network namespace; the guest runs in the pod's.
+        let node_addresses =
+            sys::interface_addresses().map_err(Error::io("listing the node's addresses"))?;
+        cmd.env(
+            guest::NODE_ADDRESSES_ENV,
+            node_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         let confinement = Confinement {
             cgroup_procs: container
                 .cgroup

@@ -125,6 +125,90 @@ pub fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives this process a private mount namespace in which each `(source, target)` file is
+/// bind-mounted read-only over `target`. The guest uses it to resolve names with its pod's
+/// `/etc/hosts` and `/etc/resolv.conf` instead of the node's. Call while the process is
+/// still single-threaded (unshare of the mount namespace refuses a process sharing its
+/// filesystem context with threads) and before dropping privileges.
+pub fn private_files(files: &[(std::path::PathBuf, &str)]) -> io::Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let cstr = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let root = cstr(b"/")?;
+    let none = cstr(b"none")?;
+    // SAFETY: plain system calls on NUL-terminated strings that outlive them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        // Nothing mounted here propagates back to the node; the node's unmounts (other
+        // pods' volumes) still propagate here, so this namespace pins none of them.
+        check(libc::mount(
+            none.as_ptr(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ))?;
+        for (source, target) in files {
+            use std::os::unix::ffi::OsStrExt;
+            let source = cstr(source.as_os_str().as_bytes())?;
+            let target = cstr(target.as_bytes())?;
+            check(libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                none.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// The addresses of this network namespace's interfaces (the node's, when called by the
+/// shim), loopback excluded.
+pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we only read, then free once.
+    unsafe {
+        check(libc::getifaddrs(&mut list))?;
+        let mut out = Vec::new();
+        let mut cur = list;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*addr.cast::<libc::sockaddr_in>();
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*addr.cast::<libc::sockaddr_in6>();
+                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(list);
+        out.retain(|ip| !ip.is_loopback());
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
 /// Sends `signal` to `pid`.
 pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;

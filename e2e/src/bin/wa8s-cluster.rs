@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
                         network: 0,
                         insecure_registries: vec![REGISTRY.to_owned()],
                         mirrors: vec![("ghcr.io".to_owned(), REGISTRY.to_owned())],
+                        cluster_dns: None,
                     })?;
                     Ok(())
                 })();

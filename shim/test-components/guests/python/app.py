@@ -4,8 +4,12 @@
   /env/NAME      -> the value of NAME as the guest sees it, or "<unset>"
   /fetch/HOST:PORT/PATH -> GET http://HOST:PORT/PATH from inside the guest; 200 with the
                     upstream status and body, or 502 naming the host's refusal
+  /write/N/PATH    -> writes N bytes to /PATH (appending); 200 "wrote N", or 500 "errno NAME"
+  /read/PATH       -> 200 with the file's contents, or 500 "errno NAME"
+  /log/TEXT        -> prints TEXT on stdout (the container's log); 200
 """
 
+import errno
 import os
 
 from componentize_py_types import Err, Ok
@@ -30,6 +34,13 @@ class IncomingHandler(exports.IncomingHandler):
             body = (os.environ.get(path[len("/env/"):], "<unset>") + "\n").encode()
         elif path.startswith("/fetch/"):
             status, body = fetch(path[len("/fetch/"):])
+        elif path.startswith("/write/"):
+            count, _, name = path[len("/write/"):].partition("/")
+            status, body = write("/" + name, int(count))
+        elif path.startswith("/read/"):
+            status, body = read("/" + path[len("/read/"):])
+        elif path.startswith("/log/"):
+            print(path[len("/log/"):], flush=True)
         respond(response_out, status, body)
 
 
@@ -67,6 +78,24 @@ def fetch(rest: str):
                     except Err:
                         break
     return 200, f"upstream {status}: ".encode() + data
+
+
+def write(name: str, count: int):
+    try:
+        with open(name, "ab") as f:
+            f.write(b"x" * count)
+            f.flush()
+    except OSError as e:
+        return 500, f"errno {errno.errorcode.get(e.errno, e.errno)}\n".encode()
+    return 200, f"wrote {count}\n".encode()
+
+
+def read(name: str):
+    try:
+        with open(name, "rb") as f:
+            return 200, f.read()
+    except OSError as e:
+        return 500, f"errno {errno.errorcode.get(e.errno, e.errno)}\n".encode()
 
 
 def respond(response_out: ResponseOutparam, status: int, body: bytes) -> None:

@@ -1,0 +1,349 @@
+//! The whole single-node cluster end-to-end scenarios run on, shared by the tests of one
+//! process: control plane, kube-controller-manager, kube-scheduler, a registry that the node
+//! and the operator use as the mirror of `ghcr.io` (the air-gapped setup), a node (network 1,
+//! so it can run beside the quickstart's) whose pods resolve names through a test DNS server,
+//! and the wa8s operator binary. Everything is stopped by PID when the process exits.
+//!
+//! The wa8s binaries are the ones built beside the test (`target/<profile>/`): build them
+//! first (`cargo build -p wa8s-shim -p wa8s-operator -p wa8s-cli`; the test script does).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::control_plane::{self, ControlPlane, free_ports};
+use crate::dns::DnsServer;
+use crate::kubectl::Kubectl;
+use crate::netns::Netns;
+use crate::node::NodeOptions;
+use crate::process::Lifetime;
+use crate::{cache_dir, repo_root};
+
+/// The node network the scenarios use (the quickstart's is 0).
+const NETWORK: u8 = 1;
+
+/// A running cluster with the operator.
+#[derive(Debug)]
+pub struct Cluster {
+    cp: ControlPlane,
+    registry: String,
+    node: NodeOptions,
+    dns: DnsServer,
+    bin_dir: PathBuf,
+}
+
+impl Cluster {
+    /// The cluster every test of this process shares, started on first use.
+    pub fn shared() -> Result<&'static Cluster, String> {
+        static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Cluster::start().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn start() -> anyhow::Result<Cluster> {
+        let bin_dir = bin_dir()?;
+        let run = cache_dir().join("run");
+        control_plane::sweep_stale(&run);
+        let dir = run.join(format!("test-{}-node", std::process::id()));
+        let mut cp = ControlPlane::start(&dir, Lifetime::Attached)?;
+        control_plane::stop_at_exit(cp.state_dir());
+        cp.start_controller_manager()?;
+        let [port] = free_ports::<1>()?;
+        let registry = format!("127.0.0.1:{port}");
+        cp.start_registry(&registry)?;
+        let mut node = NodeOptions {
+            shim_dir: bin_dir.clone(),
+            network: NETWORK,
+            insecure_registries: vec![registry.clone()],
+            mirrors: vec![("ghcr.io".to_owned(), registry.clone())],
+            cluster_dns: None,
+        };
+        node.cluster_dns = Some(node.gateway());
+        let dns = DnsServer::start(SocketAddr::from((node.gateway(), 53)))?;
+        cp.start_node(&node)?;
+
+        let kubectl = cp.kubectl();
+        kubectl.install_crd()?;
+        kubectl.ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &repo_root()
+                .join("e2e/manifests/runtimeclass.yaml")
+                .to_string_lossy(),
+        ])?;
+
+        // The operator as users run it outside a cluster: the admin kubeconfig, the mirror,
+        // and a short resolve interval so a moved tag shows within a test's patience.
+        let [http_port] = free_ports::<1>()?;
+        let exe = bin_dir.join("wa8s-operator");
+        let mut cmd = Command::new(&exe);
+        cmd.env("KUBECONFIG", cp.kubeconfig())
+            .env("RUST_LOG", "info")
+            .arg(format!("--mirror=ghcr.io={registry}"))
+            .arg(format!("--insecure-registry={registry}"))
+            .arg("--leader-elect=false")
+            .arg("--resolve-interval=10s")
+            .arg(format!("--http-addr=127.0.0.1:{http_port}"));
+        cp.spawn("wa8s-operator", &exe, cmd)?;
+        let ready = format!("127.0.0.1:{http_port}");
+        cp.wait_healthy("wa8s-operator", || {
+            http_get(&ready, "/readyz").is_ok_and(|(status, _)| status == 200)
+        })?;
+        Ok(Cluster {
+            cp,
+            registry,
+            node,
+            dns,
+            bin_dir,
+        })
+    }
+
+    /// The real kubectl with an admin kubeconfig.
+    pub fn kubectl(&self) -> Kubectl {
+        self.cp.kubectl()
+    }
+
+    /// The registry (`127.0.0.1:port`) that stands in for `ghcr.io`.
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// The node's wiring (its gateway is the node's address on the pod network).
+    pub fn node(&self) -> &NodeOptions {
+        &self.node
+    }
+
+    /// The DNS server the pods resolve through.
+    pub fn dns(&self) -> &DnsServer {
+        &self.dns
+    }
+
+    /// The control plane's state directory (logs of every process).
+    pub fn state_dir(&self) -> &Path {
+        self.cp.state_dir()
+    }
+
+    /// Pushes `wasm` with the `wa8s` CLI as `<registry>/<repository>:<tag>`, i.e. as
+    /// `ghcr.io/<repository>:<tag>` for the cluster. Returns the manifest digest.
+    pub fn push(&self, wasm: &[u8], repository_tag: &str) -> anyhow::Result<String> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("component.wasm");
+        std::fs::write(&file, wasm)?;
+        let reference = format!("{}/{repository_tag}", self.registry);
+        let out = crate::process::run_with_timeout(
+            {
+                let mut c = Command::new(self.bin_dir.join("wa8s"));
+                c.arg("push").arg(&file).arg(&reference);
+                c
+            },
+            Duration::from_secs(60),
+        )?;
+        anyhow::ensure!(
+            out.status.success(),
+            "wa8s push {reference}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("sha256:"))
+            .map(|l| l.trim().to_owned())
+            .ok_or_else(|| anyhow::anyhow!("wa8s push printed no digest: {stdout}"))
+    }
+}
+
+/// `target/<profile>/`, where the wa8s binaries are built beside the tests.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test binary>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    for bin in ["containerd-shim-wa8s-v1", "wa8s-operator", "wa8s"] {
+        anyhow::ensure!(
+            dir.join(bin).is_file(),
+            "no {bin} in {}: build the wa8s binaries first (cargo build -p wa8s-shim -p wa8s-operator -p wa8s-cli)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// A plain HTTP/1.0 GET: `(status, body)`.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("{addr} is not host:port")))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A minimal HTTP server answering every request with 200 and a fixed body; stopped on drop.
+#[derive(Debug)]
+pub struct HttpResponder {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl HttpResponder {
+    /// Serves on `listener` from a thread.
+    pub fn spawn(listener: TcpListener, body: &str) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let body = body.to_owned();
+        std::thread::spawn(move || serve(&listener, &body, &flag));
+        Ok(HttpResponder { addr, stop })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for HttpResponder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(listener: &TcpListener, body: &str, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A server that is not the node: its own network namespace, joined to the node's pod bridge
+/// by a veth pair with address `ip`, answering HTTP on `ip:port`. Removed on drop.
+#[derive(Debug)]
+pub struct Upstream {
+    _responder: HttpResponder,
+    _netns: Netns,
+    addr: SocketAddr,
+}
+
+impl Upstream {
+    /// Name of the namespace on network `n`; teardown of a node removes a leftover one.
+    pub fn netns_name(network: u8) -> String {
+        format!("wa8s-upstream{network}")
+    }
+
+    /// Starts it on `node`'s bridge, which exists once a pod has run on the node.
+    pub fn start(node: &NodeOptions, ip: Ipv4Addr, port: u16, body: &str) -> anyhow::Result<Self> {
+        let name = Self::netns_name(node.network);
+        let netns = Netns::new(&name)?;
+        let (outside, inside) = (format!("wa8s-up{}", node.network), "eth0");
+        let ip_cmd = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("ip").args(args).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        let _ = Command::new("ip")
+            .args(["link", "del", &outside])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip_cmd(&[
+            "link", "add", &outside, "type", "veth", "peer", "name", inside, "netns", &name,
+        ])?;
+        ip_cmd(&[
+            "link",
+            "set",
+            &outside,
+            "master",
+            &format!("wa8s{}", node.network),
+            "up",
+        ])?;
+        ip_cmd(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            inside,
+        ])?;
+        ip_cmd(&["-n", &name, "link", "set", inside, "up"])?;
+        ip_cmd(&[
+            "-n",
+            &name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &node.gateway().to_string(),
+        ])?;
+        let listener = listen_in(&netns.path(), SocketAddr::from((ip, port)))?;
+        Ok(Upstream {
+            _responder: HttpResponder::spawn(listener, body)?,
+            _netns: netns,
+            addr: SocketAddr::from((ip, port)),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// A listener on `addr` inside the network namespace at `netns`: bound from a thread that
+/// joined it (a socket stays in the namespace it was made in).
+#[allow(unsafe_code)]
+fn listen_in(netns: &Path, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(netns)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a descriptor we own; it changes only this thread's namespace.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            Ok(TcpListener::bind(addr)?)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+    })
+}

@@ -1,0 +1,459 @@
+//! End-to-end scenarios on a real single-node cluster (see `wa8s_e2e::scenario`): the users'
+//! manifest verbatim, grants inside real pods, scale and delete, and bad modules. Each test
+//! uses its own namespace; the cluster is shared and stopped when the test process exits.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use wa8s_e2e::Kubectl;
+use wa8s_e2e::scenario::{Cluster, HttpResponder, Upstream, http_get};
+
+/// How long an applied object may take to become Ready (pull, compile, start).
+const READY: Duration = Duration::from_secs(240);
+
+fn cluster() -> Result<&'static Cluster> {
+    Cluster::shared().map_err(anyhow::Error::msg)
+}
+
+/// Waits for `Ready`; on failure the error carries what a person would look at.
+fn wait_ready(k: &Kubectl, ns: &str, name: &str) -> Result<()> {
+    let out = k.run(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=Ready",
+        &format!("--timeout={}s", READY.as_secs()),
+        &format!("webassembly/{name}"),
+    ])?;
+    if out.success {
+        return Ok(());
+    }
+    let state = k
+        .run(&["get", "webassembly,deploy,pods", "-n", ns, "-o", "wide"])
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let conditions = k
+        .run(&[
+            "get",
+            "webassembly",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.conditions}",
+        ])
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    bail!("{name} not Ready: {}\n{state}\n{conditions}", out.stderr)
+}
+
+/// `(status, reason, message)` of condition `type_` of WebAssembly `name`.
+fn condition(
+    k: &Kubectl,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Result<Option<(String, String, String)>> {
+    let out = k.ok(&[
+        "get",
+        "webassembly",
+        name,
+        "-n",
+        ns,
+        "-o",
+        &format!(
+            "jsonpath={{range .status.conditions[?(@.type==\"{type_}\")]}}{{.status}}{{\"\\t\"}}{{.reason}}{{\"\\t\"}}{{.message}}{{end}}"
+        ),
+    ])?;
+    let mut parts = out.splitn(3, '\t');
+    Ok(match (parts.next(), parts.next(), parts.next()) {
+        (Some(s), Some(r), Some(m)) if !s.is_empty() => Some((s.into(), r.into(), m.into())),
+        _ => None,
+    })
+}
+
+fn jsonpath(k: &Kubectl, ns: &str, object: &str, path: &str) -> Result<String> {
+    Ok(k.ok(&["get", object, "-n", ns, "-o", &format!("jsonpath={path}")])?)
+}
+
+#[test]
+fn the_users_manifest_runs_verbatim_from_the_mirrored_registry_and_answers_through_its_service()
+-> Result<()> {
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("seed")?;
+    let n = ns.name();
+    // The component the manifest names, as ghcr.io/myorg/image-processor:v1.2.3 through the
+    // mirror, as an air-gapped cluster would have it.
+    let digest = c.push(
+        wa8s_test_components::HTTP_COMPONENT,
+        "myorg/image-processor:v1.2.3",
+    )?;
+    let seed = std::fs::read_to_string(wa8s_e2e::shared_dir().join("fixtures/seed-deploy.yaml"))?;
+    let applied = k.apply(n, &seed)?;
+    assert!(applied.success, "seed manifest refused: {}", applied.stderr);
+    wait_ready(&k, n, "image-processor")?;
+
+    assert_eq!(
+        jsonpath(
+            &k,
+            n,
+            "webassembly/image-processor",
+            "{.status.module.digest}"
+        )?,
+        digest
+    );
+    let pods = k.eventually(Duration::from_secs(60), "2 running pods", |k| {
+        let phases = k
+            .ok(&[
+                "get",
+                "pods",
+                "-n",
+                n,
+                "-l",
+                "app.kubernetes.io/instance=image-processor",
+                "-o",
+                "jsonpath={.items[*].status.phase}",
+            ])
+            .ok()?;
+        (phases
+            .split_whitespace()
+            .filter(|p| *p == "Running")
+            .count()
+            == 2)
+            .then_some(phases)
+    })?;
+    assert_eq!(pods.split_whitespace().count(), 2, "{pods}");
+    let hpa = jsonpath(
+        &k,
+        n,
+        "hpa/image-processor",
+        "{.spec.minReplicas} {.spec.maxReplicas} {.spec.metrics[0].resource.name} {.spec.metrics[0].resource.target.averageUtilization}",
+    )?;
+    assert_eq!(hpa, "2 100 memory 80");
+    let image = jsonpath(
+        &k,
+        n,
+        "deploy/image-processor",
+        "{.spec.template.spec.containers[0].image}",
+    )?;
+    assert_eq!(image, format!("ghcr.io/myorg/image-processor@{digest}"));
+
+    let forward = k.port_forward(n, "svc/image-processor", 80)?;
+    let (status, body) = http_get(forward.addr(), "/")?;
+    assert_eq!((status, body.trim()), (200, "hello from wasm"));
+    Ok(())
+}
+
+/// The Python test guest (componentize-py): `/env/NAME`, `/fetch/HOST:PORT/PATH`,
+/// `/write/N/PATH`, `/read/PATH`, `/log/TEXT`.
+fn python_guest() -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("guest.wasm");
+    let script = wa8s_e2e::repo_root().join("shim/test-components/guests/build.sh");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(&script).arg("python").arg(&out);
+    let run = wa8s_e2e::process::run_with_timeout(cmd, Duration::from_secs(600))?;
+    if !run.status.success() {
+        bail!(
+            "building the Python guest: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    Ok(std::fs::read(&out)?)
+}
+
+#[test]
+fn grants_hold_inside_real_pods() -> Result<()> {
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("grants")?;
+    let n = ns.name();
+    c.push(&python_guest()?, "myorg/grants-probe:v1")?;
+    k.ok(&[
+        "create",
+        "configmap",
+        "origins",
+        "-n",
+        n,
+        "--from-literal=ALLOWED_ORIGINS=https://shop.example.com",
+        "--from-literal=NOT_GRANTED=secret",
+    ])?;
+    let manifest = r#"
+apiVersion: wa8s.reconciler.io/v1
+kind: WebAssembly
+metadata:
+  name: probe
+spec:
+  module:
+    registry: ghcr.io/myorg/grants-probe
+    tag: v1
+  resources:
+    memory: "128Mi"
+    cpu: "250m"
+  env:
+    - name: CACHE_SIZE
+      value: "100"
+  envFrom:
+    - configMapRef:
+        name: origins
+  wasi:
+    fs:
+      - path: "/config"
+        readOnly: true
+      - path: "/tmp"
+        maxSize: "64Ki"
+    env:
+      - ALLOWED_ORIGINS
+    network:
+      - outbound: true
+        allowedHosts:
+          - "*.internal.example.com"
+"#;
+    let applied = k.apply(n, manifest)?;
+    assert!(applied.success, "{}", applied.stderr);
+    wait_ready(&k, n, "probe")?;
+
+    // Servers the guest may or may not reach. The upstream is a separate host on the pod
+    // network; the node listens on its own address on the pod network (the gateway).
+    let node = c.node();
+    let upstream_ip = std::net::Ipv4Addr::new(10, 244 + node.network, 0, 250);
+    let upstream = Upstream::start(node, upstream_ip, 8080, "upstream ok")?;
+    let on_node = HttpResponder::spawn(std::net::TcpListener::bind("0.0.0.0:0")?, "node")?;
+    let node_port = on_node.addr().port();
+    c.dns().insert("api.internal.example.com", upstream_ip);
+    c.dns().insert("other.example.org", upstream_ip);
+    c.dns().insert("node.internal.example.com", node.gateway());
+
+    let forward = k.port_forward(n, "svc/probe", 80)?;
+    let get = |path: &str| -> Result<(u16, String)> {
+        http_get(forward.addr(), path).with_context(|| format!("GET {path}"))
+    };
+
+    // Network: the granted name (resolved through the pod's DNS) is reached; a name no rule
+    // grants is refused even though it resolves; a granted name pointing at the node is
+    // refused, and so is the node's address itself.
+    let port = upstream.addr().port();
+    assert_eq!(
+        get(&format!("/fetch/api.internal.example.com:{port}/"))?,
+        (200, "upstream 200: upstream ok".into())
+    );
+    let (status, body) = get(&format!("/fetch/other.example.org:{port}/"))?;
+    assert!(
+        status == 502 && body.contains("HttpRequestDenied"),
+        "{status} {body}"
+    );
+    let (status, body) = get(&format!("/fetch/node.internal.example.com:{node_port}/"))?;
+    assert!(
+        status == 502 && body.contains("DestinationIpProhibited"),
+        "{status} {body}"
+    );
+    let (status, body) = get(&format!("/fetch/{}:{node_port}/", node.gateway()))?;
+    assert!(
+        status == 502 && body.contains("HttpRequestDenied"),
+        "{status} {body}"
+    );
+
+    // Files: /tmp takes writes up to its bound and no further; /config is read-only. The
+    // host fails the write with ENOSPC; this guest's libc (wasi-libc on wasip2 streams, as
+    // componentize-py builds it) reports any failed stream write as EIO.
+    assert_eq!(get("/write/40000/tmp/a")?, (200, "wrote 40000\n".into()));
+    let (status, body) = get("/write/40000/tmp/b")?;
+    assert!(
+        status == 500 && (body.trim() == "errno ENOSPC" || body.trim() == "errno EIO"),
+        "{status} {body}"
+    );
+    let held = get("/read/tmp/a")?.1.len() + get("/read/tmp/b")?.1.len();
+    assert!(
+        held <= 64 * 1024,
+        "{held} bytes under /tmp, past its 64Ki bound"
+    );
+    assert_eq!(get("/write/100/tmp/c")?, (200, "wrote 100\n".into()));
+    let (status, body) = get("/write/1/config/x")?;
+    assert!(
+        status == 500 && body.starts_with("errno"),
+        "{status} {body}"
+    );
+
+    // Env: the module's own and the granted name; nothing else the pod has.
+    assert_eq!(get("/env/CACHE_SIZE")?.1.trim(), "100");
+    assert_eq!(
+        get("/env/ALLOWED_ORIGINS")?.1.trim(),
+        "https://shop.example.com"
+    );
+    for hidden in ["NOT_GRANTED", "KUBERNETES_SERVICE_HOST", "HOSTNAME", "PATH"] {
+        assert_eq!(
+            get(&format!("/env/{hidden}"))?.1.trim(),
+            "<unset>",
+            "{hidden}"
+        );
+    }
+
+    // What the guest prints is the container's log.
+    get("/log/a-line-for-kubectl-logs")?;
+    let logs = k.eventually(
+        Duration::from_secs(30),
+        "the guest's line in kubectl logs",
+        |k| {
+            let out = k.ok(&["logs", "-n", n, "deploy/probe"]).ok()?;
+            out.contains("a-line-for-kubectl-logs").then_some(out)
+        },
+    )?;
+    assert!(logs.contains("a-line-for-kubectl-logs"));
+    Ok(())
+}
+
+#[test]
+fn kubectl_scale_changes_the_pods_and_kubectl_delete_removes_everything_promptly() -> Result<()> {
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("scale")?;
+    let n = ns.name();
+    c.push(wa8s_test_components::HTTP_COMPONENT, "myorg/scaled:v1")?;
+    let manifest = "apiVersion: wa8s.reconciler.io/v1\nkind: WebAssembly\nmetadata:\n  name: scaled\nspec:\n  module:\n    registry: ghcr.io/myorg/scaled\n    tag: v1\n  replicas: 1\n";
+    assert!(k.apply(n, manifest)?.success);
+    wait_ready(&k, n, "scaled")?;
+
+    k.ok(&["scale", "-n", n, "webassembly/scaled", "--replicas=3"])?;
+    k.eventually(READY, "3 ready replicas", |k| {
+        let ready = k
+            .ok(&[
+                "get",
+                "webassembly",
+                "scaled",
+                "-n",
+                n,
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ])
+            .ok()?;
+        (ready == "3").then_some(())
+    })?;
+
+    // A pod stops well inside its 30 s grace period: the shim ends the guest on SIGTERM
+    // (the kubelet would SIGKILL only after the grace period).
+    let pod = k.ok(&[
+        "get",
+        "pods",
+        "-n",
+        n,
+        "-l",
+        "app.kubernetes.io/instance=scaled",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])?;
+    let asked = std::time::Instant::now();
+    k.ok(&["delete", "pod", "-n", n, &pod, "--wait=true"])?;
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "pod {pod} took {took:?} to terminate (grace period 30s)"
+    );
+
+    // Delete: garbage collection removes the Deployment, Service and pods. (The collector
+    // learns a newly installed CRD on its next discovery, up to 30 s later.)
+    k.ok(&["delete", "-n", n, "webassembly/scaled", "--wait=true"])?;
+    let deleted = std::time::Instant::now();
+    let gone = k.eventually(
+        Duration::from_secs(90),
+        "pods, Deployment and Service gone",
+        |k| {
+            let left = k
+                .ok(&[
+                    "get",
+                    "deploy,svc,pods",
+                    "-n",
+                    n,
+                    "-l",
+                    "app.kubernetes.io/instance=scaled",
+                    "-o",
+                    "name",
+                ])
+                .ok()?;
+            left.trim().is_empty().then_some(())
+        },
+    );
+    if gone.is_err() {
+        let left = k.run(&["get", "all", "-n", n, "-o", "wide"])?.stdout;
+        bail!("after {:?}, still there:\n{left}", deleted.elapsed());
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_modules_end_in_conditions_that_name_the_cause_and_leave_the_namespace_working() -> Result<()>
+{
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("bad")?;
+    let n = ns.name();
+    c.push(wa8s_test_components::HTTP_COMPONENT, "myorg/good:v1")?;
+    // A wasm module that is not a component and has no entry point.
+    c.push(&wat::parse_str("(module)")?, "myorg/not-a-component:v1")?;
+    // A component importing an interface the host does not provide.
+    let unsatisfied = wat::parse_str(
+        r#"(component
+             (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "get" (func (param "key" string) (result string)))))
+             (core module $m (func (export "run") (result i32) (i32.const 0)))
+             (core instance $i (instantiate $m))
+             (func $run (result (result)) (canon lift (core func $i "run")))
+             (instance $inst (export "run" (func $run)))
+             (export "wasi:cli/run@0.2.0" (instance $inst)))"#,
+    )?;
+    c.push(&unsatisfied, "myorg/needs-keyvalue:v1")?;
+    let object = |name: &str, repo: &str, tag: &str| {
+        format!(
+            "apiVersion: wa8s.reconciler.io/v1\nkind: WebAssembly\nmetadata:\n  name: {name}\nspec:\n  module:\n    registry: ghcr.io/myorg/{repo}\n    tag: {tag}\n"
+        )
+    };
+    for (name, repo, tag) in [
+        ("good", "good", "v1"),
+        ("missing", "missing", "v9"),
+        ("core", "not-a-component", "v1"),
+        ("keyvalue", "needs-keyvalue", "v1"),
+    ] {
+        let out = k.apply(n, &object(name, repo, tag))?;
+        assert!(out.success, "{name}: {}", out.stderr);
+    }
+
+    let (status, reason, message) = k.eventually(READY, "missing: ModuleResolved", |k| {
+        condition(k, n, "missing", "ModuleResolved").ok().flatten()
+    })?;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "TagNotFound"));
+    assert!(message.contains("myorg/missing:v9"), "{message}");
+
+    // Failures only the node can see come back from the shim as the pod's termination
+    // message, and the operator puts them on the object.
+    for (name, cause) in [
+        ("core", "_start"),
+        ("keyvalue", "wasi:keyvalue/store@0.2.0-draft"),
+    ] {
+        let (status, reason, message) = k
+            .eventually(READY, &format!("{name}: Degraded naming {cause}"), |k| {
+                condition(k, n, name, "Degraded")
+                    .ok()
+                    .flatten()
+                    .filter(|(s, _, m)| s == "True" && m.contains(cause))
+            })
+            .with_context(|| {
+                format!(
+                    "conditions of {name}: {}",
+                    jsonpath(
+                        &k,
+                        n,
+                        &format!("webassembly/{name}"),
+                        "{.status.conditions}"
+                    )
+                    .unwrap_or_default()
+                )
+            })?;
+        assert_eq!(status, "True");
+        assert!(!reason.is_empty(), "{name}: {message}");
+    }
+
+    // The healthy neighbour is unaffected.
+    wait_ready(&k, n, "good")?;
+    let forward = k.port_forward(n, "svc/good", 80)?;
+    assert_eq!(http_get(forward.addr(), "/")?.0, 200);
+    Ok(())
+}

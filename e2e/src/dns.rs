@@ -176,7 +176,8 @@ mod tests {
 
     #[test]
     fn a_held_name_gets_its_address_whatever_its_case() {
-        let reply = answer(&query("API.internal.example.com", TYPE_A), &records()).expect("a reply");
+        let reply =
+            answer(&query("API.internal.example.com", TYPE_A), &records()).expect("a reply");
         assert_eq!(&reply[..2], &[0x12, 0x34], "same id");
         assert_eq!(reply[3] & 0x0f, 0, "NOERROR");
         assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), 1, "one answer");

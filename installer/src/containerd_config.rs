@@ -1,0 +1,302 @@
+//! Adding the wa8s runtime to containerd's configuration, and taking it out again.
+//!
+//! Three layouts exist on real nodes:
+//! - a plain `config.toml`, version 2 (containerd 1.6/1.7, and files containerd 2.x migrates)
+//!   or version 3 (containerd 2.x): the runtime table goes into the file itself, edited with
+//!   `toml_edit` so comments, order and formatting of everything else are kept;
+//! - a `config.toml` whose `imports` include a `conf.d/*.toml` glob: the runtime goes into a
+//!   drop-in file of its own and the main file is not touched;
+//! - k3s, which renders its config from a Go template (`config.toml.tmpl` or
+//!   `config-v3.toml.tmpl`): the runtime goes into a marked block of that template.
+//!
+//! Guarantees: a file that does not parse (or has an unsupported version) is refused with the
+//! reason and left untouched; applying twice changes nothing the second time; removing after
+//! adding gives back the original bytes (see [`remove_runtime`] for when others edited the
+//! file in between).
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{Array, DocumentMut, Item, Table, Value};
+use wa8s_api::contract::{POD_ANNOTATIONS, RUNTIME_HANDLER, RUNTIME_TYPE};
+
+/// Why a configuration could not be changed. The file is left as it was in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: not valid TOML, left untouched: {reason}")]
+    Parse { path: String, reason: String },
+    #[error(
+        "{path}: containerd config version {version} is not supported (only 2 and 3); left untouched"
+    )]
+    Version { path: String, version: i64 },
+    #[error("{path}: {key} is not a table, so the runtime cannot be added there; left untouched")]
+    NotATable { path: String, key: String },
+}
+
+/// The runtime containerd gets: handler name, shim type and the pod annotations it passes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    pub handler: String,
+    pub runtime_type: String,
+    pub pod_annotations: Vec<String>,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            handler: RUNTIME_HANDLER.to_owned(),
+            runtime_type: RUNTIME_TYPE.to_owned(),
+            pod_annotations: POD_ANNOTATIONS.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+}
+
+/// The outcome of an edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Already as wanted: nothing to write (and no containerd restart needed).
+    Unchanged,
+    /// The new text to write.
+    Write(String),
+}
+
+/// The CRI plugin's runtimes table for a config version.
+fn runtimes_path(version: i64) -> [&'static str; 4] {
+    match version {
+        2 => [
+            "plugins",
+            "io.containerd.grpc.v1.cri",
+            "containerd",
+            "runtimes",
+        ],
+        _ => [
+            "plugins",
+            "io.containerd.cri.v1.runtime",
+            "containerd",
+            "runtimes",
+        ],
+    }
+}
+
+fn parse(text: &str, path: &str) -> Result<(DocumentMut, i64), Error> {
+    let doc: DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| Error::Parse {
+            path: path.to_owned(),
+            reason: e.to_string().trim().to_owned(),
+        })?;
+    // containerd reads a file without `version` as version 1 (containerd 1.4 and older).
+    let version = doc.get("version").and_then(Item::as_integer).unwrap_or(1);
+    if version != 2 && version != 3 {
+        return Err(Error::Version {
+            path: path.to_owned(),
+            version,
+        });
+    }
+    Ok((doc, version))
+}
+
+/// The configuration's version (2 or 3), or why it cannot be edited.
+pub fn version(text: &str, path: &str) -> Result<i64, Error> {
+    parse(text, path).map(|(_, v)| v)
+}
+
+/// The drop-in directory the configuration imports (`imports = [".../conf.d/*.toml"]`), if
+/// any: the runtime then belongs in a file there.
+pub fn drop_in_dir(text: &str, path: &str) -> Result<Option<PathBuf>, Error> {
+    let (doc, _) = parse(text, path)?;
+    Ok(doc
+        .get("imports")
+        .and_then(Item::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|i| i.strip_suffix("/*.toml").map(PathBuf::from)))
+}
+
+/// A drop-in file holding only the runtime, for a configuration of `version`.
+pub fn drop_in(version: i64, runtime: &Runtime) -> String {
+    let [plugins, cri, containerd, runtimes] = runtimes_path(version);
+    let annotations: Vec<String> = runtime
+        .pod_annotations
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect();
+    format!(
+        "# The wa8s runtime, written by the wa8s node installer (removed on uninstall).\nversion = {version}\n\n[{plugins}.\"{cri}\".{containerd}.{runtimes}.{handler}]\n  runtime_type = {rt:?}\n  pod_annotations = [{ann}]\n",
+        handler = runtime.handler,
+        rt = runtime.runtime_type,
+        ann = annotations.join(", "),
+    )
+}
+
+/// Adds the runtime to a `config.toml` (or brings an existing entry up to date).
+pub fn add_runtime(text: &str, path: &str, runtime: &Runtime) -> Result<Change, Error> {
+    let (mut doc, version) = parse(text, path)?;
+    let mut table = doc.as_table_mut();
+    let mut key = String::new();
+    for part in runtimes_path(version) {
+        key = if key.is_empty() {
+            part.to_owned()
+        } else {
+            format!("{key}.{part}")
+        };
+        let item = table.entry(part).or_insert_with(|| {
+            let mut t = Table::new();
+            // Intermediate tables print no header of their own.
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        table = item.as_table_mut().ok_or_else(|| Error::NotATable {
+            path: path.to_owned(),
+            key: key.clone(),
+        })?;
+    }
+    let entry = table
+        .entry(&runtime.handler)
+        .or_insert_with(|| Item::Table(Table::new()));
+    let entry = entry.as_table_mut().ok_or_else(|| Error::NotATable {
+        path: path.to_owned(),
+        key: format!("{key}.{}", runtime.handler),
+    })?;
+    let annotations: Array = runtime.pod_annotations.iter().map(String::as_str).collect();
+    let current_type = entry.get("runtime_type").and_then(Item::as_str);
+    let current_annotations: Option<Vec<&str>> = entry
+        .get("pod_annotations")
+        .and_then(Item::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect());
+    let wanted: Vec<&str> = runtime.pod_annotations.iter().map(String::as_str).collect();
+    if current_type == Some(runtime.runtime_type.as_str())
+        && current_annotations.as_deref() == Some(wanted.as_slice())
+    {
+        return Ok(Change::Unchanged);
+    }
+    entry.insert("runtime_type", toml_edit::value(&runtime.runtime_type));
+    entry.insert("pod_annotations", toml_edit::value(annotations));
+    Ok(Change::Write(doc.to_string()))
+}
+
+/// Takes the runtime out of a `config.toml` that others may have edited since it was added:
+/// only the runtime's own table goes. (When the file is still exactly what the installer
+/// wrote, restoring the saved original is the byte-exact way; see [`Installed`].)
+pub fn remove_runtime(text: &str, path: &str, handler: &str) -> Result<Change, Error> {
+    let (mut doc, version) = parse(text, path)?;
+    let mut table = doc.as_table_mut();
+    for part in runtimes_path(version) {
+        match table.get_mut(part).and_then(Item::as_table_mut) {
+            Some(t) => table = t,
+            None => return Ok(Change::Unchanged),
+        }
+    }
+    if table.remove(handler).is_none() {
+        return Ok(Change::Unchanged);
+    }
+    Ok(Change::Write(doc.to_string()))
+}
+
+const BLOCK_BEGIN: &str = "# BEGIN wa8s runtime (managed by the wa8s node installer)";
+const BLOCK_END: &str = "# END wa8s runtime";
+/// How a k3s template pulls in k3s's own configuration.
+const K3S_BASE: &str = "{{ template \"base\" . }}";
+
+/// Adds the runtime to a k3s containerd template (`None`: there is none yet, so one is made
+/// that renders k3s's own configuration first). `version` is the template's config version
+/// (3 for `config-v3.toml.tmpl`, 2 for `config.toml.tmpl`).
+pub fn add_to_template(text: Option<&str>, version: i64, runtime: &Runtime) -> Change {
+    let body = drop_in(version, runtime);
+    // The table only: the version line is k3s's base template's business.
+    let table = body
+        .lines()
+        .skip_while(|l| !l.starts_with('['))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let block = format!("{BLOCK_BEGIN}\n{table}\n{BLOCK_END}\n");
+    match text {
+        None => Change::Write(format!("{K3S_BASE}\n\n{block}")),
+        Some(t) => {
+            let without = strip_block(t);
+            let mut out = without.clone();
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push('\n');
+            out.push_str(&block);
+            if out == t {
+                Change::Unchanged
+            } else {
+                Change::Write(out)
+            }
+        }
+    }
+}
+
+/// Takes the runtime's block out of a k3s template. `None` in the change's place means the
+/// template is only what the installer made, so the file should be removed.
+pub fn remove_from_template(text: &str) -> Option<Change> {
+    if !text.contains(BLOCK_BEGIN) {
+        return Some(Change::Unchanged);
+    }
+    let without = strip_block(text);
+    let rest = without.trim_end_matches('\n');
+    if rest.trim() == K3S_BASE {
+        return None;
+    }
+    Some(Change::Write(without))
+}
+
+/// The text without the runtime block and the blank line put before it.
+fn strip_block(text: &str) -> String {
+    let Some(start) = text.find(BLOCK_BEGIN) else {
+        return text.to_owned();
+    };
+    let end = text[start..]
+        .find(BLOCK_END)
+        .map(|e| start + e + BLOCK_END.len())
+        .unwrap_or(text.len());
+    let end = if text[end..].starts_with('\n') {
+        end + 1
+    } else {
+        end
+    };
+    let mut head = text[..start].to_owned();
+    if head.ends_with("\n\n") {
+        head.pop();
+    }
+    head + &text[end..]
+}
+
+/// What installing did to one file, kept by the installer so uninstall can undo it exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub path: PathBuf,
+    /// The bytes before (`None`: the installer created the file).
+    pub original: Option<String>,
+    /// The bytes it wrote.
+    pub written: String,
+}
+
+impl Installed {
+    /// What uninstall writes: the original when the file is still as the installer left it,
+    /// else the current text with only the runtime taken out. `None`: remove the file.
+    pub fn undo(&self, current: &str, handler: &str) -> Result<Option<String>, Error> {
+        if current == self.written {
+            return Ok(self.original.clone());
+        }
+        let path = self.path.display().to_string();
+        if is_template(&self.path) {
+            return Ok(match remove_from_template(current) {
+                None => None,
+                Some(Change::Unchanged) => Some(current.to_owned()),
+                Some(Change::Write(t)) => Some(t),
+            });
+        }
+        Ok(match remove_runtime(current, &path, handler)? {
+            Change::Unchanged => Some(current.to_owned()),
+            Change::Write(t) => Some(t),
+        })
+    }
+}
+
+/// Whether `path` is a k3s template rather than a TOML file.
+pub fn is_template(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "tmpl")
+}

@@ -1,0 +1,255 @@
+//! The runtime edits against real configuration files: containerd 1.6.20's and 2.2.9's
+//! `containerd config default` output (versions 2 and 3), a file in kind's layout, a file
+//! with other runtimes and comments, and a k3s template. Every result is also read by a real
+//! containerd 2.2.9 (`containerd config dump`), which must show the wa8s runtime.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use wa8s_installer::containerd_config::{
+    self as cc, Change, Error, Installed, Runtime, add_runtime, add_to_template,
+};
+
+fn fixture(name: &str) -> Result<(PathBuf, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((path, text))
+}
+
+const TOML_FIXTURES: &[&str] = &[
+    "containerd-1.6.20-default.toml",
+    "containerd-2.2.9-default.toml",
+    "kind-style-v2.toml",
+    "others-with-comments-v3.toml",
+];
+
+/// What a real containerd makes of `config`: its `config dump` (the merged, migrated view).
+fn containerd_dump(config: &str) -> Result<String> {
+    let bins = wa8s_e2e::binaries::ensure(&["containerd"])?;
+    let dir = tempfile_dir()?;
+    let file = dir.join("config.toml");
+    std::fs::write(&file, config)?;
+    let out = Command::new(&bins["containerd"])
+        .arg("--config")
+        .arg(&file)
+        .args(["config", "dump"])
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        bail!(
+            "containerd refused the configuration: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "wa8s-installer-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn written(change: Change) -> Result<String> {
+    match change {
+        Change::Write(t) => Ok(t),
+        Change::Unchanged => bail!("expected a change"),
+    }
+}
+
+#[test]
+fn adding_the_runtime_keeps_every_line_and_containerd_reads_it() -> Result<()> {
+    let runtime = Runtime::default();
+    for name in TOML_FIXTURES {
+        let (path, original) = fixture(name)?;
+        let p = path.display().to_string();
+        let patched = written(add_runtime(&original, &p, &runtime)?)?;
+        // Everything that was there is still there, comments and order included.
+        let mut rest = patched.as_str();
+        for line in original.lines().filter(|l| !l.trim().is_empty()) {
+            let at = rest
+                .find(line)
+                .with_context(|| format!("{name}: line {line:?} lost or moved"))?;
+            rest = &rest[at + line.len()..];
+        }
+        let dump = containerd_dump(&patched).with_context(|| name.to_string())?;
+        assert!(
+            dump.contains("runtimes.wa8s]") && dump.contains("io.containerd.wa8s.v1"),
+            "{name}: containerd does not see the runtime:\n{dump}"
+        );
+        assert!(
+            dump.contains("wa8s.reconciler.io/policy"),
+            "{name}: containerd does not pass the policy annotation:\n{dump}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn adding_twice_changes_nothing_the_second_time() -> Result<()> {
+    let runtime = Runtime::default();
+    for name in TOML_FIXTURES {
+        let (path, original) = fixture(name)?;
+        let p = path.display().to_string();
+        let once = written(add_runtime(&original, &p, &runtime)?)?;
+        assert_eq!(
+            add_runtime(&once, &p, &runtime)?,
+            Change::Unchanged,
+            "{name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn uninstall_gives_back_the_original_byte_for_byte() -> Result<()> {
+    let runtime = Runtime::default();
+    for name in TOML_FIXTURES {
+        let (path, original) = fixture(name)?;
+        let p = path.display().to_string();
+        let patched = written(add_runtime(&original, &p, &runtime)?)?;
+        let installed = Installed {
+            path: path.clone(),
+            original: Some(original.clone()),
+            written: patched.clone(),
+        };
+        assert_eq!(
+            installed.undo(&patched, &runtime.handler)?,
+            Some(original.clone()),
+            "{name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn uninstall_after_someone_else_edited_the_file_removes_only_the_runtime() -> Result<()> {
+    let runtime = Runtime::default();
+    let (path, original) = fixture("others-with-comments-v3.toml")?;
+    let p = path.display().to_string();
+    let patched = written(add_runtime(&original, &p, &runtime)?)?;
+    let edited = format!("{patched}\n# added by hand after the install\n");
+    let installed = Installed {
+        path,
+        original: Some(original),
+        written: patched,
+    };
+    let undone = installed
+        .undo(&edited, &runtime.handler)?
+        .context("file kept")?;
+    assert!(
+        undone.contains("# added by hand after the install"),
+        "{undone}"
+    );
+    assert!(undone.contains("runtimes.crun"), "{undone}");
+    assert!(!undone.contains("io.containerd.wa8s.v1"), "{undone}");
+    containerd_dump(&undone)?;
+    Ok(())
+}
+
+#[test]
+fn an_older_wa8s_entry_is_brought_up_to_date_in_place() -> Result<()> {
+    let old = "version = 3\n\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wa8s]\n  runtime_type = 'io.containerd.wa8s.v1'\n  # tuned by hand\n  privileged_without_host_devices = true\n";
+    let patched = written(add_runtime(old, "config.toml", &Runtime::default())?)?;
+    assert!(
+        patched.contains("privileged_without_host_devices = true"),
+        "{patched}"
+    );
+    assert!(
+        patched.contains("pod_annotations = [\"wa8s.reconciler.io/policy\"]"),
+        "{patched}"
+    );
+    assert_eq!(patched.matches("runtimes.wa8s]").count(), 1, "{patched}");
+    Ok(())
+}
+
+#[test]
+fn a_file_that_does_not_parse_or_is_too_old_is_refused_with_the_reason() {
+    let broken = "version = 3\n[plugins.'io.containerd.cri.v1.runtime'\n";
+    let e = add_runtime(broken, "/etc/containerd/config.toml", &Runtime::default())
+        .expect_err("refused");
+    assert!(matches!(e, Error::Parse { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("/etc/containerd/config.toml: not valid TOML, left untouched"),
+        "{e}"
+    );
+    let v1 = "[plugins.cri.containerd]\n  snapshotter = 'overlayfs'\n";
+    let e =
+        add_runtime(v1, "/etc/containerd/config.toml", &Runtime::default()).expect_err("refused");
+    assert_eq!(
+        e.to_string(),
+        "/etc/containerd/config.toml: containerd config version 1 is not supported (only 2 and 3); left untouched"
+    );
+    let odd = "version = 2\n[plugins]\n\"io.containerd.grpc.v1.cri\" = 'not a table'\n";
+    let e = add_runtime(odd, "c.toml", &Runtime::default()).expect_err("refused");
+    assert_eq!(
+        e.to_string(),
+        "c.toml: plugins.io.containerd.grpc.v1.cri is not a table, so the runtime cannot be added there; left untouched"
+    );
+}
+
+#[test]
+fn a_config_that_imports_a_drop_in_directory_gets_its_own_file_there() -> Result<()> {
+    let (path, original) = fixture("containerd-2.2.9-default.toml")?;
+    let p = path.display().to_string();
+    assert_eq!(
+        cc::drop_in_dir(&original, &p)?,
+        Some(PathBuf::from("/etc/containerd/conf.d"))
+    );
+    let (path16, original16) = fixture("containerd-1.6.20-default.toml")?;
+    assert_eq!(
+        cc::drop_in_dir(&original16, &path16.display().to_string())?,
+        None
+    );
+    // The drop-in alone is a configuration containerd reads.
+    let drop_in = cc::drop_in(cc::version(&original, &p)?, &Runtime::default());
+    let dump = containerd_dump(&drop_in)?;
+    assert!(dump.contains("io.containerd.wa8s.v1"), "{dump}");
+    Ok(())
+}
+
+#[test]
+fn a_k3s_template_gets_a_marked_block_that_uninstall_takes_out_exactly() -> Result<()> {
+    let runtime = Runtime::default();
+    let (path, original) = fixture("k3s-config-v3.toml.tmpl")?;
+    assert!(cc::is_template(&path));
+    let patched = written(add_to_template(Some(&original), 3, &runtime))?;
+    assert!(patched.starts_with(&original), "{patched}");
+    assert!(patched.contains("io.containerd.wa8s.v1"), "{patched}");
+    assert_eq!(
+        add_to_template(Some(&patched), 3, &runtime),
+        Change::Unchanged
+    );
+    let installed = Installed {
+        path: path.clone(),
+        original: Some(original.clone()),
+        written: patched.clone(),
+    };
+    assert_eq!(installed.undo(&patched, "wa8s")?, Some(original.clone()));
+    // Edited since: only the block goes.
+    let edited = format!("{patched}# later\n");
+    let undone = installed.undo(&edited, "wa8s")?.context("kept")?;
+    assert_eq!(undone, format!("{original}# later\n"));
+
+    // No template yet: one is made that renders k3s's own configuration first, and
+    // uninstall removes it.
+    let made = written(add_to_template(None, 3, &runtime))?;
+    assert!(made.starts_with("{{ template \"base\" . }}\n"), "{made}");
+    let created = Installed {
+        path,
+        original: None,
+        written: made.clone(),
+    };
+    assert_eq!(created.undo(&made, "wa8s")?, None);
+    assert_eq!(cc::remove_from_template(&made), None);
+    Ok(())
+}

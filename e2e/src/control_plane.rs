@@ -374,8 +374,10 @@ pub(crate) fn sweep_stale(run: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        // `test-<pid>`, `test-<pid>-kcm`, `test-<pid>-node`.
         let Some(pid) = name
             .strip_prefix("test-")
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;

@@ -71,9 +71,12 @@ call_service() {
   echo "== calling the Service (kubectl port-forward svc/$svc $port:80)"
   k port-forward -n wa8s-demo "svc/$svc" "$port:80" >"$log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 1 50); do
-    if body="$(curl -sS --fail -m 5 "http://127.0.0.1:$port/" 2>/dev/null)"; then break; fi
-    body=""; sleep 0.2
+  # Until the forward listens and the Service answers, at most 30 s.
+  local deadline=$((SECONDS + 30))
+  until body="$(curl -sS --fail -m 5 "http://127.0.0.1:$port/" 2>/dev/null)"; do
+    body=""
+    [ "$SECONDS" -lt "$deadline" ] || break
+    sleep 0.2   # poll interval
   done
   [ -n "$body" ] || { echo "Service $svc did not answer; port-forward said:"; cat "$log"; exit 1; }
   echo "HTTP 200: $body"

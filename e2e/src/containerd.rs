@@ -38,14 +38,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// The wa8s runtime in containerd 2.x's CRI configuration (version 3).
+/// The wa8s runtime in containerd 2.x's CRI configuration (version 3), as the node
+/// installer writes it.
 pub(crate) fn wa8s_runtime() -> String {
-    use wa8s_api::contract::{POD_ANNOTATIONS, RUNTIME_HANDLER, RUNTIME_TYPE};
-    let annotations: Vec<String> = POD_ANNOTATIONS.iter().map(|a| format!("{a:?}")).collect();
-    format!(
-        "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{RUNTIME_HANDLER}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n  pod_annotations = [{}]\n",
-        annotations.join(", ")
-    )
+    use wa8s_installer::containerd_config::{Runtime, runtime_table};
+    runtime_table(3, &Runtime::default())
 }
 
 /// The part of a private containerd's configuration every instance here shares: its own

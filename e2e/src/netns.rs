@@ -10,11 +10,6 @@ pub struct Netns(String);
 impl Netns {
     /// Creates `name` (replacing a leftover of the same name).
     pub fn new(name: &str) -> std::io::Result<Self> {
-        let ip = |args: &[&str]| -> std::io::Result<()> {
-            let ok = Command::new("ip").args(args).status()?.success();
-            ok.then_some(())
-                .ok_or_else(|| std::io::Error::other(format!("ip {} failed", args.join(" "))))
-        };
         let _ = Command::new("ip")
             .args(["netns", "del", name])
             .stderr(Stdio::null())
@@ -43,6 +38,20 @@ impl Netns {
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Runs `ip ARGS`; a failure carries what `ip` said.
+pub fn ip(args: &[&str]) -> std::io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 

@@ -4,7 +4,6 @@
 //! test process), and is stopped by PID when dropped. Its log holds one access-log line per
 //! request, which tests count to prove what was (not) fetched.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -185,7 +184,10 @@ impl Registry {
                 TcpStream::connect(&addr).ok()?;
                 reg.log().contains("listening on").then_some(200)
             } else {
-                http_status(&addr, "/v2/").filter(|s| *s == 200 || *s == 401)
+                crate::http::get(&addr, "/v2/", Duration::from_secs(2))
+                    .ok()
+                    .map(|(status, _)| status)
+                    .filter(|s| *s == 200 || *s == 401)
             }
         });
         if ready.is_none() {
@@ -293,14 +295,4 @@ pub(crate) fn which(name: &str) -> Option<PathBuf> {
 fn free_port() -> Result<u16, Error> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
     Ok(l.local_addr().map_err(io("finding a free port"))?.port())
-}
-
-/// The status of a plain HTTP GET, or `None` if nothing answers.
-fn http_status(addr: &str, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }

@@ -94,7 +94,8 @@ impl Cluster {
         cp.spawn("wa8s-operator", &exe, cmd)?;
         let ready = format!("127.0.0.1:{http_port}");
         cp.wait_healthy("wa8s-operator", || {
-            http_get(&ready, "/readyz").is_ok_and(|(status, _)| status == 200)
+            crate::http::get(&ready, "/readyz", Duration::from_secs(2))
+                .is_ok_and(|(status, _)| status == 200)
         })?;
         Ok(Cluster {
             cp,
@@ -179,28 +180,6 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A plain HTTP/1.0 GET: `(status, body)`.
-pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|_| std::io::Error::other(format!("{addr} is not host:port")))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// A minimal HTTP server answering every request with 200 and a fixed body; stopped on drop.
 #[derive(Debug)]
 pub struct HttpResponder {
@@ -212,7 +191,6 @@ impl HttpResponder {
     /// Serves on `listener` from a thread.
     pub fn spawn(listener: TcpListener, body: &str) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let body = body.to_owned();
@@ -229,25 +207,31 @@ impl HttpResponder {
 impl Drop for HttpResponder {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocked accept so the thread sees the flag and ends. (If the listener
+        // lives in a namespace that is already gone, the thread ends with the process.)
+        let wake = if self.addr.ip().is_unspecified() {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.addr.port()))
+        } else {
+            self.addr
+        };
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
     }
 }
 
 fn serve(listener: &TcpListener, body: &str, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut s, _)) => {
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+    for conn in listener.incoming() {
+        if stop.load(Ordering::Relaxed) {
+            return;
         }
+        let Ok(mut s) = conn else { continue };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     }
 }
 
@@ -271,16 +255,7 @@ impl Upstream {
         let name = Self::netns_name(node.network);
         let netns = Netns::new(&name)?;
         let (outside, inside) = (format!("wa8s-up{}", node.network), "eth0");
-        let ip_cmd = |args: &[&str]| -> anyhow::Result<()> {
-            let out = Command::new("ip").args(args).output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(())
-        };
+        let ip_cmd = crate::netns::ip;
         let _ = Command::new("ip")
             .args(["link", "del", &outside])
             .stderr(std::process::Stdio::null())

@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use wa8s_e2e::Kubectl;
-use wa8s_e2e::scenario::{Cluster, HttpResponder, Upstream, http_get};
+use wa8s_e2e::scenario::{Cluster, HttpResponder, Upstream};
+
+/// A GET to a test server or a port-forward (a guest may take a while on its first call).
+fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    wa8s_e2e::http::get(addr, path, Duration::from_secs(60))
+}
 
 /// How long an applied object may take to become Ready (pull, compile, start).
 const READY: Duration = Duration::from_secs(240);
@@ -32,18 +37,13 @@ fn wait_ready(k: &Kubectl, ns: &str, name: &str) -> Result<()> {
         .run(&["get", "webassembly,deploy,pods", "-n", ns, "-o", "wide"])
         .map(|o| o.stdout)
         .unwrap_or_default();
-    let conditions = k
-        .run(&[
-            "get",
-            "webassembly",
-            name,
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={.status.conditions}",
-        ])
-        .map(|o| o.stdout)
-        .unwrap_or_default();
+    let conditions = jsonpath(
+        k,
+        ns,
+        &format!("webassembly/{name}"),
+        "{.status.conditions}",
+    )
+    .unwrap_or_default();
     bail!("{name} not Ready: {}\n{state}\n{conditions}", out.stderr)
 }
 
@@ -54,17 +54,14 @@ fn condition(
     name: &str,
     type_: &str,
 ) -> Result<Option<(String, String, String)>> {
-    let out = k.ok(&[
-        "get",
-        "webassembly",
-        name,
-        "-n",
+    let out = jsonpath(
+        k,
         ns,
-        "-o",
+        &format!("webassembly/{name}"),
         &format!(
-            "jsonpath={{range .status.conditions[?(@.type==\"{type_}\")]}}{{.status}}{{\"\\t\"}}{{.reason}}{{\"\\t\"}}{{.message}}{{end}}"
+            "{{range .status.conditions[?(@.type==\"{type_}\")]}}{{.status}}{{\"\\t\"}}{{.reason}}{{\"\\t\"}}{{.message}}{{end}}"
         ),
-    ])?;
+    )?;
     let mut parts = out.splitn(3, '\t');
     Ok(match (parts.next(), parts.next(), parts.next()) {
         (Some(s), Some(r), Some(m)) if !s.is_empty() => Some((s.into(), r.into(), m.into())),
@@ -316,17 +313,7 @@ fn kubectl_scale_changes_the_pods_and_kubectl_delete_removes_everything_promptly
 
     k.ok(&["scale", "-n", n, "webassembly/scaled", "--replicas=3"])?;
     k.eventually(READY, "3 ready replicas", |k| {
-        let ready = k
-            .ok(&[
-                "get",
-                "webassembly",
-                "scaled",
-                "-n",
-                n,
-                "-o",
-                "jsonpath={.status.readyReplicas}",
-            ])
-            .ok()?;
+        let ready = jsonpath(k, n, "webassembly/scaled", "{.status.readyReplicas}").ok()?;
         (ready == "3").then_some(())
     })?;
 
@@ -391,15 +378,7 @@ fn bad_modules_end_in_conditions_that_name_the_cause_and_leave_the_namespace_wor
     // A wasm module that is not a component and has no entry point.
     c.push(&wat::parse_str("(module)")?, "myorg/not-a-component:v1")?;
     // A component importing an interface the host does not provide.
-    let unsatisfied = wat::parse_str(
-        r#"(component
-             (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "get" (func (param "key" string) (result string)))))
-             (core module $m (func (export "run") (result i32) (i32.const 0)))
-             (core instance $i (instantiate $m))
-             (func $run (result (result)) (canon lift (core func $i "run")))
-             (instance $inst (export "run" (func $run)))
-             (export "wasi:cli/run@0.2.0" (instance $inst)))"#,
-    )?;
+    let unsatisfied = wat::parse_str(wa8s_test_components::NEEDS_KEYVALUE_WAT)?;
     c.push(&unsatisfied, "myorg/needs-keyvalue:v1")?;
     let object = |name: &str, repo: &str, tag: &str| {
         format!(

@@ -113,8 +113,8 @@ pub fn drop_in_dir(text: &str, path: &str) -> Result<Option<PathBuf>, Error> {
         .find_map(|i| i.strip_suffix("/*.toml").map(PathBuf::from)))
 }
 
-/// A drop-in file holding only the runtime, for a configuration of `version`.
-pub fn drop_in(version: i64, runtime: &Runtime) -> String {
+/// The runtime's table alone, as TOML for a configuration of `version`.
+pub fn runtime_table(version: i64, runtime: &Runtime) -> String {
     let [plugins, cri, containerd, runtimes] = runtimes_path(version);
     let annotations: Vec<String> = runtime
         .pod_annotations
@@ -122,10 +122,18 @@ pub fn drop_in(version: i64, runtime: &Runtime) -> String {
         .map(|a| format!("{a:?}"))
         .collect();
     format!(
-        "# The wa8s runtime, written by the wa8s node installer (removed on uninstall).\nversion = {version}\n\n[{plugins}.\"{cri}\".{containerd}.{runtimes}.{handler}]\n  runtime_type = {rt:?}\n  pod_annotations = [{ann}]\n",
+        "[{plugins}.\"{cri}\".{containerd}.{runtimes}.{handler}]\n  runtime_type = {rt:?}\n  pod_annotations = [{ann}]\n",
         handler = runtime.handler,
         rt = runtime.runtime_type,
         ann = annotations.join(", "),
+    )
+}
+
+/// A drop-in file holding only the runtime, for a configuration of `version`.
+pub fn drop_in(version: i64, runtime: &Runtime) -> String {
+    format!(
+        "# The wa8s runtime, written by the wa8s node installer (removed on uninstall).\nversion = {version}\n\n{}",
+        runtime_table(version, runtime)
     )
 }
 
@@ -202,14 +210,11 @@ const K3S_BASE: &str = "{{ template \"base\" . }}";
 /// that renders k3s's own configuration first). `version` is the template's config version
 /// (3 for `config-v3.toml.tmpl`, 2 for `config.toml.tmpl`).
 pub fn add_to_template(text: Option<&str>, version: i64, runtime: &Runtime) -> Change {
-    let body = drop_in(version, runtime);
     // The table only: the version line is k3s's base template's business.
-    let table = body
-        .lines()
-        .skip_while(|l| !l.starts_with('['))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let block = format!("{BLOCK_BEGIN}\n{table}\n{BLOCK_END}\n");
+    let block = format!(
+        "{BLOCK_BEGIN}\n{}{BLOCK_END}\n",
+        runtime_table(version, runtime)
+    );
     match text {
         None => Change::Write(format!("{K3S_BASE}\n\n{block}")),
         Some(t) => {

@@ -65,13 +65,21 @@ fn written(change: Change) -> Result<String> {
     }
 }
 
+/// A fixture and the same file with the default runtime added: `(path, original, patched)`.
+fn patched(name: &str) -> Result<(PathBuf, String, String)> {
+    let (path, original) = fixture(name)?;
+    let patched = written(add_runtime(
+        &original,
+        &path.display().to_string(),
+        &Runtime::default(),
+    )?)?;
+    Ok((path, original, patched))
+}
+
 #[test]
 fn adding_the_runtime_keeps_every_line_and_containerd_reads_it() -> Result<()> {
-    let runtime = Runtime::default();
     for name in TOML_FIXTURES {
-        let (path, original) = fixture(name)?;
-        let p = path.display().to_string();
-        let patched = written(add_runtime(&original, &p, &runtime)?)?;
+        let (_, original, patched) = patched(name)?;
         // Everything that was there is still there, comments and order included.
         let mut rest = patched.as_str();
         for line in original.lines().filter(|l| !l.trim().is_empty()) {
@@ -113,9 +121,7 @@ fn adding_twice_changes_nothing_the_second_time() -> Result<()> {
 fn uninstall_gives_back_the_original_byte_for_byte() -> Result<()> {
     let runtime = Runtime::default();
     for name in TOML_FIXTURES {
-        let (path, original) = fixture(name)?;
-        let p = path.display().to_string();
-        let patched = written(add_runtime(&original, &p, &runtime)?)?;
+        let (path, original, patched) = patched(name)?;
         let installed = Installed {
             path: path.clone(),
             original: Some(original.clone()),
@@ -133,9 +139,7 @@ fn uninstall_gives_back_the_original_byte_for_byte() -> Result<()> {
 #[test]
 fn uninstall_after_someone_else_edited_the_file_removes_only_the_runtime() -> Result<()> {
     let runtime = Runtime::default();
-    let (path, original) = fixture("others-with-comments-v3.toml")?;
-    let p = path.display().to_string();
-    let patched = written(add_runtime(&original, &p, &runtime)?)?;
+    let (path, original, patched) = patched("others-with-comments-v3.toml")?;
     let edited = format!("{patched}\n# added by hand after the install\n");
     let installed = Installed {
         path,

@@ -45,8 +45,12 @@ pub fn main(args: &[String]) -> i32 {
     };
     let mut status = owned_fd(STATUS_FD);
     let mut start = owned_fd(START_FD);
+    let spec = match ContainerSpec::load(Path::new(bundle)) {
+        Ok(s) => s,
+        Err(e) => return fail(&mut status, &e.to_string()),
+    };
     // First, while this process has one thread: names resolve as in the pod.
-    if let Err(message) = use_pod_name_files(Path::new(bundle)) {
+    if let Err(message) = use_pod_name_files(&spec) {
         return fail(&mut status, &message);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -57,7 +61,7 @@ pub fn main(args: &[String]) -> i32 {
         Ok(rt) => rt,
         Err(e) => return fail(&mut status, &format!("starting the async runtime: {e}")),
     };
-    let prepared = prepare(PathBuf::from(bundle), digest);
+    let prepared = prepare(spec, digest);
     let (program, mut grants, spec) = match prepared {
         Ok(p) => p,
         Err(message) => return fail(&mut status, &message),
@@ -89,8 +93,7 @@ const NAME_FILES: &[&str] = &["/etc/hosts", "/etc/resolv.conf"];
 /// Makes the guest resolve names with its pod's `/etc/hosts` and `/etc/resolv.conf` (the
 /// kubelet's, with the pod's host aliases and cluster DNS) rather than the node's, as a
 /// process in a container of the pod would.
-fn use_pod_name_files(bundle: &Path) -> Result<(), String> {
-    let spec = ContainerSpec::load(bundle).map_err(|e| e.to_string())?;
+fn use_pod_name_files(spec: &ContainerSpec) -> Result<(), String> {
     let files: Vec<(PathBuf, &str)> = NAME_FILES
         .iter()
         .filter_map(|target| Some((spec.mounts.get(*target)?.clone(), *target)))
@@ -143,11 +146,14 @@ pub fn precompile_main(args: &[String]) -> i32 {
         return EXIT_STARTUP;
     };
     // A cache hit only checks the record; the guest is the one that loads the code.
-    let warmed = Cached::open(Path::new(bundle), digest).and_then(|c| {
-        c.precompiled
-            .ensure(&c.engine, digest, &c.bytes)
-            .map_err(|e| e.to_string())
-    });
+    let warmed = ContainerSpec::load(Path::new(bundle))
+        .map_err(|e| e.to_string())
+        .and_then(|spec| Cached::open(spec, digest))
+        .and_then(|c| {
+            c.precompiled
+                .ensure(&c.engine, digest, &c.bytes)
+                .map_err(|e| e.to_string())
+        });
     match warmed {
         Ok(_) => {
             println!("ok");
@@ -170,8 +176,7 @@ struct Cached {
 }
 
 impl Cached {
-    fn open(bundle: &Path, digest: &str) -> Result<Self, String> {
-        let spec = ContainerSpec::load(bundle).map_err(|e| e.to_string())?;
+    fn open(spec: ContainerSpec, digest: &str) -> Result<Self, String> {
         let node = NodeConfig::load().map_err(|e| e.to_string())?;
         let blobs = node.blobs().map_err(|e| e.to_string())?;
         let bytes = blobs
@@ -197,8 +202,8 @@ impl Cached {
 }
 
 /// The spec and the program, from the precompile cache (compiled now if it is missing).
-fn load_program(bundle: &Path, digest: &str) -> Result<(ContainerSpec, Program), String> {
-    let c = Cached::open(bundle, digest)?;
+fn load_program(spec: ContainerSpec, digest: &str) -> Result<(ContainerSpec, Program), String> {
+    let c = Cached::open(spec, digest)?;
     let (program, _) = c
         .precompiled
         .load(&c.engine, digest, &c.bytes)
@@ -207,8 +212,8 @@ fn load_program(bundle: &Path, digest: &str) -> Result<(ContainerSpec, Program),
 }
 
 /// Loads the program and builds the grants; every error is a sentence for the user.
-fn prepare(bundle: PathBuf, digest: &str) -> Result<(Program, Grants, ContainerSpec), String> {
-    let (spec, program) = load_program(&bundle, digest)?;
+fn prepare(spec: ContainerSpec, digest: &str) -> Result<(Program, Grants, ContainerSpec), String> {
+    let (spec, program) = load_program(spec, digest)?;
     let policy = &spec.policy;
 
     let mut grants = Grants {

@@ -34,7 +34,10 @@ impl Program {
         let engine = &self.engine.engine;
         let result = match &self.inner {
             Inner::Cli(pre) => {
-                let mut store = Store::new(engine, GuestState::new(grants)?);
+                let mut store = Store::new(
+                    engine,
+                    GuestState::new(grants, crate::quota::Quotas::new(grants)?)?,
+                );
                 store.limiter(|s: &mut GuestState| &mut s.limits);
                 yield_every_tick(&mut store);
                 within(timeout, async move {

@@ -96,6 +96,7 @@ struct Shared {
     // deadlines fire, which must live as long as the server.
     engine: crate::HostEngine,
     grants: Grants,
+    quotas: crate::quota::Quotas,
     permits: Arc<Semaphore>,
     max_concurrent: u32,
     killed: watch::Receiver<bool>,
@@ -124,8 +125,10 @@ impl Server {
             ));
         };
         grants.validate()?;
-        // Build one store's state up front so unusable grants fail now, not per request.
-        GuestState::new(&grants)?;
+        // Resolve the bounds and build one store's state up front, so unusable grants fail
+        // now, not per request.
+        let quotas = crate::quota::Quotas::new(&grants)?;
+        GuestState::new(&grants, quotas.clone())?;
         let listener = TcpListener::bind(options.addr)
             .await
             .map_err(|source| Error::Bind {
@@ -149,6 +152,7 @@ impl Server {
                 max_concurrent,
                 killed,
                 grants,
+                quotas,
             }),
         })
     }
@@ -263,7 +267,7 @@ async fn serve_one(
     let timeout = shared.grants.limits.timeout;
     let mut store = Store::new(
         &shared.engine.engine,
-        GuestState::new(&shared.grants).map_err(internal)?,
+        GuestState::new(&shared.grants, shared.quotas.clone()).map_err(internal)?,
     );
     store.limiter(|s: &mut GuestState| &mut s.limits);
     yield_every_tick(&mut store);

@@ -45,7 +45,9 @@ impl WasiHttpView for GuestState {
 }
 
 impl GuestState {
-    pub(crate) fn new(grants: &Grants) -> Result<Self, Error> {
+    /// A store's state. `quotas` come from [`Quotas::new`] on the same grants, resolved
+    /// once per program rather than per request.
+    pub(crate) fn new(grants: &Grants, quotas: Quotas) -> Result<Self, Error> {
         let lookups = Lookups::default();
         Ok(GuestState {
             wasi: builder(grants, &lookups.learned)?.build(),
@@ -53,7 +55,7 @@ impl GuestState {
             hooks: OutboundHttp::new(grants.network.clone()),
             table: ResourceTable::new(),
             limits: limits(grants),
-            quotas: Quotas::new(grants)?,
+            quotas,
             network: grants.network.clone(),
             lookups,
         })

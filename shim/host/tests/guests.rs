@@ -329,16 +329,7 @@ fn malformed_inputs_are_clear_errors() {
 
 #[test]
 fn a_component_importing_an_interface_the_host_lacks_names_it() {
-    let component = wat::parse_str(
-        r#"(component
-             (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "get" (func (param "key" string) (result string)))))
-             (core module $m (func (export "run") (result i32) (i32.const 0)))
-             (core instance $i (instantiate $m))
-             (func $run (result (result)) (canon lift (core func $i "run")))
-             (instance $inst (export "run" (func $run)))
-             (export "wasi:cli/run@0.2.0" (instance $inst)))"#,
-    )
-    .expect("wat");
+    let component = wat::parse_str(guests::NEEDS_KEYVALUE_WAT).expect("wat");
     let e = load_err(&component);
     assert!(
         e.to_string().starts_with(

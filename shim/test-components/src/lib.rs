@@ -44,3 +44,14 @@ guest!(/// wasi:http hello: `/` hello, `/loop`, `/grow`, `/recurse`.
 guest!(/// wasi:sockets probe (a `wasi:cli/run` component): `lookup NAME [PORT]` or
     /// `connect IP PORT`; prints `lookup=ok|err N` and `connect=ok|err N`.
     SOCKPROBE_COMPONENT = "sockprobe.component.wasm");
+
+/// WAT of a `wasi:cli/run` component that imports `wasi:keyvalue/store@0.2.0-draft`, which
+/// the host does not provide: the "unsatisfied import" case. Text, because it is a component
+/// written by hand rather than a core module adapted at build time.
+pub const NEEDS_KEYVALUE_WAT: &str = r#"(component
+  (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "get" (func (param "key" string) (result string)))))
+  (core module $m (func (export "run") (result i32) (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $inst (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $inst)))"#;

@@ -24,6 +24,11 @@ pub const RUNTIME_HANDLER: &str = "wa8s";
 /// The pod annotations containerd must hand to the runtime (its `pod_annotations` option);
 /// without it the shim sees no policy and denies everything.
 pub const POD_ANNOTATIONS: &[&str] = &[POLICY_ANNOTATION];
+/// The node label the node installer sets once the runtime is ready on a node; the `wa8s`
+/// RuntimeClass schedules pods only onto nodes carrying it.
+pub const NODE_LABEL: &str = "wa8s.reconciler.io/runtime";
+/// [`NODE_LABEL`]'s value on a prepared node.
+pub const NODE_LABEL_READY: &str = "ready";
 /// The contract version this crate writes and understands.
 pub const CONTRACT_VERSION: u32 = 1;
 /// The container `command` the operator writes. containerd's CRI refuses a container without

@@ -270,7 +270,7 @@ fn strip_block(text: &str) -> String {
 }
 
 /// What installing did to one file, kept by the installer so uninstall can undo it exactly.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Installed {
     pub path: PathBuf,
     /// The bytes before (`None`: the installer created the file).

@@ -1,7 +1,10 @@
 //! The wa8s node installer: puts `containerd-shim-wa8s-v1` on a node and the `wa8s` runtime
 //! into containerd's configuration, and undoes both on uninstall.
 //!
-//! Today this crate holds the configuration editing ([`containerd_config`]); the DaemonSet
-//! binary that copies the shim, restarts containerd and labels the node builds on it.
+//! [`containerd_config`] edits the configuration text (pure functions); [`node`] does the
+//! work on a node (layout detection, atomic writes, the record uninstall works from,
+//! restarting containerd). The `wa8s-node-installer` binary adds the node label and the
+//! DaemonSet's lifecycle.
 
 pub mod containerd_config;
+pub mod node;

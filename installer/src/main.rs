@@ -1,0 +1,326 @@
+//! `wa8s-node-installer`: flags → [`Options`], then install / uninstall on this node, and in
+//! the DaemonSet the node label and the wait for uninstall. The node work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use wa8s_api::contract::{NODE_LABEL, NODE_LABEL_READY, parse_duration_ms};
+use wa8s_installer::node::{self, Options, Outcome, Restart, SHIM_NAME};
+
+/// The DaemonSet annotation that asks every installer pod to restore its node (set by the
+/// chart's pre-delete hook, `uninstall-all`).
+const UNINSTALL_ANNOTATION: &str = "wa8s.reconciler.io/uninstall";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wa8s-node-installer",
+    version,
+    about = "Puts the wa8s shim on a node and the wa8s runtime into containerd's configuration"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Prepare this node. Without --once (the DaemonSet), then label the node, and wait:
+    /// restore the node when the chart is uninstalled, exit on SIGTERM.
+    Install {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Install, label and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Restore this node from the installer's record and take the node label off.
+    Uninstall {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// (The chart's pre-delete hook.) Ask every installer pod of DaemonSet NAME to restore
+    /// its node, and wait until no node carries the wa8s label.
+    UninstallAll {
+        #[arg(long, env = "DAEMONSET_NAME")]
+        daemonset: String,
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: String,
+        /// How long to wait for the nodes, e.g. 5m.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+    },
+}
+
+#[derive(ClapArgs, Debug)]
+struct NodeArgs {
+    /// The node's `/` as mounted in this container.
+    #[arg(long, env = "WA8S_HOST_ROOT", default_value = "/")]
+    root: PathBuf,
+    /// containerd's configuration (node path). Default: k3s's template on k3s nodes, else
+    /// /etc/containerd/config.toml (through its conf.d drop-in directory if it imports one).
+    #[arg(long, env = "WA8S_CONTAINERD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Config version for a config.toml the installer has to create (2 or 3).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(2..=3))]
+    new_config_version: i64,
+    /// The shim binary to install. Default: next to this binary.
+    #[arg(long, env = "WA8S_SHIM")]
+    shim: Option<PathBuf>,
+    /// Node directory for the shim; must be on containerd's PATH.
+    #[arg(long, env = "WA8S_SHIM_DIR", default_value = "/usr/local/bin")]
+    shim_dir: PathBuf,
+    /// auto (systemd's containerd, or k3s), systemd, command or none.
+    #[arg(long, env = "WA8S_RESTART", default_value = "auto")]
+    restart: String,
+    /// The systemd unit for --restart systemd.
+    #[arg(long, env = "WA8S_RESTART_UNIT", default_value = "containerd")]
+    restart_unit: String,
+    /// Shell command run in the node's root for --restart command.
+    #[arg(long, env = "WA8S_RESTART_COMMAND")]
+    restart_command: Option<String>,
+    /// containerd's socket (node path). Default: containerd's, or k3s's on k3s nodes.
+    #[arg(long, env = "WA8S_CONTAINERD_SOCKET")]
+    socket: Option<PathBuf>,
+    /// How long containerd may take to come back after a restart, e.g. 2m.
+    #[arg(long, default_value = "2m")]
+    restart_timeout: String,
+    /// Where the installer records what it changed (node path).
+    #[arg(
+        long,
+        env = "WA8S_STATE_FILE",
+        default_value = "/var/lib/wa8s/node-installer.json"
+    )]
+    state_file: PathBuf,
+    /// The node to label (the DaemonSet passes spec.nodeName); none: no label.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+}
+
+fn duration(flag: &str, text: &str) -> Result<Duration> {
+    parse_duration_ms(text)
+        .map(Duration::from_millis)
+        .ok_or_else(|| anyhow!("--{flag} {text:?}: expected a duration such as 90s or 2m"))
+}
+
+impl NodeArgs {
+    fn options(&self) -> Result<Options> {
+        let shim = match &self.shim {
+            Some(s) => s.clone(),
+            None => std::env::current_exe()
+                .context("finding this binary (to find the shim next to it)")?
+                .with_file_name(SHIM_NAME),
+        };
+        let restart = match (self.restart.as_str(), &self.restart_command) {
+            ("auto", _) => Restart::Auto,
+            ("none", _) => Restart::None,
+            ("systemd", _) => Restart::Systemd(self.restart_unit.clone()),
+            ("command", Some(c)) if !c.trim().is_empty() => Restart::Command(c.clone()),
+            ("command", _) => bail!("--restart command needs --restart-command"),
+            (other, _) => {
+                bail!("--restart {other:?}: expected auto, systemd, command or none")
+            }
+        };
+        let mut o = Options::new(&self.root, shim);
+        o.config = self.config.clone();
+        o.new_config_version = self.new_config_version;
+        o.shim_dir = self.shim_dir.clone();
+        o.restart = restart;
+        o.socket = self.socket.clone();
+        o.restart_timeout = duration("restart-timeout", &self.restart_timeout)?;
+        o.state_file = self.state_file.clone();
+        Ok(o)
+    }
+}
+
+fn report(what: &str, outcome: &Outcome) {
+    if outcome.is_noop() {
+        tracing::info!("{what}: nothing to change");
+        return;
+    }
+    tracing::info!(
+        config = outcome
+            .config_changed
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        shim_changed = outcome.shim_changed,
+        restarted = outcome.restarted,
+        "{what}: done"
+    );
+}
+
+async fn set_label(client: &Client, node_name: &str, value: Option<&str>) -> Result<()> {
+    let patch = serde_json::json!({ "metadata": { "labels": { NODE_LABEL: value } } });
+    Api::<Node>::all(client.clone())
+        .patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("setting label {NODE_LABEL}={value:?} on node {node_name}"))?;
+    Ok(())
+}
+
+/// Whether the chart's pre-delete hook asked for uninstall.
+async fn uninstall_requested(api: &Api<DaemonSet>, name: &str) -> Result<bool> {
+    let ds = api
+        .get(name)
+        .await
+        .with_context(|| format!("reading DaemonSet {name}"))?;
+    Ok(ds
+        .metadata
+        .annotations
+        .is_some_and(|a| a.get(UNINSTALL_ANNOTATION).is_some_and(|v| v == "true")))
+}
+
+async fn install(node: NodeArgs, once: bool) -> Result<()> {
+    let options = node.options()?;
+    let blocking = options.clone();
+    let outcome = tokio::task::spawn_blocking(move || node::install(&blocking)).await??;
+    report("install", &outcome);
+    let active = outcome.config_changed.is_none() || outcome.restarted.is_some();
+    let client = match &node.node_name {
+        Some(_) => Some(
+            Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?,
+        ),
+        None => None,
+    };
+    if let (Some(client), Some(name)) = (&client, &node.node_name) {
+        if active {
+            set_label(client, name, Some(NODE_LABEL_READY)).await?;
+            tracing::info!(node = %name, "labelled {NODE_LABEL}={NODE_LABEL_READY}");
+        } else {
+            tracing::warn!(
+                "containerd was not restarted (--restart none): the node is labelled once containerd has read the new configuration and the installer runs again"
+            );
+        }
+    }
+    if once {
+        return Ok(());
+    }
+    // The DaemonSet's pod: wait for SIGTERM, and for the uninstall request meanwhile.
+    let daemonset = std::env::var("DAEMONSET_NAME").ok();
+    let namespace = std::env::var("POD_NAMESPACE").ok();
+    let watch = match (&client, daemonset, namespace) {
+        (Some(c), Some(d), Some(n)) => Some((Api::<DaemonSet>::namespaced(c.clone(), &n), d)),
+        _ => None,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut uninstalled = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: leaving the node prepared (uninstall happens only when the chart is uninstalled)");
+                return Ok(());
+            }
+            // One object, rarely changing: a poll is simpler than a watch and as good.
+            _ = tokio::time::sleep(Duration::from_secs(5)), if watch.is_some() && !uninstalled => {
+                let Some((api, name)) = &watch else { continue };
+                match uninstall_requested(api, name).await {
+                    Ok(true) => {
+                        let blocking = options.clone();
+                        let outcome = tokio::task::spawn_blocking(move || node::uninstall(&blocking)).await??;
+                        report("uninstall", &outcome);
+                        if let (Some(client), Some(node_name)) = (&client, &node.node_name) {
+                            set_label(client, node_name, None).await?;
+                        }
+                        uninstalled = true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("{e:#}"),
+                }
+            }
+        }
+    }
+}
+
+async fn uninstall(node: NodeArgs) -> Result<()> {
+    let options = node.options()?;
+    let outcome = tokio::task::spawn_blocking(move || node::uninstall(&options)).await??;
+    report("uninstall", &outcome);
+    if let Some(name) = &node.node_name {
+        let client = Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        set_label(&client, name, None).await?;
+    }
+    Ok(())
+}
+
+async fn uninstall_all(daemonset: &str, namespace: &str, timeout: Duration) -> Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let patch =
+        serde_json::json!({ "metadata": { "annotations": { UNINSTALL_ANNOTATION: "true" } } });
+    Api::<DaemonSet>::namespaced(client.clone(), namespace)
+        .patch(daemonset, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("annotating DaemonSet {namespace}/{daemonset}"))?;
+    let nodes = Api::<Node>::all(client);
+    let started = Instant::now();
+    loop {
+        let labelled: Vec<String> = nodes
+            .list_metadata(&ListParams::default().labels(NODE_LABEL))
+            .await
+            .context("listing prepared nodes")?
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        if labelled.is_empty() {
+            tracing::info!("every node is restored");
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            // Not an error: failing the hook would block `helm uninstall` for nodes that may
+            // be gone for good; the record on each node lets `wa8s-node-installer uninstall`
+            // finish there later.
+            tracing::warn!(
+                nodes = ?labelled,
+                "these nodes were not restored within {timeout:?}; run `wa8s-node-installer uninstall` on them"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await; // poll interval
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WA8S_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Cmd::Install { node, once } => install(node, once).await,
+        Cmd::Uninstall { node } => uninstall(node).await,
+        Cmd::UninstallAll {
+            daemonset,
+            namespace,
+            timeout,
+        } => match duration("timeout", &timeout) {
+            Ok(t) => uninstall_all(&daemonset, &namespace, t).await,
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Also the container's termination message (terminationMessagePolicy
+            // FallbackToLogsOnError), so `kubectl describe pod` shows why.
+            tracing::error!("{e:#}");
+            eprintln!("wa8s-node-installer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

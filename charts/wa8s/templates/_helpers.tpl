@@ -1,0 +1,51 @@
+{{/* Names: every object is prefixed with the release's full name. */}}
+{{- define "wa8s.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "wa8s.operator.name" -}}
+{{- printf "%s-operator" (include "wa8s.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "wa8s.installer.name" -}}
+{{- printf "%s-node-installer" (include "wa8s.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Kubernetes recommended labels; "component" is the part (operator, node-installer). */}}
+{{- define "wa8s.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: wa8s
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: wa8s
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "wa8s.selectorLabels" -}}
+app.kubernetes.io/name: wa8s
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "wa8s.image" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* KUBERNETES_SERVICE_HOST/PORT when the API is not reached through the kubernetes Service. */}}
+{{- define "wa8s.apiEnv" -}}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .Values.kubernetesApi.host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ default "443" .Values.kubernetesApi.port | quote }}
+{{- end -}}
+
+{{- define "wa8s.runtimeClassName" -}}
+{{- default .Values.runtimeClass.name .Values.operator.runtimeClassName -}}
+{{- end -}}

@@ -16,6 +16,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (the binaries the end-to-end scenarios run: shim, operator, CLI)"
 cargo build --locked -p wa8s-shim -p wa8s-operator -p wa8s-cli --bins
+echo "== container images (the chart's install test imports them)"
+bash e2e/scripts/images.sh
 echo "== cargo test"
 # Every test binary runs under a time limit (see test-runner.sh).
 runner="$(pwd)/e2e/scripts/test-runner.sh"

@@ -9,6 +9,7 @@ pub mod binaries;
 pub mod containerd;
 pub mod control_plane;
 pub mod dns;
+pub mod helm;
 pub mod http;
 pub mod image;
 pub mod kubectl;

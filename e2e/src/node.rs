@@ -36,6 +36,9 @@ pub struct NodeOptions {
     /// The cluster DNS server pods resolve through (the kubelet's `clusterDNS`); `None`:
     /// pods use the node's resolv.conf.
     pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// Whether containerd's configuration has the wa8s runtime from the start; `false`: the
+    /// node is as a fresh cluster's, for the node installer to prepare.
+    pub wa8s_runtime: bool,
 }
 
 impl NodeOptions {
@@ -107,7 +110,7 @@ impl ControlPlane {
         write_cni_config(&dir, options)?;
         write_registry_hosts(&dir, options)?;
         write_shim_config(&dir, options)?;
-        let config = containerd_config(&dir);
+        let config = containerd_config(&dir, options.wa8s_runtime);
         std::fs::write(dir.join("containerd.toml"), config)
             .map_err(io_err("writing containerd.toml"))?;
 
@@ -131,9 +134,14 @@ impl ControlPlane {
         let mut cmd = Command::new(containerd);
         cmd.arg("--config")
             .arg(dir.join("containerd.toml"))
-            .env("PATH", path)
+            .env("PATH", &path)
             .env("WA8S_SHIM_CONFIG", dir.join("shim.json"));
         self.spawn("containerd", containerd, cmd)?;
+        std::fs::write(
+            restart_script(self.state_dir()),
+            restart_script_text(self.state_dir(), containerd, &path),
+        )
+        .map_err(io_err("writing restart-containerd.sh"))?;
         let ctr = bins["ctr"].clone();
         let socket = containerd_socket(self.state_dir());
         self.wait_healthy("containerd", || {
@@ -197,7 +205,69 @@ fn parent(p: &Path) -> PathBuf {
     p.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-fn containerd_config(dir: &Path) -> String {
+/// The node's "restart containerd" command (what `systemctl restart containerd` is on a
+/// systemd node): `/bin/sh <this file>`.
+pub fn restart_script(state_dir: &Path) -> PathBuf {
+    node_dir(state_dir).join("restart-containerd.sh")
+}
+
+/// Stops the recorded containerd and starts the same command line again, as systemd would:
+/// outside the caller's cgroups (the node installer runs it from a pod), detached, with the
+/// new PID recorded in `pids` so teardown stops it.
+fn restart_script_text(state_dir: &Path, containerd: &Path, path: &std::ffi::OsStr) -> String {
+    let dir = node_dir(state_dir);
+    format!(
+        r#"#!/bin/sh
+set -eu
+pids='{pids}'
+old=$(awk '$1 == "containerd" {{ print $2 }}' "$pids")
+if [ -n "$old" ]; then
+  kill -TERM "$old" 2>/dev/null || true
+  # Until it has exited; a zombie has (its parent, the harness, reaps it later).
+  i=0
+  while [ -r "/proc/$old/stat" ] && ! awk '{{ exit ($3 == "Z") ? 0 : 1 }}' "/proc/$old/stat"; do
+    i=$((i + 1))
+    [ "$i" -lt 300 ] || {{ echo "containerd $old did not stop within 30s" >&2; exit 1; }}
+    sleep 0.1
+  done
+fi
+for procs in /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs; do
+  [ -w "$procs" ] && echo $$ > "$procs" 2>/dev/null || true
+done
+# In the node's mount namespace (the kubelet's), not the caller's: a containerd started in a
+# pod's private view of the node would not see the volumes the kubelet mounts later.
+kubelet=$(awk '$1 == "kubelet" {{ print $2 }}' "$pids")
+nsenter --mount="/proc/$kubelet/ns/mnt" -- env PATH='{path}' WA8S_SHIM_CONFIG='{d}/shim.json' '{containerd}' --config '{d}/containerd.toml' >>'{log}' 2>&1 </dev/null &
+sed -i "s|^containerd [0-9]* |containerd $! |" "$pids"
+"#,
+        pids = state_dir.join("pids").display(),
+        path = path.to_string_lossy(),
+        d = dir.display(),
+        containerd = containerd.display(),
+        log = state_dir.join("containerd.log").display(),
+    )
+}
+
+/// Imports an OCI image tarball into the node's containerd (namespace `k8s.io`, where the
+/// kubelet finds it).
+pub fn import_image(state_dir: &Path, tarball: &Path) -> Result<(), Error> {
+    let bins = binaries::ensure(&["ctr"])?;
+    let out = ctr_cmd(
+        &bins["ctr"],
+        &containerd_socket(state_dir),
+        &["images", "import", &tarball.to_string_lossy()],
+    )
+    .map_err(io_err("running ctr images import"))?;
+    if !out.status.success() {
+        return Err(Error::Io {
+            what: format!("importing {}", tarball.display()),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        });
+    }
+    Ok(())
+}
+
+fn containerd_config(dir: &Path, wa8s_runtime: bool) -> String {
     let d = dir.display();
     format!(
         r#"{base}[plugins.'io.containerd.cri.v1.runtime'.cni]
@@ -216,7 +286,11 @@ fn containerd_config(dir: &Path) -> String {
 "#,
         base =
             crate::containerd::base_config(&dir.join("containerd"), &dir.join("containerd.sock")),
-        runtime = crate::containerd::wa8s_runtime(),
+        runtime = if wa8s_runtime {
+            crate::containerd::wa8s_runtime()
+        } else {
+            String::new()
+        },
     )
 }
 

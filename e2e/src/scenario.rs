@@ -41,12 +41,20 @@ impl Cluster {
     pub fn shared() -> Result<&'static Cluster, String> {
         static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
         SHARED
-            .get_or_init(|| Cluster::start().map_err(|e| format!("{e:#}")))
+            .get_or_init(|| Cluster::start(false).map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(Clone::clone)
     }
 
-    fn start() -> anyhow::Result<Cluster> {
+    /// A cluster as users have it before installing wa8s: no CRD, no RuntimeClass, no
+    /// operator, and a node whose containerd knows nothing of the wa8s runtime (its shim
+    /// directory on containerd's PATH is empty). Restarting its containerd is
+    /// [`crate::node::restart_script`]. Stopped by PID when dropped or the process exits.
+    pub fn fresh() -> anyhow::Result<Cluster> {
+        Cluster::start(true)
+    }
+
+    fn start(fresh: bool) -> anyhow::Result<Cluster> {
         let bin_dir = bin_dir()?;
         let run = cache_dir().join("run");
         control_plane::sweep_stale(&run);
@@ -58,15 +66,29 @@ impl Cluster {
         let registry = format!("127.0.0.1:{port}");
         cp.start_registry(&registry)?;
         let mut node = NodeOptions {
-            shim_dir: bin_dir.clone(),
+            shim_dir: if fresh {
+                dir.join("node/bin")
+            } else {
+                bin_dir.clone()
+            },
             network: NETWORK,
             insecure_registries: vec![registry.clone()],
             mirrors: vec![("ghcr.io".to_owned(), registry.clone())],
             cluster_dns: None,
+            wa8s_runtime: !fresh,
         };
         node.cluster_dns = Some(node.gateway());
         let dns = DnsServer::start(SocketAddr::from((node.gateway(), 53)))?;
         cp.start_node(&node)?;
+        if fresh {
+            return Ok(Cluster {
+                cp,
+                registry,
+                node,
+                dns,
+                bin_dir,
+            });
+        }
 
         let kubectl = cp.kubectl();
         kubectl.install_crd()?;
@@ -124,6 +146,21 @@ impl Cluster {
     /// The DNS server the pods resolve through.
     pub fn dns(&self) -> &DnsServer {
         &self.dns
+    }
+
+    /// The API server's port on 127.0.0.1.
+    pub fn api_port(&self) -> anyhow::Result<u16> {
+        let server = self.cp.server();
+        server
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no port in the API server URL {server}"))
+    }
+
+    /// An admin kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        self.cp.kubeconfig()
     }
 
     /// The control plane's state directory (logs of every process).

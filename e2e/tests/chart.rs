@@ -7,48 +7,24 @@
 //! `WA8S_UPDATE_SNAPSHOTS=1 cargo test -p wa8s-e2e --test chart`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use wa8s_e2e::helm::Helm;
 use yaml_serde::Value;
 
 /// The Kubernetes version charts are rendered for (the e2e cluster's).
 const KUBE_VERSION: &str = "1.35.4";
 
-fn helm() -> Result<PathBuf> {
-    Ok(wa8s_e2e::binaries::ensure(&["helm"])?["helm"].clone())
-}
-
 fn chart_dir() -> PathBuf {
     wa8s_e2e::repo_root().join("charts/wa8s")
 }
 
-/// Runs helm with a private home (no user repositories or registry logins leak in).
 fn run_helm(args: &[&str]) -> Result<std::process::Output> {
-    let home = tempfile::tempdir()?;
-    let mut cmd = Command::new(helm()?);
-    cmd.args(args)
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_DATA_HOME", home.path().join("data"));
-    Ok(wa8s_e2e::process::run_with_timeout(
-        cmd,
-        Duration::from_secs(120),
-    )?)
+    Helm::new(None)?.run(args)
 }
 
 fn helm_ok(args: &[&str]) -> Result<String> {
-    let out = run_helm(args)?;
-    if !out.status.success() {
-        bail!(
-            "helm {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Helm::new(None)?.ok(args)
 }
 
 /// `helm template` of the chart directory as release `wa8s` in `wa8s-system`.

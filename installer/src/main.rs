@@ -293,6 +293,8 @@ async fn uninstall_all(daemonset: &str, namespace: &str, timeout: Duration) -> R
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // kube's TLS stack links both rustls providers; pick one for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(

@@ -317,15 +317,52 @@ fn remove_optional(path: &Path) -> Result<bool, Error> {
     }
 }
 
-/// Copies the shim unless the node already has exactly these bytes.
+/// Whether two files have the same bytes, read in chunks (the shim is tens of MiB and the
+/// installer's memory limit is small).
+fn same_contents(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (Ok(fa), Ok(fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return Ok(false);
+    };
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ra, mut rb) = (std::io::BufReader::new(fa), std::io::BufReader::new(fb));
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = ra.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        rb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Copies the shim unless the node already has exactly these bytes: streamed to a temporary
+/// file beside the target, then renamed over it (a running shim keeps its unlinked binary).
 fn install_shim(o: &Options) -> Result<(PathBuf, bool), Error> {
     let node_path = o.shim_dir.join(SHIM_NAME);
     let target = o.on_node(&node_path);
-    let wanted = std::fs::read(&o.shim_source).map_err(io("reading", &o.shim_source))?;
-    let same = std::fs::read(&target).is_ok_and(|have| have == wanted);
+    let same = same_contents(&o.shim_source, &target).map_err(io("comparing", &target))?;
     if !same {
-        // A running shim keeps its (now unlinked) binary: rename never disturbs it.
-        write_atomically(&target, &wanted, 0o755)?;
+        let dir = target.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        let tmp = dir.join(format!(".{SHIM_NAME}.wa8s-{}", std::process::id()));
+        let result = (|| {
+            let mut from = std::fs::File::open(&o.shim_source)?;
+            let mut to = std::fs::File::create(&tmp)?;
+            std::io::copy(&mut from, &mut to)?;
+            to.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+            to.sync_all()?;
+            std::fs::rename(&tmp, &target)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(io("copying the shim to", &target))?;
     }
     Ok((node_path, !same))
 }

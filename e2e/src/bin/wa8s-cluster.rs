@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
                         insecure_registries: vec![REGISTRY.to_owned()],
                         mirrors: vec![("ghcr.io".to_owned(), REGISTRY.to_owned())],
                         cluster_dns: None,
+                        wa8s_runtime: true,
                     })?;
                     Ok(())
                 })();

@@ -1,0 +1,256 @@
+//! `helm install wa8s` on a fresh node, as users do it: the chart from its directory and from
+//! an OCI registry, the images imported into the node's containerd (built by
+//! `e2e/scripts/images.sh`), the node installer preparing containerd (which is restarted and
+//! picks the runtime up), the operator running in a pod, a component served, and
+//! `helm uninstall` giving containerd's configuration back byte for byte.
+//!
+//! The node has no systemd: the chart is told to restart containerd with the node's restart
+//! script (`installer.restart.method=command`), which is what a non-systemd node would do.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use wa8s_e2e::helm::Helm;
+use wa8s_e2e::kubectl::Kubectl;
+use wa8s_e2e::scenario::Cluster;
+
+const NODE: &str = "wa8s-node";
+const RELEASE_NAMESPACE: &str = "wa8s-system";
+
+/// The image tarballs `e2e/scripts/images.sh` wrote.
+fn images() -> Result<Vec<PathBuf>> {
+    let dir = wa8s_e2e::repo_root().join("target/images");
+    let tarballs: Vec<PathBuf> = ["wa8s-operator.tar", "wa8s-node-installer.tar"]
+        .iter()
+        .map(|n| dir.join(n))
+        .collect();
+    for t in &tarballs {
+        ensure!(
+            t.is_file(),
+            "{} is missing: build the images first (e2e/scripts/images.sh; the test script does)",
+            t.display()
+        );
+    }
+    Ok(tarballs)
+}
+
+/// The values this cluster needs: no kube-proxy (pods reach the API on the node's loopback,
+/// so the operator shares the node's network), the local registry as the `ghcr.io` mirror,
+/// and the node's own containerd configuration, shim directory, socket and restart command.
+fn values(cluster: &Cluster) -> Result<Vec<String>> {
+    let node_dir = cluster.state_dir().join("node");
+    let registry = cluster.registry();
+    Ok(vec![
+        format!("kubernetesApi.host=127.0.0.1"),
+        format!("kubernetesApi.port={}", cluster.api_port()?),
+        "operator.hostNetwork=true".to_owned(),
+        format!("operator.httpPort={}", free_port()?),
+        format!("operator.mirrors.ghcr\\.io={registry}"),
+        format!("operator.insecureRegistries[0]={registry}"),
+        format!(
+            "installer.containerdConfig={}",
+            node_dir.join("containerd.toml").display()
+        ),
+        format!(
+            "installer.containerdSocket={}",
+            node_dir.join("containerd.sock").display()
+        ),
+        format!("installer.shimDir={}", node_dir.join("bin").display()),
+        "installer.restart.method=command".to_owned(),
+        format!(
+            "installer.restart.command=/bin/sh {}",
+            wa8s_e2e::node::restart_script(cluster.state_dir()).display()
+        ),
+        "installer.uninstallTimeout=3m".to_owned(),
+    ])
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn node_label(kubectl: &Kubectl) -> Result<String> {
+    Ok(kubectl.ok(&[
+        "get",
+        "node",
+        NODE,
+        "-o",
+        "jsonpath={.metadata.labels.wa8s\\.reconciler\\.io/runtime}",
+    ])?)
+}
+
+fn containerd_pid(cluster: &Cluster) -> Result<String> {
+    let pids = std::fs::read_to_string(cluster.state_dir().join("pids"))?;
+    pids.lines()
+        .find_map(|l| l.strip_prefix("containerd "))
+        .and_then(|rest| rest.split(' ').next())
+        .map(str::to_owned)
+        .context("no containerd in the pids file")
+}
+
+/// Installs with `chart` (a directory or an oci:// reference), runs a component, uninstalls;
+/// checks what the node looks like after each step.
+fn install_run_uninstall(cluster: &Cluster, helm: &Helm, chart: &[&str]) -> Result<()> {
+    let kubectl = cluster.kubectl();
+    let config = cluster.state_dir().join("node/containerd.toml");
+    let shim = cluster.state_dir().join("node/bin/containerd-shim-wa8s-v1");
+    let original = std::fs::read(&config)?;
+    let pid_before = containerd_pid(cluster)?;
+
+    let mut args = vec![
+        "install",
+        "wa8s",
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "5m",
+    ];
+    args.extend(chart);
+    let values = values(cluster)?;
+    for v in &values {
+        args.extend(["--set", v.as_str()]);
+    }
+    helm.ok(&args)?;
+
+    // The installer labels the node once the restarted containerd answers.
+    let labelled = kubectl.eventually(Duration::from_secs(180), "the node label", |k| {
+        node_label(k).ok().filter(|l| l == "ready")
+    });
+    if labelled.is_err() {
+        let logs = kubectl
+            .run(&[
+                "logs",
+                "-n",
+                RELEASE_NAMESPACE,
+                "daemonset/wa8s-node-installer",
+            ])
+            .map(|o| o.stdout + &o.stderr)
+            .unwrap_or_default();
+        bail!("the node was not labelled wa8s.reconciler.io/runtime=ready; installer log:\n{logs}");
+    }
+    let patched = std::fs::read_to_string(&config)?;
+    ensure!(
+        patched.contains("io.containerd.wa8s.v1") && patched.contains("wa8s.reconciler.io/policy"),
+        "the installer did not add the runtime:\n{patched}"
+    );
+    ensure!(shim.is_file(), "no shim at {}", shim.display());
+    ensure!(
+        containerd_pid(cluster)? != pid_before,
+        "containerd was not restarted"
+    );
+
+    // A component, served by the operator running in its pod and the installed runtime.
+    let ns = kubectl.namespace("install")?;
+    cluster.push(
+        wa8s_test_components::HTTP_COMPONENT,
+        "myorg/image-processor:v1.2.3",
+    )?;
+    let seed = std::fs::read_to_string(wa8s_e2e::shared_dir().join("fixtures/seed-deploy.yaml"))?;
+    kubectl.apply(ns.name(), &seed)?;
+    kubectl.ok(&[
+        "wait",
+        "-n",
+        ns.name(),
+        "--for=condition=Ready",
+        "--timeout=180s",
+        "webassembly/image-processor",
+    ])?;
+    let forward = kubectl.port_forward(ns.name(), "svc/image-processor", 80)?;
+    let (status, body) = wa8s_e2e::http::get(forward.addr(), "/", Duration::from_secs(10))?;
+    ensure!(status == 200, "HTTP {status}: {body}");
+    drop(forward);
+    // Gone before the operator is: its objects are garbage-collected by owner references.
+    kubectl.ok(&[
+        "delete",
+        "namespace",
+        ns.name(),
+        "--wait=true",
+        "--timeout=120s",
+    ])?;
+    drop(ns);
+
+    let pid_installed = containerd_pid(cluster)?;
+    if let Err(e) = helm.ok(&[
+        "uninstall",
+        "wa8s",
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--wait",
+        "--timeout",
+        "5m",
+    ]) {
+        let mut logs = String::new();
+        for target in [
+            "job/wa8s-node-installer-uninstall",
+            "daemonset/wa8s-node-installer",
+        ] {
+            if let Ok(o) = kubectl.run(&["logs", "-n", RELEASE_NAMESPACE, target, "--tail=20"]) {
+                logs += &format!("--- {target}\n{}{}", o.stdout, o.stderr);
+            }
+        }
+        bail!("{e:#}\n{logs}");
+    }
+    // The pre-delete hook waited for the node: the configuration is back to its bytes.
+    ensure!(
+        std::fs::read(&config)? == original,
+        "containerd's configuration differs after helm uninstall:\n{}",
+        std::fs::read_to_string(&config)?
+    );
+    ensure!(!shim.exists(), "the shim is still at {}", shim.display());
+    ensure!(
+        node_label(&kubectl)?.is_empty(),
+        "the node is still labelled"
+    );
+    ensure!(
+        containerd_pid(cluster)? != pid_installed,
+        "containerd was not restarted after the runtime was removed"
+    );
+    kubectl.ok(&[
+        "delete",
+        "namespace",
+        RELEASE_NAMESPACE,
+        "--wait=true",
+        "--timeout=120s",
+    ])?;
+    Ok(())
+}
+
+#[test]
+fn helm_install_from_the_chart_directory_and_from_an_oci_registry_prepares_the_node_and_uninstall_restores_it()
+-> Result<()> {
+    let cluster = Cluster::fresh()?;
+    for image in images()? {
+        wa8s_e2e::node::import_image(cluster.state_dir(), &image)?;
+    }
+    let helm = Helm::new(Some(cluster.kubeconfig()))?;
+    let chart = wa8s_e2e::repo_root().join("charts/wa8s");
+    install_run_uninstall(&cluster, &helm, &[&chart.to_string_lossy()])?;
+
+    // The same chart, pushed to the cluster's registry and installed from there.
+    let packaged = tempfile::tempdir()?;
+    helm.ok(&[
+        "package",
+        &chart.to_string_lossy(),
+        "-d",
+        &packaged.path().to_string_lossy(),
+    ])?;
+    let repository = format!("oci://{}/charts", cluster.registry());
+    helm.ok(&[
+        "push",
+        &packaged.path().join("wa8s-0.1.0.tgz").to_string_lossy(),
+        &repository,
+        "--plain-http",
+    ])?;
+    let reference = format!("{repository}/wa8s");
+    install_run_uninstall(
+        &cluster,
+        &helm,
+        &[&reference, "--version", "0.1.0", "--plain-http"],
+    )?;
+    Ok(())
+}

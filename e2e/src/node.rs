@@ -267,6 +267,25 @@ pub fn import_image(state_dir: &Path, tarball: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Pushes image `local` (already in the node's containerd) to `remote` on a plain-HTTP
+/// registry, e.g. `127.0.0.1:5000/wa8s/operator:0.1.0`.
+pub fn push_image(state_dir: &Path, local: &str, remote: &str) -> Result<(), Error> {
+    let bins = binaries::ensure(&["ctr"])?;
+    let out = ctr_cmd(
+        &bins["ctr"],
+        &containerd_socket(state_dir),
+        &["images", "push", "--plain-http", remote, local],
+    )
+    .map_err(io_err("running ctr images push"))?;
+    if !out.status.success() {
+        return Err(Error::Io {
+            what: format!("pushing {local} to {remote}"),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        });
+    }
+    Ok(())
+}
+
 fn containerd_config(dir: &Path, wa8s_runtime: bool) -> String {
     let d = dir.display();
     format!(

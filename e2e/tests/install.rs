@@ -1,8 +1,9 @@
-//! `helm install wa8s` on a fresh node, as users do it: the chart from its directory and from
-//! an OCI registry, the images imported into the node's containerd (built by
-//! `e2e/scripts/images.sh`), the node installer preparing containerd (which is restarted and
-//! picks the runtime up), the operator running in a pod, a component served, and
-//! `helm uninstall` giving containerd's configuration back byte for byte.
+//! `helm install wa8s` on a fresh node, as users do it: the chart from its directory with the
+//! images imported into the node's containerd (built by `e2e/scripts/images.sh`), then the
+//! chart from an OCI registry with the images pushed to and pulled from that registry. Each
+//! time: the node installer prepares containerd (which is restarted and picks the runtime
+//! up), the operator runs in a pod, a component is served, and `helm uninstall` gives
+//! containerd's configuration back byte for byte.
 //!
 //! The node has no systemd: the chart is told to restart containerd with the node's restart
 //! script (`installer.restart.method=command`), which is what a non-systemd node would do.
@@ -231,7 +232,23 @@ fn helm_install_from_the_chart_directory_and_from_an_oci_registry_prepares_the_n
     let chart = wa8s_e2e::repo_root().join("charts/wa8s");
     install_run_uninstall(&cluster, &helm, &[&chart.to_string_lossy()])?;
 
-    // The same chart, pushed to the cluster's registry and installed from there.
+    // The same chart, pushed to the cluster's registry and installed from there, with the
+    // images pushed there too and pulled by the kubelet (pull policy Always).
+    let version = env!("CARGO_PKG_VERSION");
+    let mut image_values = Vec::new();
+    for (name, value) in [
+        ("wa8s-operator", "operator"),
+        ("wa8s-node-installer", "installer"),
+    ] {
+        let repository = format!("{}/wa8s/{name}", cluster.registry());
+        wa8s_e2e::node::push_image(
+            cluster.state_dir(),
+            &format!("ghcr.io/reconcilerio/{name}:{version}"),
+            &format!("{repository}:{version}"),
+        )?;
+        image_values.push(format!("{value}.image.repository={repository}"));
+        image_values.push(format!("{value}.image.pullPolicy=Always"));
+    }
     let packaged = tempfile::tempdir()?;
     helm.ok(&[
         "package",
@@ -247,10 +264,10 @@ fn helm_install_from_the_chart_directory_and_from_an_oci_registry_prepares_the_n
         "--plain-http",
     ])?;
     let reference = format!("{repository}/wa8s");
-    install_run_uninstall(
-        &cluster,
-        &helm,
-        &[&reference, "--version", "0.1.0", "--plain-http"],
-    )?;
+    let mut args = vec![reference.as_str(), "--version", "0.1.0", "--plain-http"];
+    for v in &image_values {
+        args.extend(["--set", v.as_str()]);
+    }
+    install_run_uninstall(&cluster, &helm, &args)?;
     Ok(())
 }

@@ -45,6 +45,12 @@ enum Cmd {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// (The DaemonSet's readiness probe.) Succeed when this node is prepared: installed,
+    /// and containerd restarted since.
+    Ready {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// (The chart's pre-delete hook.) Ask every installer pod of DaemonSet NAME to restore
     /// its node, and wait until no node carries the wa8s label.
     UninstallAll {
@@ -252,6 +258,15 @@ async fn uninstall(node: NodeArgs) -> Result<()> {
     Ok(())
 }
 
+fn ready(node: &NodeArgs) -> Result<()> {
+    let options = node.options()?;
+    match node::read_record(&options)? {
+        Some(r) if !r.restart_pending => Ok(()),
+        Some(_) => bail!("containerd has not been restarted since the runtime was added"),
+        None => bail!("not installed on this node yet"),
+    }
+}
+
 async fn uninstall_all(daemonset: &str, namespace: &str, timeout: Duration) -> Result<()> {
     let client = Client::try_default()
         .await
@@ -306,6 +321,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Install { node, once } => install(node, once).await,
         Cmd::Uninstall { node } => uninstall(node).await,
+        Cmd::Ready { node } => ready(&node),
         Cmd::UninstallAll {
             daemonset,
             namespace,

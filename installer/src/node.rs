@@ -265,7 +265,8 @@ impl Outcome {
     }
 }
 
-fn read_record(o: &Options) -> Result<Option<Record>, Error> {
+/// What the installer recorded on this node, if it has installed here.
+pub fn read_record(o: &Options) -> Result<Option<Record>, Error> {
     let path = o.on_node(&o.state_file);
     let Some(text) = read_optional(&path)? else {
         return Ok(None);
@@ -475,8 +476,9 @@ pub fn uninstall(o: &Options) -> Result<Outcome, Error> {
     })
 }
 
-/// The method [`Restart::Auto`] stands for on this node.
-fn resolve(o: &Options, k3s: bool) -> Result<Restart, Error> {
+/// The method [`Restart::Auto`] stands for on this node (other methods stand for
+/// themselves); k3s nodes restart k3s's unit.
+pub fn resolve(o: &Options, k3s: bool) -> Result<Restart, Error> {
     if o.restart != Restart::Auto {
         return Ok(o.restart.clone());
     }

@@ -232,6 +232,29 @@ fn automatic_restart_without_systemd_or_a_command_is_refused_with_what_to_set() 
     Ok(())
 }
 
+#[test]
+fn automatic_restart_picks_systemds_containerd_or_the_k3s_unit_the_node_has() -> Result<()> {
+    let (_d, mut o) = node_root(&[
+        ("/run/systemd/system/.keep", ""),
+        ("/etc/systemd/system/k3s-agent.service", ""),
+    ])?;
+    o.restart = Restart::Auto;
+    assert_eq!(
+        node::resolve(&o, false)?,
+        Restart::Systemd("containerd".into())
+    );
+    assert_eq!(
+        node::resolve(&o, true)?,
+        Restart::Systemd("k3s-agent".into())
+    );
+    let (_d, mut o) = node_root(&[("/run/systemd/system/.keep", "")])?;
+    o.restart = Restart::Auto;
+    assert_eq!(node::resolve(&o, true)?, Restart::Systemd("k3s".into()));
+    o.restart = Restart::Command("rc-service containerd restart".into());
+    assert_eq!(node::resolve(&o, false)?, o.restart);
+    Ok(())
+}
+
 /// A stand-in containerd: a process that (re)binds a unix socket, started by the restart
 /// command, stopped by PID when the test ends.
 struct FakeContainerd {
@@ -350,8 +373,15 @@ fn the_binary_restarts_containerd_only_when_the_configuration_changes() -> Resul
     let failed = run_with("exit 1", &["install", "--once"])?;
     assert!(!failed.status.success());
     assert!(std::fs::read_to_string(&config)?.contains("io.containerd.wa8s.v1"));
+    let not_ready = run_with("true", &["ready"])?;
+    assert!(
+        !not_ready.status.success(),
+        "ready before containerd restarted"
+    );
+    assert!(String::from_utf8_lossy(&not_ready.stderr).contains("has not been restarted"));
     run(&["install", "--once"])?;
     assert_eq!(fake.restarts(), 1);
+    run(&["ready"])?;
     assert!(std::fs::read_to_string(&config)?.contains("io.containerd.wa8s.v1"));
     assert_eq!(std::fs::read(d.join("bin").join(SHIM_NAME))?, b"shim");
 

@@ -449,7 +449,8 @@ fn register_at_exit(f: extern "C" fn()) {
     }
 }
 
-pub(crate) fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of the file at `path` (empty if it cannot be read), for errors.
+pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

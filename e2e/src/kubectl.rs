@@ -8,8 +8,44 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::process::{self, eventually};
 use crate::repo_root;
 
-/// Deadline for one kubectl invocation.
+/// Deadline for one kubectl invocation that sets no `--timeout=` of its own.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long past its own `--timeout=` a kubectl call (wait, delete, rollout status) may run
+/// before it is killed: kubectl's timeout is the one that fails with a useful message.
+const TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+
+/// The deadline for a kubectl call with `args`: its own `--timeout=` plus a margin, or the
+/// default. A wait for minutes must not be cut off at the default.
+fn call_timeout(args: &[&str]) -> Duration {
+    args.iter()
+        .filter_map(|a| a.strip_prefix("--timeout="))
+        .filter_map(go_duration)
+        .max()
+        .map_or(CALL_TIMEOUT, |t| (t + TIMEOUT_MARGIN).max(CALL_TIMEOUT))
+}
+
+/// Parses the Go durations tests pass to kubectl: `90s`, `5m`, `1h`, `2m30s`.
+fn go_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut number = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().ok()?;
+        number.clear();
+        total += Duration::from_secs(match c {
+            's' => n,
+            'm' => n * 60,
+            'h' => n * 3600,
+            _ => return None,
+        });
+    }
+    // A bare number is seconds to kubectl only for some flags; refuse to guess.
+    number.is_empty().then_some(total).filter(|t| !t.is_zero())
+}
 
 /// Errors from running kubectl.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +104,8 @@ impl Kubectl {
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .arg("--request-timeout=30s")
             .args(args);
-        let out = process::run_with_input(cmd, stdin.map(|s| s.as_bytes().to_vec()), CALL_TIMEOUT)
+        let timeout = call_timeout(args);
+        let out = process::run_with_input(cmd, stdin.map(|s| s.as_bytes().to_vec()), timeout)
             .map_err(|source| Error::Run {
                 args: args.join(" "),
                 source,
@@ -261,5 +298,28 @@ impl Drop for Namespace {
         let _ = self
             .kubectl
             .run(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_with_its_own_timeout_is_given_that_long_plus_a_margin() {
+        let args = ["wait", "--for=condition=Ready", "--timeout=240s", "x"];
+        assert_eq!(call_timeout(&args), Duration::from_secs(270));
+        assert_eq!(
+            call_timeout(&["delete", "--timeout=2m30s"]),
+            Duration::from_secs(180)
+        );
+    }
+
+    #[test]
+    fn calls_without_a_timeout_or_with_a_short_one_get_the_default() {
+        assert_eq!(call_timeout(&["get", "pods"]), CALL_TIMEOUT);
+        assert_eq!(call_timeout(&["wait", "--timeout=5s"]), CALL_TIMEOUT);
+        assert_eq!(call_timeout(&["wait", "--timeout=forever"]), CALL_TIMEOUT);
+        assert_eq!(call_timeout(&["wait", "--timeout=10"]), CALL_TIMEOUT);
     }
 }

@@ -152,8 +152,16 @@ fn install_run_uninstall(cluster: &Cluster, helm: &Helm, chart: &[&str]) -> Resu
         "myorg/image-processor:v1.2.3",
     )?;
     let seed = std::fs::read_to_string(wa8s_e2e::shared_dir().join("fixtures/seed-deploy.yaml"))?;
-    kubectl.apply(ns.name(), &seed)?;
+    // helm --wait does not wait for a CRD to be served; users' next apply would.
     kubectl.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/webassemblies.wa8s.reconciler.io",
+    ])?;
+    let applied = kubectl.apply(ns.name(), &seed)?;
+    ensure!(applied.success, "seed manifest refused: {}", applied.stderr);
+    let ready = kubectl.run(&[
         "wait",
         "-n",
         ns.name(),
@@ -161,6 +169,33 @@ fn install_run_uninstall(cluster: &Cluster, helm: &Helm, chart: &[&str]) -> Resu
         "--timeout=180s",
         "webassembly/image-processor",
     ])?;
+    if !ready.success {
+        let mut state = String::new();
+        for args in [
+            &[
+                "get",
+                "webassembly,deploy,pods",
+                "-n",
+                ns.name(),
+                "-o",
+                "wide",
+            ][..],
+            &["get", "events", "-n", ns.name(), "--sort-by=.lastTimestamp"],
+            &["get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide"],
+            &[
+                "logs",
+                "-n",
+                RELEASE_NAMESPACE,
+                "deploy/wa8s-operator",
+                "--tail=20",
+            ],
+        ] {
+            if let Ok(o) = kubectl.run(args) {
+                state += &format!("--- kubectl {}\n{}{}", args.join(" "), o.stdout, o.stderr);
+            }
+        }
+        bail!("image-processor not Ready: {}\n{state}", ready.stderr);
+    }
     let forward = kubectl.port_forward(ns.name(), "svc/image-processor", 80)?;
     let (status, body) = wa8s_e2e::http::get(forward.addr(), "/", Duration::from_secs(10))?;
     ensure!(status == 200, "HTTP {status}: {body}");

@@ -22,6 +22,7 @@ fn cluster() -> Result<&'static Cluster> {
 
 /// Waits for `Ready`; on failure the error carries what a person would look at.
 fn wait_ready(k: &Kubectl, ns: &str, name: &str) -> Result<()> {
+    let started = std::time::Instant::now();
     let out = k.run(&[
         "wait",
         "-n",
@@ -31,6 +32,8 @@ fn wait_ready(k: &Kubectl, ns: &str, name: &str) -> Result<()> {
         &format!("webassembly/{name}"),
     ])?;
     if out.success {
+        // In the log, so a slow machine shows before it fails.
+        eprintln!("{ns}/{name} Ready after {:.1?}", started.elapsed());
         return Ok(());
     }
     let state = k
@@ -44,7 +47,18 @@ fn wait_ready(k: &Kubectl, ns: &str, name: &str) -> Result<()> {
         "{.status.conditions}",
     )
     .unwrap_or_default();
-    bail!("{name} not Ready: {}\n{state}\n{conditions}", out.stderr)
+    let events = k
+        .run(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let operator = cluster()
+        .map(|c| wa8s_e2e::control_plane::tail(&c.state_dir().join("wa8s-operator.log"), 20))
+        .unwrap_or_default();
+    bail!(
+        "{name} not Ready after {:.0?}: {}\n{state}\n{conditions}\nevents:\n{events}\noperator log:\n{operator}",
+        started.elapsed(),
+        out.stderr
+    )
 }
 
 /// `(status, reason, message)` of condition `type_` of WebAssembly `name`.

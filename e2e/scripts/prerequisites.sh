@@ -60,3 +60,10 @@ command -v ip >/dev/null || apt_install iproute2
 command -v runc >/dev/null || apt_install runc
 command -v iptables >/dev/null || apt_install iptables
 command -v gcc >/dev/null || apt_install gcc libc6-dev
+
+# A cold build of the workspace takes about 13 GiB under target/; the local cluster's kubelet
+# shares that disk. Say so up front instead of failing half an hour later.
+free_kib="$(df -Pk . | awk 'NR==2 {print $4}')"
+if [ "${free_kib:-0}" -lt $((16 * 1024 * 1024)) ]; then
+  log "warning: only $((free_kib / 1024 / 1024)) GiB free on $(df -P . | awk 'NR==2 {print $6}'); a cold build and the local cluster need about 16 GiB"
+fi

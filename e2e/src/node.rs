@@ -424,12 +424,14 @@ protectKernelDefaults: false
 oomScoreAdj: 0
 podLogsDir: {d}/pod-logs
 serializeImagePulls: false
-# A developer's disk is often fuller than a server's: evict only when it is really full.
+# The node shares a developer's disk with cargo's target directory, which a build can fill
+# to within a few GiB: percentages of a large disk would evict the pods under test (a CI run
+# failed that way), so evict only when it is really full.
 evictionHard:
   memory.available: 100Mi
-  nodefs.available: 1%
+  nodefs.available: 512Mi
   nodefs.inodesFree: 1%
-  imagefs.available: 1%
+  imagefs.available: 512Mi
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 {dns}"#,

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # README command 1. Brings up a local single-node Kubernetes (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubelet, containerd 2.2 with the wa8s shim, a CNI
-# bridge, and a registry on 127.0.0.1:5000 that the node and the operator use as the mirror
-# of ghcr.io), starts the wa8s operator, pushes
-# a hello component as ghcr.io/myorg/image-processor:v1.2.3, applies examples/deploy.yaml,
-# waits for Ready and calls the Service; then the same for the Python example. Idempotent: run it again at will.
-# Stop everything and remove what it made with: e2e/scripts/quickstart.sh down
+# kube-controller-manager, kube-scheduler, kubelet, containerd 2.2 without any wa8s runtime,
+# a CNI bridge, and a registry on 127.0.0.1:5000 that the node and the operator use as the
+# mirror of ghcr.io), builds the wa8s container images, installs wa8s with its Helm chart
+# (the operator in a pod; the node installer adds the runtime to containerd), pushes a hello
+# component as ghcr.io/myorg/image-processor:v1.2.3, applies examples/deploy.yaml, waits for
+# Ready and calls the Service; then the same for the Python example. Idempotent: run it again
+# at will. Stop everything and remove what it made with: e2e/scripts/quickstart.sh down
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source e2e/scripts/prerequisites.sh
@@ -17,35 +18,35 @@ if [ "${1:-}" = "down" ]; then
   exit 0
 fi
 
-echo "== building wa8s (operator, shim, CLI) and the cluster tool"
-cargo build --quiet --locked -p wa8s-e2e -p wa8s-shim -p wa8s-operator -p wa8s-cli --bins
-kubectl_bin="$(bash e2e/scripts/build-binaries.sh etcd kube-apiserver kube-controller-manager \
-  kube-scheduler kubelet kubectl containerd ctr containerd-shim-runc-v2 crictl | sed -n 's/^kubectl=//p')"
+echo "== building the wa8s CLI and the cluster tool"
+cargo build --quiet --locked -p wa8s-e2e -p wa8s-cli --bins
+bins="$(bash e2e/scripts/build-binaries.sh etcd kube-apiserver kube-controller-manager \
+  kube-scheduler kubelet kubectl containerd ctr containerd-shim-runc-v2 crictl helm)"
+kubectl_bin="$(sed -n 's/^kubectl=//p' <<<"$bins")"
+helm_bin="$(sed -n 's/^helm=//p' <<<"$bins")"
 
-echo "== bringing up the local cluster"
-kubeconfig="$("$cluster" up)"
+echo "== building the container images (operator; node installer with the shim)"
+bash e2e/scripts/images.sh
+
+echo "== bringing up the local cluster (its containerd knows nothing of wa8s yet)"
+kubeconfig="$("$cluster" up --without-wa8s)"
 state="$(dirname "$kubeconfig")"
 k() { "$kubectl_bin" --kubeconfig="$kubeconfig" "$@"; }
 k get nodes -o wide
 
-echo "== installing the WebAssembly CRD and the wa8s RuntimeClass"
-k apply --server-side --force-conflicts -f crds/webassembly.yaml
-k wait --for=condition=Established --timeout=60s crd/webassemblies.wa8s.reconciler.io
-k apply --server-side -f e2e/manifests/runtimeclass.yaml
+# There is no Docker engine to push from: the images go straight into the node's containerd.
+"$cluster" import-images target/images/wa8s-operator.tar target/images/wa8s-node-installer.tar
 
-# The operator runs beside the cluster, with the admin kubeconfig; `down` stops it with the
-# rest (its pid is recorded with the cluster's).
-operator_exe="$(pwd)/target/debug/wa8s-operator"
-if ! grep -q '^wa8s-operator ' "$state/pids" 2>/dev/null \
-   || ! kill -0 "$(awk '/^wa8s-operator /{print $2}' "$state/pids")" 2>/dev/null; then
-  echo "== starting the wa8s operator (log: $state/wa8s-operator.log)"
-  sed -i '/^wa8s-operator /d' "$state/pids"
-  KUBECONFIG="$kubeconfig" setsid "$operator_exe" \
-    --mirror ghcr.io=127.0.0.1:5000 --insecure-registry 127.0.0.1:5000 \
-    --leader-elect=false --http-addr 127.0.0.1:18081 \
-    >>"$state/wa8s-operator.log" 2>&1 </dev/null &
-  echo "wa8s-operator $! $operator_exe" >>"$state/pids"
-fi
+echo "== helm install wa8s (chart: charts/wa8s, namespace wa8s-system)"
+# This node's particulars: the API on its loopback (no kube-proxy), the registry as the
+# ghcr.io mirror, and how the installer finds and restarts its containerd (no systemd here).
+sets=()
+while IFS= read -r v; do sets+=(--set "$v"); done < <("$cluster" chart-values)
+KUBECONFIG="$kubeconfig" "$helm_bin" upgrade --install wa8s charts/wa8s \
+  --namespace wa8s-system --create-namespace --wait --timeout 5m "${sets[@]}"
+k wait --for=condition=Established --timeout=60s crd/webassemblies.wa8s.reconciler.io
+k get pods -n wa8s-system -o wide
+k get node -L wa8s.reconciler.io/runtime
 
 echo "== pushing a hello HTTP component as ghcr.io/myorg/image-processor:v1.2.3 (via the mirror)"
 # A hand-written wasi:http component (shim/test-components/fixtures/http.wat): small enough
@@ -97,6 +98,8 @@ wa8s is running on the local cluster. Explore it with:
   $kubectl_bin get wasm -A
   $kubectl_bin describe webassembly -n wa8s-demo image-processor
   $kubectl_bin logs -n wa8s-demo -l app.kubernetes.io/instance=image-processor
+  $kubectl_bin logs -n wa8s-system deploy/wa8s-operator
+  $helm_bin status wa8s -n wa8s-system
   $kubectl_bin explain webassembly.spec --recursive
 Stop it and remove everything it made with:
   e2e/scripts/quickstart.sh down

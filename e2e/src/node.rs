@@ -77,6 +77,61 @@ pub fn containerd_socket(state_dir: &Path) -> PathBuf {
     node_dir(state_dir).join("containerd.sock")
 }
 
+/// The containerd configuration file of the node in `state_dir`.
+pub fn containerd_config_file(state_dir: &Path) -> PathBuf {
+    node_dir(state_dir).join("containerd.toml")
+}
+
+/// The directory on the node's containerd PATH where the chart's installer puts the shim
+/// (empty on a node started without the wa8s runtime).
+pub fn installed_shim_dir(state_dir: &Path) -> PathBuf {
+    node_dir(state_dir).join("bin")
+}
+
+/// The chart values (`key=value`, for `helm --set`) that install wa8s on the local node in
+/// `state_dir`: there is no kube-proxy, so pods reach the API on the node's loopback and the
+/// operator shares the node's network (its HTTP port `operator_http_port`); `registry` is
+/// the `ghcr.io` mirror; the installer edits this node's containerd configuration, keeps its
+/// record in the state directory (nothing outside it changes) and restarts containerd with
+/// [`restart_script`], as a node without systemd would.
+pub fn chart_values(
+    state_dir: &Path,
+    api_port: u16,
+    registry: &str,
+    operator_http_port: u16,
+) -> Vec<String> {
+    let dir = node_dir(state_dir);
+    vec![
+        "kubernetesApi.host=127.0.0.1".to_owned(),
+        format!("kubernetesApi.port={api_port}"),
+        "operator.hostNetwork=true".to_owned(),
+        format!("operator.httpPort={operator_http_port}"),
+        format!("operator.mirrors.ghcr\\.io={registry}"),
+        format!("operator.insecureRegistries[0]={registry}"),
+        format!(
+            "installer.containerdConfig={}",
+            containerd_config_file(state_dir).display()
+        ),
+        format!(
+            "installer.containerdSocket={}",
+            containerd_socket(state_dir).display()
+        ),
+        format!(
+            "installer.shimDir={}",
+            installed_shim_dir(state_dir).display()
+        ),
+        format!(
+            "installer.stateFile={}",
+            dir.join("wa8s-node-installer.json").display()
+        ),
+        "installer.restart.method=command".to_owned(),
+        format!(
+            "installer.restart.command=/bin/sh {}",
+            restart_script(state_dir).display()
+        ),
+    ]
+}
+
 impl ControlPlane {
     /// Starts containerd, the kubelet and kube-scheduler, registers node `wa8s-node`, and
     /// waits until it is `Ready`. Ordinary pods run with runc; pods with runtime class

@@ -67,7 +67,7 @@ impl Cluster {
         cp.start_registry(&registry)?;
         let mut node = NodeOptions {
             shim_dir: if fresh {
-                dir.join("node/bin")
+                crate::node::installed_shim_dir(&dir)
             } else {
                 bin_dir.clone()
             },

@@ -36,35 +36,17 @@ fn images() -> Result<Vec<PathBuf>> {
     Ok(tarballs)
 }
 
-/// The values this cluster needs: no kube-proxy (pods reach the API on the node's loopback,
-/// so the operator shares the node's network), the local registry as the `ghcr.io` mirror,
-/// and the node's own containerd configuration, shim directory, socket and restart command.
+/// The values this cluster needs (see `wa8s_e2e::node::chart_values`), and a longer wait
+/// for the nodes on uninstall.
 fn values(cluster: &Cluster) -> Result<Vec<String>> {
-    let node_dir = cluster.state_dir().join("node");
-    let registry = cluster.registry();
-    Ok(vec![
-        format!("kubernetesApi.host=127.0.0.1"),
-        format!("kubernetesApi.port={}", cluster.api_port()?),
-        "operator.hostNetwork=true".to_owned(),
-        format!("operator.httpPort={}", free_port()?),
-        format!("operator.mirrors.ghcr\\.io={registry}"),
-        format!("operator.insecureRegistries[0]={registry}"),
-        format!(
-            "installer.containerdConfig={}",
-            node_dir.join("containerd.toml").display()
-        ),
-        format!(
-            "installer.containerdSocket={}",
-            node_dir.join("containerd.sock").display()
-        ),
-        format!("installer.shimDir={}", node_dir.join("bin").display()),
-        "installer.restart.method=command".to_owned(),
-        format!(
-            "installer.restart.command=/bin/sh {}",
-            wa8s_e2e::node::restart_script(cluster.state_dir()).display()
-        ),
-        "installer.uninstallTimeout=3m".to_owned(),
-    ])
+    let mut values = wa8s_e2e::node::chart_values(
+        cluster.state_dir(),
+        cluster.api_port()?,
+        cluster.registry(),
+        free_port()?,
+    );
+    values.push("installer.uninstallTimeout=3m".to_owned());
+    Ok(values)
 }
 
 fn free_port() -> Result<u16> {
@@ -96,8 +78,9 @@ fn containerd_pid(cluster: &Cluster) -> Result<String> {
 /// checks what the node looks like after each step.
 fn install_run_uninstall(cluster: &Cluster, helm: &Helm, chart: &[&str]) -> Result<()> {
     let kubectl = cluster.kubectl();
-    let config = cluster.state_dir().join("node/containerd.toml");
-    let shim = cluster.state_dir().join("node/bin/containerd-shim-wa8s-v1");
+    let config = wa8s_e2e::node::containerd_config_file(cluster.state_dir());
+    let shim =
+        wa8s_e2e::node::installed_shim_dir(cluster.state_dir()).join("containerd-shim-wa8s-v1");
     let original = std::fs::read(&config)?;
     let pid_before = containerd_pid(cluster)?;
 

@@ -251,6 +251,37 @@ impl ControlPlane {
         stop_state_dir(&self.state_dir);
     }
 
+    /// Stops the process started as `name` (to see what happens without it); a no-op when
+    /// there is none.
+    pub fn stop_process(&mut self, name: &str) -> Result<(), Error> {
+        if let Some(i) = self.processes.iter().position(|p| p.name == name) {
+            let p = self.processes.remove(i);
+            process::terminate(p.pid, Some(&p.exe), STOP_GRACE);
+        }
+        self.write_pids()
+    }
+
+    /// Takes the PIDs that changed behind this handle's back from the pids file (a node's
+    /// containerd restarted by its restart script records its new PID there), so a later
+    /// rewrite of the file does not bring back a stale one.
+    pub fn reload_pids(&mut self) {
+        let Ok(text) = std::fs::read_to_string(self.state_dir.join("pids")) else {
+            return;
+        };
+        for l in text.lines() {
+            let mut f = l.splitn(3, ' ');
+            let (Some(name), Some(Ok(pid)), Some(exe)) =
+                (f.next(), f.next().map(str::parse::<u32>), f.next())
+            else {
+                continue;
+            };
+            if let Some(p) = self.processes.iter_mut().find(|p| p.name == name) {
+                p.pid = pid;
+                p.exe = PathBuf::from(exe);
+            }
+        }
+    }
+
     pub(crate) fn spawn(&mut self, name: &str, exe: &Path, cmd: Command) -> Result<(), Error> {
         let log = self.state_dir.join(format!("{name}.log"));
         let pid = process::spawn(cmd, &log, self.lifetime)

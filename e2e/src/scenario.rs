@@ -101,31 +101,133 @@ impl Cluster {
                 .to_string_lossy(),
         ])?;
 
-        // The operator as users run it outside a cluster: the admin kubeconfig, the mirror,
-        // and a short resolve interval so a moved tag shows within a test's patience.
-        let [http_port] = free_ports::<1>()?;
-        let exe = bin_dir.join("wa8s-operator");
-        let mut cmd = Command::new(&exe);
-        cmd.env("KUBECONFIG", cp.kubeconfig())
-            .env("RUST_LOG", "info")
-            .arg(format!("--mirror=ghcr.io={registry}"))
-            .arg(format!("--insecure-registry={registry}"))
-            .arg("--leader-elect=false")
-            .arg("--resolve-interval=10s")
-            .arg(format!("--http-addr=127.0.0.1:{http_port}"));
-        cp.spawn("wa8s-operator", &exe, cmd)?;
-        let ready = format!("127.0.0.1:{http_port}");
-        cp.wait_healthy("wa8s-operator", || {
-            crate::http::get(&ready, "/readyz", Duration::from_secs(2))
-                .is_ok_and(|(status, _)| status == 200)
-        })?;
-        Ok(Cluster {
+        let mut cluster = Cluster {
             cp,
             registry,
             node,
             dns,
             bin_dir,
+        };
+        cluster.start_operator()?;
+        Ok(cluster)
+    }
+
+    /// A cluster like [`Cluster::shared`] that belongs to the caller, who may stop and restart
+    /// its parts ([`Cluster::stop_registry`], [`Cluster::restart_containerd`], ...). Stopped
+    /// by PID when dropped or the process exits. Uses the same node network as the shared
+    /// one: at most one of them per test process.
+    pub fn own() -> anyhow::Result<Cluster> {
+        Cluster::start(false)
+    }
+
+    /// Starts the operator as users run it outside a cluster: the admin kubeconfig, the
+    /// mirror, and a short resolve interval so a moved tag shows within a test's patience.
+    /// Returns once it reports ready.
+    pub fn start_operator(&mut self) -> anyhow::Result<()> {
+        let [http_port] = free_ports::<1>()?;
+        let exe = self.bin_dir.join("wa8s-operator");
+        let mut cmd = Command::new(&exe);
+        cmd.env("KUBECONFIG", self.cp.kubeconfig())
+            .env("RUST_LOG", "info")
+            .arg(format!("--mirror=ghcr.io={}", self.registry))
+            .arg(format!("--insecure-registry={}", self.registry))
+            .arg("--leader-elect=false")
+            .arg("--resolve-interval=10s")
+            .arg(format!("--http-addr=127.0.0.1:{http_port}"));
+        self.cp.spawn("wa8s-operator", &exe, cmd)?;
+        let ready = format!("127.0.0.1:{http_port}");
+        self.cp.wait_healthy("wa8s-operator", || {
+            crate::http::get(&ready, "/readyz", Duration::from_secs(2))
+                .is_ok_and(|(status, _)| status == 200)
+        })?;
+        Ok(())
+    }
+
+    /// Stops the operator (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop_operator(&mut self) -> anyhow::Result<()> {
+        Ok(self.cp.stop_process("wa8s-operator")?)
+    }
+
+    /// Stops the registry: pulls and tag resolution get "connection refused".
+    pub fn stop_registry(&mut self) -> anyhow::Result<()> {
+        Ok(self.cp.stop_process("registry")?)
+    }
+
+    /// Starts the registry again on the same address with the same storage.
+    pub fn start_registry(&mut self) -> anyhow::Result<()> {
+        let addr = self.registry.clone();
+        Ok(self.cp.start_registry(&addr)?)
+    }
+
+    /// Restarts the node's containerd the way the node installer does (its restart script),
+    /// while the kubelet and the pods' shims keep running; returns once the new containerd
+    /// answers on its socket.
+    pub fn restart_containerd(&mut self) -> anyhow::Result<()> {
+        let script = crate::node::restart_script(self.state_dir());
+        let out = crate::process::run_with_timeout(
+            {
+                let mut c = Command::new("/bin/sh");
+                c.arg(&script);
+                c
+            },
+            Duration::from_secs(120),
+        )?;
+        self.cp.reload_pids();
+        anyhow::ensure!(
+            out.status.success(),
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let socket = crate::node::containerd_socket(self.state_dir());
+        crate::process::eventually(Duration::from_secs(60), Duration::from_millis(100), || {
+            std::os::unix::net::UnixStream::connect(&socket).ok()
         })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "containerd did not answer on {} after its restart",
+                socket.display()
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for WebAssembly `ns/name` to be `Ready`. On failure the error
+    /// carries what a person would look at: the objects, the conditions, the namespace's
+    /// events and the operator's log.
+    pub fn wait_ready(&self, ns: &str, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        let k = self.kubectl();
+        let started = std::time::Instant::now();
+        let out = k.run(&[
+            "wait",
+            "-n",
+            ns,
+            "--for=condition=Ready",
+            &format!("--timeout={}s", timeout.as_secs()),
+            &format!("webassembly/{name}"),
+        ])?;
+        if out.success {
+            // In the log, so a slow machine shows before it fails.
+            eprintln!("{ns}/{name} Ready after {:.1?}", started.elapsed());
+            return Ok(());
+        }
+        let get = |args: &[&str]| k.run(args).map(|o| o.stdout).unwrap_or_default();
+        let state = get(&["get", "webassembly,deploy,pods", "-n", ns, "-o", "wide"]);
+        let conditions = get(&[
+            "get",
+            &format!("webassembly/{name}"),
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.conditions}",
+        ]);
+        let events = get(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"]);
+        let operator = crate::control_plane::tail(&self.state_dir().join("wa8s-operator.log"), 20);
+        anyhow::bail!(
+            "{name} not Ready after {:.0?}: {}\n{state}\n{conditions}\nevents:\n{events}\noperator log:\n{operator}",
+            started.elapsed(),
+            out.stderr
+        )
     }
 
     /// The real kubectl with an admin kubeconfig.

@@ -76,7 +76,12 @@ fn containerd_pid(cluster: &Cluster) -> Result<String> {
 
 /// Installs with `chart` (a directory or an oci:// reference), runs a component, uninstalls;
 /// checks what the node looks like after each step.
-fn install_run_uninstall(cluster: &Cluster, helm: &Helm, chart: &[&str]) -> Result<()> {
+fn install_run_uninstall(
+    cluster: &Cluster,
+    helm: &Helm,
+    chart: &[&str],
+    restart_installer_during_uninstall: bool,
+) -> Result<()> {
     let kubectl = cluster.kubectl();
     let config = wa8s_e2e::node::containerd_config_file(cluster.state_dir());
     let shim =
@@ -194,6 +199,9 @@ fn install_run_uninstall(cluster: &Cluster, helm: &Helm, chart: &[&str]) -> Resu
     drop(ns);
 
     let pid_installed = containerd_pid(cluster)?;
+    if restart_installer_during_uninstall {
+        installer_started_after_the_uninstall_request_restores_the_node(&kubectl)?;
+    }
     if let Err(e) = helm.ok(&[
         "uninstall",
         "wa8s",
@@ -239,6 +247,75 @@ fn install_run_uninstall(cluster: &Cluster, helm: &Helm, chart: &[&str]) -> Resu
     Ok(())
 }
 
+/// An installer pod that starts after `helm uninstall` asked for the nodes to be restored
+/// (evicted, rescheduled, its node rebooted) restores its node instead of preparing it again.
+/// Made deterministic by taking the pod off the node (a node selector nothing matches) before
+/// the request, and letting it come back after.
+fn installer_started_after_the_uninstall_request_restores_the_node(
+    kubectl: &Kubectl,
+) -> Result<()> {
+    let ds = "daemonset/wa8s-node-installer";
+    let selector = "app.kubernetes.io/component=node-installer";
+    let away = r#"{"spec":{"template":{"spec":{"nodeSelector":{"wa8s-e2e/nowhere":"true"}}}}}"#;
+    kubectl.ok(&[
+        "patch",
+        ds,
+        "-n",
+        RELEASE_NAMESPACE,
+        "--type=merge",
+        "-p",
+        away,
+    ])?;
+    kubectl.eventually(Duration::from_secs(60), "the installer pod gone", |k| {
+        k.ok(&[
+            "get",
+            "pods",
+            "-n",
+            RELEASE_NAMESPACE,
+            "-l",
+            selector,
+            "-o",
+            "name",
+        ])
+        .ok()
+        .filter(|names| names.trim().is_empty())
+    })?;
+    // What the chart's pre-delete hook does first.
+    kubectl.ok(&[
+        "annotate",
+        ds,
+        "-n",
+        RELEASE_NAMESPACE,
+        "wa8s.reconciler.io/uninstall=true",
+    ])?;
+    let back = r#"{"spec":{"template":{"spec":{"nodeSelector":null}}}}"#;
+    kubectl.ok(&[
+        "patch",
+        ds,
+        "-n",
+        RELEASE_NAMESPACE,
+        "--type=merge",
+        "-p",
+        back,
+    ])?;
+    let unlabelled = kubectl.eventually(Duration::from_secs(120), "the label removed", |k| {
+        node_label(k).ok().filter(|l| l.is_empty())
+    });
+    let logs = kubectl
+        .run(&["logs", "-n", RELEASE_NAMESPACE, "-l", selector, "--tail=20"])
+        .map(|o| o.stdout + &o.stderr)
+        .unwrap_or_default();
+    ensure!(
+        unlabelled.is_ok(),
+        "the new installer pod did not restore the node; its log:\n{logs}"
+    );
+    ensure!(
+        logs.contains("restoring the node instead of installing"),
+        "the node was restored, but not by the new pod; its log:\n{logs}"
+    );
+    Ok(())
+}
+
 #[test]
 fn helm_install_from_the_chart_directory_and_from_an_oci_registry_prepares_the_node_and_uninstall_restores_it()
 -> Result<()> {
@@ -248,7 +325,7 @@ fn helm_install_from_the_chart_directory_and_from_an_oci_registry_prepares_the_n
     }
     let helm = Helm::new(Some(cluster.kubeconfig()))?;
     let chart = wa8s_e2e::repo_root().join("charts/wa8s");
-    install_run_uninstall(&cluster, &helm, &[&chart.to_string_lossy()])?;
+    install_run_uninstall(&cluster, &helm, &[&chart.to_string_lossy()], false)?;
 
     // The same chart, pushed to the cluster's registry and installed from there, with the
     // images pushed there too and pulled by the kubelet (pull policy Always).
@@ -286,6 +363,6 @@ fn helm_install_from_the_chart_directory_and_from_an_oci_registry_prepares_the_n
     for v in &image_values {
         args.extend(["--set", v.as_str()]);
     }
-    install_run_uninstall(&cluster, &helm, &args)?;
+    install_run_uninstall(&cluster, &helm, &args, true)?;
     Ok(())
 }

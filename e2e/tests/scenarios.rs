@@ -20,47 +20,6 @@ fn cluster() -> Result<&'static Cluster> {
     Cluster::shared().map_err(anyhow::Error::msg)
 }
 
-/// Waits for `Ready`; on failure the error carries what a person would look at.
-fn wait_ready(k: &Kubectl, ns: &str, name: &str) -> Result<()> {
-    let started = std::time::Instant::now();
-    let out = k.run(&[
-        "wait",
-        "-n",
-        ns,
-        "--for=condition=Ready",
-        &format!("--timeout={}s", READY.as_secs()),
-        &format!("webassembly/{name}"),
-    ])?;
-    if out.success {
-        // In the log, so a slow machine shows before it fails.
-        eprintln!("{ns}/{name} Ready after {:.1?}", started.elapsed());
-        return Ok(());
-    }
-    let state = k
-        .run(&["get", "webassembly,deploy,pods", "-n", ns, "-o", "wide"])
-        .map(|o| o.stdout)
-        .unwrap_or_default();
-    let conditions = jsonpath(
-        k,
-        ns,
-        &format!("webassembly/{name}"),
-        "{.status.conditions}",
-    )
-    .unwrap_or_default();
-    let events = k
-        .run(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
-        .map(|o| o.stdout)
-        .unwrap_or_default();
-    let operator = cluster()
-        .map(|c| wa8s_e2e::control_plane::tail(&c.state_dir().join("wa8s-operator.log"), 20))
-        .unwrap_or_default();
-    bail!(
-        "{name} not Ready after {:.0?}: {}\n{state}\n{conditions}\nevents:\n{events}\noperator log:\n{operator}",
-        started.elapsed(),
-        out.stderr
-    )
-}
-
 /// `(status, reason, message)` of condition `type_` of WebAssembly `name`.
 fn condition(
     k: &Kubectl,
@@ -103,7 +62,7 @@ fn the_users_manifest_runs_verbatim_from_the_mirrored_registry_and_answers_throu
     let seed = std::fs::read_to_string(wa8s_e2e::shared_dir().join("fixtures/seed-deploy.yaml"))?;
     let applied = k.apply(n, &seed)?;
     assert!(applied.success, "seed manifest refused: {}", applied.stderr);
-    wait_ready(&k, n, "image-processor")?;
+    c.wait_ready(n, "image-processor", READY)?;
 
     assert_eq!(
         jsonpath(
@@ -156,22 +115,71 @@ fn the_users_manifest_runs_verbatim_from_the_mirrored_registry_and_answers_throu
     Ok(())
 }
 
+/// Runs a build script (`bash SCRIPT ARGS... OUT.wasm`) and returns the component it wrote.
+fn built(script: &str, args: &[&str]) -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("guest.wasm");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(wa8s_e2e::repo_root().join(script))
+        .args(args)
+        .arg(&out);
+    let run = wa8s_e2e::process::run_with_timeout(cmd, Duration::from_secs(600))?;
+    if !run.status.success() {
+        bail!("{script}: {}", String::from_utf8_lossy(&run.stderr));
+    }
+    Ok(std::fs::read(&out)?)
+}
+
 /// The Python test guest (componentize-py): `/env/NAME`, `/fetch/HOST:PORT/PATH`,
 /// `/write/N/PATH`, `/read/PATH`, `/log/TEXT`.
 fn python_guest() -> Result<Vec<u8>> {
-    let dir = tempfile::tempdir()?;
-    let out = dir.path().join("guest.wasm");
-    let script = wa8s_e2e::repo_root().join("shim/test-components/guests/build.sh");
-    let mut cmd = std::process::Command::new("bash");
-    cmd.arg(&script).arg("python").arg(&out);
-    let run = wa8s_e2e::process::run_with_timeout(cmd, Duration::from_secs(600))?;
-    if !run.status.success() {
-        bail!(
-            "building the Python guest: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+    built("shim/test-components/guests/build.sh", &["python"])
+}
+
+#[test]
+fn the_cli_example_runs_as_a_worker_whose_output_is_the_pods_log() -> Result<()> {
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("cli")?;
+    let n = ns.name();
+    c.push(
+        &built("examples/hello-cli/build.sh", &[])?,
+        "myorg/hello-cli:v1",
+    )?;
+    let manifest =
+        std::fs::read_to_string(wa8s_e2e::repo_root().join("examples/hello-cli/webassembly.yaml"))?;
+    let applied = k.apply(n, &manifest)?;
+    assert!(applied.success, "{}", applied.stderr);
+    c.wait_ready(n, "hello-cli", READY)?;
+    let logs = k.eventually(
+        Duration::from_secs(90),
+        "a heartbeat in kubectl logs",
+        |k| {
+            let out = k.ok(&["logs", "-n", n, "deploy/hello-cli"]).ok()?;
+            out.contains("heartbeat 1").then_some(out)
+        },
+    )?;
+    // Only what the object grants: its own variable, /tmp; no /config.
+    for line in [
+        "hello from wa8s (cli): cpython on wasi",
+        "environment: HEARTBEAT_SECONDS\n",
+        "/config: not granted",
+        "/tmp: 0 entries",
+    ] {
+        assert!(logs.contains(line), "{line:?} not in the log:\n{logs}");
     }
-    Ok(std::fs::read(&out)?)
+    // A worker: no Service, no restarts.
+    assert!(!k.run(&["get", "service", "-n", n, "hello-cli"])?.success);
+    assert_eq!(
+        jsonpath(
+            &k,
+            n,
+            "pods",
+            "{.items[0].status.containerStatuses[0].restartCount}"
+        )?,
+        "0"
+    );
+    Ok(())
 }
 
 #[test]
@@ -223,7 +231,7 @@ spec:
 "#;
     let applied = k.apply(n, manifest)?;
     assert!(applied.success, "{}", applied.stderr);
-    wait_ready(&k, n, "probe")?;
+    c.wait_ready(n, "probe", READY)?;
 
     // Servers the guest may or may not reach. The upstream is a separate host on the pod
     // network; the node listens on its own address on the pod network (the gateway).
@@ -323,7 +331,7 @@ fn kubectl_scale_changes_the_pods_and_kubectl_delete_removes_everything_promptly
     c.push(wa8s_test_components::HTTP_COMPONENT, "myorg/scaled:v1")?;
     let manifest = "apiVersion: wa8s.reconciler.io/v1\nkind: WebAssembly\nmetadata:\n  name: scaled\nspec:\n  module:\n    registry: ghcr.io/myorg/scaled\n    tag: v1\n  replicas: 1\n";
     assert!(k.apply(n, manifest)?.success);
-    wait_ready(&k, n, "scaled")?;
+    c.wait_ready(n, "scaled", READY)?;
 
     k.ok(&["scale", "-n", n, "webassembly/scaled", "--replicas=3"])?;
     k.eventually(READY, "3 ready replicas", |k| {
@@ -445,7 +453,7 @@ fn bad_modules_end_in_conditions_that_name_the_cause_and_leave_the_namespace_wor
     }
 
     // The healthy neighbour is unaffected.
-    wait_ready(&k, n, "good")?;
+    c.wait_ready(n, "good", READY)?;
     let forward = k.port_forward(n, "svc/good", 80)?;
     assert_eq!(http_get(forward.addr(), "/")?.0, 200);
     Ok(())

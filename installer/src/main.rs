@@ -184,10 +184,6 @@ async fn uninstall_requested(api: &Api<DaemonSet>, name: &str) -> Result<bool> {
 
 async fn install(node: NodeArgs, once: bool) -> Result<()> {
     let options = node.options()?;
-    let blocking = options.clone();
-    let outcome = tokio::task::spawn_blocking(move || node::install(&blocking)).await??;
-    report("install", &outcome);
-    let active = outcome.config_changed.is_none() || outcome.restarted.is_some();
     let client = match &node.node_name {
         Some(_) => Some(
             Client::try_default()
@@ -196,26 +192,44 @@ async fn install(node: NodeArgs, once: bool) -> Result<()> {
         ),
         None => None,
     };
-    if let (Some(client), Some(name)) = (&client, &node.node_name) {
-        if active {
-            set_label(client, name, Some(NODE_LABEL_READY)).await?;
-            tracing::info!(node = %name, "labelled {NODE_LABEL}={NODE_LABEL_READY}");
-        } else {
-            tracing::warn!(
-                "containerd was not restarted (--restart none): the node is labelled once containerd has read the new configuration and the installer runs again"
-            );
+    // The DaemonSet's pod watches for the chart's uninstall request.
+    let daemonset = std::env::var("DAEMONSET_NAME").ok();
+    let namespace = std::env::var("POD_NAMESPACE").ok();
+    let watch = match (&client, daemonset, namespace, once) {
+        (Some(c), Some(d), Some(n), false) => {
+            Some((Api::<DaemonSet>::namespaced(c.clone(), &n), d))
+        }
+        _ => None,
+    };
+    // A pod (re)started after the request (evicted, node rebooted) must not prepare the
+    // node again while `helm uninstall` waits for it to be restored.
+    let mut uninstalled = false;
+    if let Some((api, name)) = &watch
+        && uninstall_requested(api, name).await?
+    {
+        tracing::info!("the chart is being uninstalled: restoring the node instead of installing");
+        uninstall_node(&options, client.as_ref(), node.node_name.as_deref()).await?;
+        uninstalled = true;
+    }
+    if !uninstalled {
+        let blocking = options.clone();
+        let outcome = tokio::task::spawn_blocking(move || node::install(&blocking)).await??;
+        report("install", &outcome);
+        let active = outcome.config_changed.is_none() || outcome.restarted.is_some();
+        if let (Some(client), Some(name)) = (&client, &node.node_name) {
+            if active {
+                set_label(client, name, Some(NODE_LABEL_READY)).await?;
+                tracing::info!(node = %name, "labelled {NODE_LABEL}={NODE_LABEL_READY}");
+            } else {
+                tracing::warn!(
+                    "containerd was not restarted (--restart none): the node is labelled once containerd has read the new configuration and the installer runs again"
+                );
+            }
         }
     }
     if once {
         return Ok(());
     }
-    // The DaemonSet's pod: wait for SIGTERM, and for the uninstall request meanwhile.
-    let daemonset = std::env::var("DAEMONSET_NAME").ok();
-    let namespace = std::env::var("POD_NAMESPACE").ok();
-    let watch = match (&client, daemonset, namespace) {
-        (Some(c), Some(d), Some(n)) => Some((Api::<DaemonSet>::namespaced(c.clone(), &n), d)),
-        _ => None,
-    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut uninstalled = false;
     loop {
@@ -229,12 +243,7 @@ async fn install(node: NodeArgs, once: bool) -> Result<()> {
                 let Some((api, name)) = &watch else { continue };
                 match uninstall_requested(api, name).await {
                     Ok(true) => {
-                        let blocking = options.clone();
-                        let outcome = tokio::task::spawn_blocking(move || node::uninstall(&blocking)).await??;
-                        report("uninstall", &outcome);
-                        if let (Some(client), Some(node_name)) = (&client, &node.node_name) {
-                            set_label(client, node_name, None).await?;
-                        }
+                        uninstall_node(&options, client.as_ref(), node.node_name.as_deref()).await?;
                         uninstalled = true;
                     }
                     Ok(false) => {}
@@ -243,6 +252,21 @@ async fn install(node: NodeArgs, once: bool) -> Result<()> {
             }
         }
     }
+}
+
+/// Restores the node and takes its label off.
+async fn uninstall_node(
+    options: &Options,
+    client: Option<&Client>,
+    node_name: Option<&str>,
+) -> Result<()> {
+    let blocking = options.clone();
+    let outcome = tokio::task::spawn_blocking(move || node::uninstall(&blocking)).await??;
+    report("uninstall", &outcome);
+    if let (Some(client), Some(name)) = (client, node_name) {
+        set_label(client, name, None).await?;
+    }
+    Ok(())
 }
 
 async fn uninstall(node: NodeArgs) -> Result<()> {

@@ -36,6 +36,18 @@ fn jsonpath(k: &Kubectl, ns: &str, object: &str, path: &str) -> Result<String> {
     Ok(k.ok(&["get", object, "-n", ns, "-o", &format!("jsonpath={path}")])?)
 }
 
+/// Pushes the hello component as `repository:v1`, applies WebAssembly `name` for it in
+/// `ns` and waits until it is Ready.
+fn run_hello(c: &Cluster, ns: &str, name: &str, repository: &str) -> Result<()> {
+    c.push(
+        wa8s_test_components::HTTP_COMPONENT,
+        &format!("{repository}:v1"),
+    )?;
+    let applied = c.kubectl().apply(ns, &manifest(name, repository, "v1"))?;
+    ensure!(applied.success, "{name} refused: {}", applied.stderr);
+    c.wait_ready(ns, name, READY)
+}
+
 /// The hello component with a custom section naming `tag`: the same behaviour, a new digest.
 fn variant(tag: &str) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {
@@ -129,12 +141,7 @@ fn a_registry_outage_keeps_pods_serving_and_objects_applied_during_it_converge_w
     let k = c.kubectl();
     let ns = k.namespace("outage")?;
     let n = ns.name();
-    c.push(wa8s_test_components::HTTP_COMPONENT, "myorg/outage:v1")?;
-    ensure!(
-        k.apply(n, &manifest("serving", "myorg/outage", "v1"))?
-            .success
-    );
-    c.wait_ready(n, "serving", READY)?;
+    run_hello(&c, n, "serving", "myorg/outage")?;
     let digest = jsonpath(&k, n, "webassembly/serving", "{.status.module.digest}")?;
 
     c.stop_registry()?;
@@ -210,12 +217,7 @@ fn restarting_containerd_while_pods_serve_loses_no_request_and_the_pods_stay_man
     let k = c.kubectl();
     let ns = k.namespace("containerd")?;
     let n = ns.name();
-    c.push(wa8s_test_components::HTTP_COMPONENT, "myorg/steady:v1")?;
-    ensure!(
-        k.apply(n, &manifest("steady", "myorg/steady", "v1"))?
-            .success
-    );
-    c.wait_ready(n, "steady", READY)?;
+    run_hello(&c, n, "steady", "myorg/steady")?;
     let addr = pod_addr(&k, n, "steady")?;
     let pod = k.ok(&[
         "get",

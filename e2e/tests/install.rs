@@ -256,16 +256,18 @@ fn installer_started_after_the_uninstall_request_restores_the_node(
 ) -> Result<()> {
     let ds = "daemonset/wa8s-node-installer";
     let selector = "app.kubernetes.io/component=node-installer";
-    let away = r#"{"spec":{"template":{"spec":{"nodeSelector":{"wa8s-e2e/nowhere":"true"}}}}}"#;
-    kubectl.ok(&[
-        "patch",
-        ds,
-        "-n",
-        RELEASE_NAMESPACE,
-        "--type=merge",
-        "-p",
-        away,
-    ])?;
+    let patch = |spec: &str| {
+        kubectl.ok(&[
+            "patch",
+            ds,
+            "-n",
+            RELEASE_NAMESPACE,
+            "--type=merge",
+            "-p",
+            spec,
+        ])
+    };
+    patch(r#"{"spec":{"template":{"spec":{"nodeSelector":{"wa8s-e2e/nowhere":"true"}}}}}"#)?;
     kubectl.eventually(Duration::from_secs(60), "the installer pod gone", |k| {
         k.ok(&[
             "get",
@@ -288,16 +290,7 @@ fn installer_started_after_the_uninstall_request_restores_the_node(
         RELEASE_NAMESPACE,
         "wa8s.reconciler.io/uninstall=true",
     ])?;
-    let back = r#"{"spec":{"template":{"spec":{"nodeSelector":null}}}}"#;
-    kubectl.ok(&[
-        "patch",
-        ds,
-        "-n",
-        RELEASE_NAMESPACE,
-        "--type=merge",
-        "-p",
-        back,
-    ])?;
+    patch(r#"{"spec":{"template":{"spec":{"nodeSelector":null}}}}"#)?;
     let unlabelled = kubectl.eventually(Duration::from_secs(120), "the label removed", |k| {
         node_label(k).ok().filter(|l| l.is_empty())
     });

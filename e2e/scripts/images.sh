@@ -8,5 +8,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 profile="${WA8S_IMAGE_PROFILE:-image}"
 cargo build --quiet --locked --profile "$profile" -p wa8s-operator -p wa8s-shim -p wa8s-installer --bins >&2
-cargo build --quiet --locked -p wa8s-e2e --bin wa8s-images >&2
+source e2e/scripts/prerequisites.sh
+build_wa8s_binaries --quiet >&2   # wa8s-images is one of them
 target/debug/wa8s-images --profile "$profile" --out target/images

@@ -67,3 +67,10 @@ free_kib="$(df -Pk . | awk 'NR==2 {print $4}')"
 if [ "${free_kib:-0}" -lt $((16 * 1024 * 1024)) ]; then
   log "warning: only $((free_kib / 1024 / 1024)) GiB free on $(df -P . | awk 'NR==2 {print $6}'); a cold build and the local cluster need about 16 GiB"
 fi
+
+# The wa8s binaries the scripts run (shim, operator, CLI, the cluster tool). test.sh and
+# quickstart.sh build exactly this set: cargo unifies dependency features per invocation,
+# and a different set would rebuild Wasmtime and Cranelift (minutes) in between.
+build_wa8s_binaries() {
+  cargo build "$@" --locked -p wa8s-e2e -p wa8s-shim -p wa8s-operator -p wa8s-cli --bins
+}

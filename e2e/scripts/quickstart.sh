@@ -13,13 +13,13 @@ source e2e/scripts/prerequisites.sh
 
 cluster=target/debug/wa8s-cluster
 if [ "${1:-}" = "down" ]; then
-  cargo build --quiet --locked -p wa8s-e2e --bin wa8s-cluster
+  build_wa8s_binaries --quiet
   "$cluster" down
   exit 0
 fi
 
-echo "== building the wa8s CLI and the cluster tool"
-cargo build --quiet --locked -p wa8s-e2e -p wa8s-cli --bins
+echo "== building wa8s (CLI, cluster tool; the same set as the test script)"
+build_wa8s_binaries --quiet
 bins="$(bash e2e/scripts/build-binaries.sh etcd kube-apiserver kube-controller-manager \
   kube-scheduler kubelet kubectl containerd ctr containerd-shim-runc-v2 crictl helm)"
 kubectl_bin="$(sed -n 's/^kubectl=//p' <<<"$bins")"

@@ -14,8 +14,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build (the binaries the end-to-end scenarios run: shim, operator, CLI)"
-cargo build --locked -p wa8s-shim -p wa8s-operator -p wa8s-cli --bins
+echo "== cargo build (the binaries the end-to-end scenarios run: shim, operator, CLI, cluster tool)"
+build_wa8s_binaries
 echo "== container images (the chart's install test imports them)"
 bash e2e/scripts/images.sh
 echo "== cargo test"

@@ -104,7 +104,10 @@ fn install_run_uninstall(
     for v in &values {
         args.extend(["--set", v.as_str()]);
     }
+    let step = std::time::Instant::now();
     helm.ok(&args)?;
+    // Step times go to the log, so a slow machine shows before a deadline fails.
+    eprintln!("helm install --wait: {:.1?}", step.elapsed());
 
     // The installer labels the node once the restarted containerd answers.
     let labelled = kubectl.eventually(Duration::from_secs(180), "the node label", |k| {
@@ -147,6 +150,7 @@ fn install_run_uninstall(
         "--timeout=60s",
         "crd/webassemblies.wa8s.reconciler.io",
     ])?;
+    let step = std::time::Instant::now();
     let applied = kubectl.apply(ns.name(), &seed)?;
     ensure!(applied.success, "seed manifest refused: {}", applied.stderr);
     let ready = kubectl.run(&[
@@ -184,6 +188,7 @@ fn install_run_uninstall(
         }
         bail!("image-processor not Ready: {}\n{state}", ready.stderr);
     }
+    eprintln!("apply -> image-processor Ready: {:.1?}", step.elapsed());
     let forward = kubectl.port_forward(ns.name(), "svc/image-processor", 80)?;
     let (status, body) = wa8s_e2e::http::get(forward.addr(), "/", Duration::from_secs(10))?;
     ensure!(status == 200, "HTTP {status}: {body}");
@@ -200,8 +205,9 @@ fn install_run_uninstall(
 
     let pid_installed = containerd_pid(cluster)?;
     if restart_installer_during_uninstall {
-        installer_started_after_the_uninstall_request_restores_the_node(&kubectl)?;
+        installer_started_after_the_uninstall_request_restores_the_node(cluster, &kubectl)?;
     }
+    let step = std::time::Instant::now();
     if let Err(e) = helm.ok(&[
         "uninstall",
         "wa8s",
@@ -222,6 +228,7 @@ fn install_run_uninstall(
         }
         bail!("{e:#}\n{logs}");
     }
+    eprintln!("helm uninstall --wait: {:.1?}", step.elapsed());
     // The pre-delete hook waited for the node: the configuration is back to its bytes.
     ensure!(
         std::fs::read(&config)? == original,
@@ -252,6 +259,7 @@ fn install_run_uninstall(
 /// Made deterministic by taking the pod off the node (a node selector nothing matches) before
 /// the request, and letting it come back after.
 fn installer_started_after_the_uninstall_request_restores_the_node(
+    cluster: &Cluster,
     kubectl: &Kubectl,
 ) -> Result<()> {
     let ds = "daemonset/wa8s-node-installer";
@@ -298,10 +306,17 @@ fn installer_started_after_the_uninstall_request_restores_the_node(
         .run(&["logs", "-n", RELEASE_NAMESPACE, "-l", selector, "--tail=20"])
         .map(|o| o.stdout + &o.stderr)
         .unwrap_or_default();
-    ensure!(
-        unlabelled.is_ok(),
-        "the new installer pod did not restore the node; its log:\n{logs}"
-    );
+    if unlabelled.is_err() {
+        let containerd =
+            wa8s_e2e::control_plane::tail(&cluster.state_dir().join("containerd.log"), 15);
+        let pods = kubectl
+            .run(&["get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide"])
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        bail!(
+            "the new installer pod did not restore the node; its log:\n{logs}\n{pods}\ncontainerd's log:\n{containerd}"
+        );
+    }
     ensure!(
         logs.contains("restoring the node instead of installing"),
         "the node was restored, but not by the new pod; its log:\n{logs}"

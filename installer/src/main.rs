@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use wa8s_api::contract::{NODE_LABEL, NODE_LABEL_READY, parse_duration_ms};
@@ -170,6 +170,44 @@ async fn set_label(client: &Client, node_name: &str, value: Option<&str>) -> Res
     Ok(())
 }
 
+/// Waits until the kubelet reports this pod's containers running, plus a moment. Restarting
+/// containerd while the kubelet still waits on it to start this very container orphans the
+/// container: the pod stays in ContainerCreating, its name reserved, until the kubelet's
+/// retries give up on it (minutes, seen in the install test). Gives up waiting after two
+/// minutes (a pod it cannot read) and goes on.
+async fn wait_until_started(client: &Client, namespace: &str, pod: &str) {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match pods.get(pod).await {
+            Ok(p) => {
+                let statuses = p
+                    .status
+                    .and_then(|s| s.container_statuses)
+                    .unwrap_or_default();
+                let running = !statuses.is_empty()
+                    && statuses
+                        .iter()
+                        .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+                if running {
+                    // The status is written after the kubelet's start call returned; the pause
+                    // covers a status written from a relist that raced ahead of it.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!("reading pod {namespace}/{pod}: {e}"),
+        }
+        if Instant::now() > deadline {
+            tracing::warn!(
+                "pod {namespace}/{pod} was not reported running within 2m; going on anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // poll interval
+    }
+}
+
 /// Whether the chart's pre-delete hook asked for uninstall.
 async fn uninstall_requested(api: &Api<DaemonSet>, name: &str) -> Result<bool> {
     let ds = api
@@ -195,6 +233,9 @@ async fn install(node: NodeArgs, once: bool) -> Result<()> {
     // The DaemonSet's pod watches for the chart's uninstall request.
     let daemonset = std::env::var("DAEMONSET_NAME").ok();
     let namespace = std::env::var("POD_NAMESPACE").ok();
+    if let (Some(c), Some(n), Ok(pod)) = (&client, &namespace, std::env::var("POD_NAME")) {
+        wait_until_started(c, n, &pod).await;
+    }
     let watch = match (&client, daemonset, namespace, once) {
         (Some(c), Some(d), Some(n), false) => {
             Some((Api::<DaemonSet>::namespaced(c.clone(), &n), d))

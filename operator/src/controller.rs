@@ -386,7 +386,12 @@ async fn reconcile_inner(obj: &WebAssembly, ctx: &Context) -> Result<Action, Err
     match failure {
         Some(e) if e.transient => Err(Error::Resolve(e)),
         // Someone has to act (push the tag, fix the secret); look again at the normal pace.
-        _ => Ok(Action::requeue(ctx.settings.resolve_interval)),
+        // Counted by reason all the same, so dashboards show it (error_policy counts the rest).
+        Some(e) => {
+            ctx.metrics.error(e.reason);
+            Ok(Action::requeue(ctx.settings.resolve_interval))
+        }
+        None => Ok(Action::requeue(ctx.settings.resolve_interval)),
     }
 }
 

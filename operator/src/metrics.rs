@@ -39,7 +39,7 @@ impl Metrics {
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         registry.register(
             "reconcile_errors",
-            "Failed reconciles by reason",
+            "Reconciles that failed or found a problem a user must fix, by reason",
             errors.clone(),
         );
         registry.register(
@@ -76,4 +76,14 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The sum of the `wa8s_operator_reconciles_total` counters in a scrape of `/metrics` (the
+/// tests and the benchmark read the operator as Prometheus would).
+pub fn reconciles_in(exposition: &str) -> u64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with("wa8s_operator_reconciles_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }

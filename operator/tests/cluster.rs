@@ -80,6 +80,7 @@ struct Harness {
     ns: Namespace,
     registry: Registry,
     client: Client,
+    metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -88,12 +89,20 @@ impl Harness {
     /// A namespace, a registry that stands in for ghcr.io (a mirror, as in an air-gapped
     /// cluster), and a controller watching only that namespace.
     async fn start(prefix: &str, resolve_interval: Duration) -> Result<Self> {
+        Self::start_with(prefix, resolve_interval, Registry::start()?).await
+    }
+
+    /// As [`Harness::start`], with `registry` as the stand-in for ghcr.io.
+    async fn start_with(
+        prefix: &str,
+        resolve_interval: Duration,
+        registry: Registry,
+    ) -> Result<Self> {
         wa8s_operator::install_crypto_provider();
         let cp = ControlPlane::shared_with_controller_manager().map_err(anyhow::Error::msg)?;
         let kubectl = cp.kubectl();
         kubectl.install_crd()?;
         let ns = kubectl.namespace(prefix)?;
-        let registry = Registry::start()?;
         let client = operator_client(cp, &ns).await?;
         let resolver = OciResolver {
             config: RegistryConfig {
@@ -101,6 +110,7 @@ impl Harness {
                 ..RegistryConfig::default()
             },
         };
+        let metrics = Arc::new(Metrics::new());
         let ctx = Arc::new(Context::new(
             client.clone(),
             Arc::new(resolver),
@@ -109,7 +119,7 @@ impl Harness {
                 namespace: Some(ns.name().to_owned()),
                 ..Settings::default()
             },
-            Arc::new(Metrics::new()),
+            metrics.clone(),
         ));
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(controller::run(ctx, async move {
@@ -120,6 +130,7 @@ impl Harness {
             ns,
             registry,
             client,
+            metrics,
             stop: Some(stop),
             done: Some(done),
         })
@@ -434,5 +445,100 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops_renewing() -> Re
         .await
         .context("the second replica never took over")???;
     h.eventually("replica-b holding", held("replica-b")).await?;
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_registry_credentials_end_in_a_permanent_auth_failed_condition_and_right_ones_resolve()
+-> Result<()> {
+    use wa8s_e2e::registry::Users;
+    let registry = Registry::start_with(Users(vec![("alice".into(), "s3cret".into())]))?;
+    let addr = registry.addr().to_owned();
+    let h = Harness::start_with("op-auth", Duration::from_secs(300), registry).await?;
+    // /metrics as Prometheus scrapes it.
+    let http = wa8s_operator::http::serve(
+        "127.0.0.1:0".parse()?,
+        h.metrics.clone(),
+        wa8s_operator::http::Readiness::default(),
+    )
+    .await?;
+    let scrape = || wa8s_e2e::http::get(&http.to_string(), "/metrics", Duration::from_secs(5));
+
+    let pusher = wa8s_oci::Registry::new(wa8s_oci::RegistryOptions {
+        credentials: wa8s_oci::Credentials {
+            explicit: Some(("alice".into(), "s3cret".into())),
+            ..wa8s_oci::Credentials::default()
+        },
+        ..wa8s_oci::RegistryOptions::default()
+    });
+    let digest = pusher
+        .push(guests::HTTP_COMPONENT, &format!("{addr}/myorg/private:v1"))
+        .await?
+        .digest;
+    let kubectl = h.cp.kubectl();
+    let n = h.ns.name();
+    for (name, password) in [("wrong", "nope"), ("right", "s3cret")] {
+        kubectl.ok(&[
+            "create",
+            "secret",
+            "docker-registry",
+            name,
+            "-n",
+            n,
+            &format!("--docker-server={addr}"),
+            "--docker-username=alice",
+            &format!("--docker-password={password}"),
+        ])?;
+    }
+    let manifest = |secret: &str| {
+        format!(
+            "apiVersion: wa8s.reconciler.io/v1\nkind: WebAssembly\nmetadata:\n  name: private\nspec:\n  module:\n    registry: {addr}/myorg/private\n    tag: v1\n  imagePullSecrets:\n    - name: {secret}\n"
+        )
+    };
+    h.apply(&manifest("wrong"))?;
+    let (status, reason, message) = h
+        .eventually("AuthFailed", || async {
+            h.condition("private", "ModuleResolved").await
+        })
+        .await?;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "AuthFailed"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&addr),
+        "the message does not name the registry: {message}"
+    );
+    assert!(h.image("private").await?.is_none(), "nothing deployed");
+
+    // Permanent: no retries while nothing changes. Retries back off from 1 s (1 + 2 + 4 s:
+    // three in 8 s); the status write may echo back as one more reconcile.
+    let (status, body) = scrape()?;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("wa8s_operator_reconcile_errors_total{reason=\"AuthFailed\"}"),
+        "{body}"
+    );
+    let before = wa8s_operator::metrics::reconciles_in(&body);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = wa8s_operator::metrics::reconciles_in(&scrape()?.1);
+    assert!(
+        after <= before + 1,
+        "{} reconciles in 8 s with nothing changed",
+        after - before
+    );
+
+    // Fixing the object's secret is a change: it resolves and deploys.
+    h.apply(&manifest("right"))?;
+    let image = h
+        .eventually("the Deployment", || async { h.image("private").await })
+        .await?;
+    assert_eq!(image, format!("{addr}/myorg/private@{digest}"));
+    h.eventually("ModuleResolved=True", || async {
+        let c = h.condition("private", "ModuleResolved").await?;
+        Ok(c.filter(|(status, _, _)| status == "True"))
+    })
+    .await?;
     h.stop().await
 }

@@ -1,0 +1,225 @@
+//! Benchmark: N `WebAssembly` objects created at once against a real kube-apiserver + etcd
+//! and a real registry, reconciled by the operator binary running as its own process.
+//! Reports the time until every Deployment exists and every object's status is observed
+//! (`observedGeneration` = `generation`, `ModuleResolved=True`), reconciles per second, and
+//! the operator's resident memory (current and peak).
+//!
+//! ```sh
+//! e2e/scripts/images.sh     # builds target/image/wa8s-operator (optimized, as shipped)
+//! cargo run -p wa8s-operator --example bench-objects -- 1000
+//! cargo run -p wa8s-operator --example bench-objects -- 10000 --operator target/image/wa8s-operator
+//! ```
+//!
+//! There is no kubelet or kube-controller-manager here: Deployments get no pods, so this
+//! measures the operator and the API path only. Everything it starts stops when it exits.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use wa8s_api::WebAssembly;
+use wa8s_e2e::control_plane::ControlPlane;
+use wa8s_e2e::process::Lifetime;
+use wa8s_e2e::registry::Registry;
+
+const NAMESPACE: &str = "bench";
+/// Creations in flight at once.
+const CONCURRENCY: usize = 16;
+/// How long convergence may take before the run is called failed.
+const LIMIT: Duration = Duration::from_secs(1800);
+
+/// Kills the operator when the benchmark ends, however it ends.
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `VmRSS` and `VmHWM` of `pid`, in MiB.
+fn memory_mib(pid: u32) -> Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<f64> {
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn object(i: usize) -> Result<WebAssembly> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "wa8s.reconciler.io/v1",
+        "kind": "WebAssembly",
+        "metadata": { "name": format!("w{i:05}") },
+        "spec": {
+            "module": { "registry": "ghcr.io/myorg/bench", "tag": "v1" },
+            "resources": { "memory": "32Mi" },
+        },
+    }))?)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut n = 1000usize;
+    let mut operator = wa8s_e2e::repo_root().join("target/image/wa8s-operator");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--operator" => operator = PathBuf::from(args.next().context("--operator PATH")?),
+            other => {
+                n = other
+                    .parse()
+                    .with_context(|| format!("{other:?}: expected N"))?
+            }
+        }
+    }
+    ensure!(
+        operator.is_file(),
+        "{} is missing: e2e/scripts/images.sh builds it (or pass --operator PATH)",
+        operator.display()
+    );
+    wa8s_operator::install_crypto_provider();
+
+    let dir = wa8s_e2e::cache_dir()
+        .join("run")
+        .join(format!("bench-{}", std::process::id()));
+    let cp = ControlPlane::start(&dir, Lifetime::Attached)?;
+    let kubectl = cp.kubectl();
+    kubectl.install_crd()?;
+    kubectl.ok(&["create", "namespace", NAMESPACE])?;
+    let registry = Registry::start()?;
+    let pushed = wa8s_oci::Registry::new(wa8s_oci::RegistryOptions::default())
+        .push(
+            wa8s_test_components::HTTP_COMPONENT,
+            &format!("{}/myorg/bench:v1", registry.addr()),
+        )
+        .await?;
+
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let log = std::fs::File::create(dir.join("wa8s-operator.log"))?;
+    let child = Command::new(&operator)
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("RUST_LOG", "warn")
+        .arg(format!("--mirror=ghcr.io={}", registry.addr()))
+        .arg(format!("--insecure-registry={}", registry.addr()))
+        .arg("--leader-elect=false")
+        .arg(format!("--http-addr={http}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", operator.display()))?;
+    let operator = Operator(child);
+    let pid = operator.0.id();
+    let scrape = || wa8s_e2e::http::get(&http.to_string(), "/metrics", Duration::from_secs(5));
+    let started = Instant::now();
+    while !wa8s_e2e::http::get(&http.to_string(), "/readyz", Duration::from_secs(2))
+        .is_ok_and(|(s, _)| s == 200)
+    {
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the operator was not ready within 60 s; see {}",
+            dir.join("wa8s-operator.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (idle_rss, _) = memory_mib(pid)?;
+    let reconciles_before = wa8s_operator::metrics::reconciles_in(&scrape()?.1);
+
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(cp.kubeconfig())?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = Client::try_from(config)?;
+    let objects: Api<WebAssembly> = Api::namespaced(client.clone(), NAMESPACE);
+    let deployments: Api<Deployment> = Api::namespaced(client, NAMESPACE);
+
+    let started = Instant::now();
+    stream::iter(0..n)
+        .map(|i| {
+            let api = objects.clone();
+            async move {
+                api.create(&PostParams::default(), &object(i)?)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let created = started.elapsed();
+
+    let mut peak_rss = 0f64;
+    let converged = loop {
+        let (rss, _) = memory_mib(pid)?;
+        peak_rss = peak_rss.max(rss);
+        let deployed = deployments
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len();
+        let observed = objects
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|o| {
+                o.status.as_ref().is_some_and(|s| {
+                    s.observed_generation == o.metadata.generation
+                        && s.module.as_ref().is_some_and(|m| m.digest == pushed.digest)
+                })
+            })
+            .count();
+        if deployed == n && observed == n {
+            break started.elapsed();
+        }
+        if started.elapsed() > LIMIT {
+            bail!(
+                "after {LIMIT:?}: {deployed} of {n} Deployments, {observed} of {n} statuses observed"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let reconciled = wa8s_operator::metrics::reconciles_in(&scrape()?.1) - reconciles_before;
+    let (rss, hwm) = memory_mib(pid)?;
+    // Settled: what the operator holds once the burst is over.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (settled_rss, _) = memory_mib(pid)?;
+
+    println!("objects:                       {n}");
+    println!(
+        "created (API, {CONCURRENCY} at a time):   {:.1} s",
+        created.as_secs_f64()
+    );
+    println!(
+        "all Deployments + statuses:    {:.1} s after the first create",
+        converged.as_secs_f64()
+    );
+    println!(
+        "reconciles:                    {reconciled} ({:.0}/s over the run)",
+        reconciled as f64 / converged.as_secs_f64()
+    );
+    println!("operator RSS idle:             {idle_rss:.1} MiB");
+    println!(
+        "operator RSS at convergence:   {rss:.1} MiB (peak seen {:.1}, VmHWM {hwm:.1})",
+        peak_rss.max(rss)
+    );
+    println!("operator RSS 10 s later:       {settled_rss:.1} MiB");
+    drop(operator);
+    drop(registry);
+    drop(cp);
+    Ok(())
+}

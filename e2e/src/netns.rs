@@ -41,6 +41,17 @@ impl Netns {
     }
 }
 
+/// Makes `/run/netns` the shared mount point `ip netns` turns it into on its first use, before
+/// anything (containerd's CRI) mounts pod namespaces there. `ip netns add` bind-mounts the
+/// directory onto itself when it is not a mount point yet; done while pod namespaces are
+/// mounted in it, that hides them under the new mount, where nothing can unmount or remove
+/// them (seen: a scenario's first `ip netns add` leaked two pods' namespaces).
+pub fn prepare_run_netns() -> std::io::Result<()> {
+    let name = format!("wa8s-prepare-{}", std::process::id());
+    ip(&["netns", "add", &name])?;
+    ip(&["netns", "del", &name])
+}
+
 /// Runs `ip ARGS`; a failure carries what `ip` said.
 pub fn ip(args: &[&str]) -> std::io::Result<()> {
     let out = Command::new("ip").args(args).output()?;

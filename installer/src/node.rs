@@ -538,8 +538,13 @@ fn chroot_before_exec(cmd: &mut Command, root: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn socket_inode(path: &Path) -> Option<u64> {
-    std::fs::metadata(path).ok().map(|m| m.ino())
+/// Which socket file is at `path`: its inode number and change time. The number alone is not
+/// enough: a file system may give the socket a restarted containerd creates the inode number
+/// its predecessor's just freed (ext4 does, and the installer then waited forever).
+fn socket_identity(path: &Path) -> Option<(u64, i64, i64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// Restarts containerd (or k3s) and waits until a *new* containerd answers on its socket.
@@ -564,7 +569,7 @@ fn restart(o: &Options, method: &Restart, k3s: bool) -> Result<Option<String>, E
         .clone()
         .unwrap_or_else(|| PathBuf::from(default_socket));
     let socket = o.on_node(&node_socket);
-    let before = socket_inode(&socket);
+    let before = socket_identity(&socket);
     let out = cmd
         .output()
         .map_err(io("running the restart command in", &o.root))?;
@@ -577,11 +582,11 @@ fn restart(o: &Options, method: &Restart, k3s: bool) -> Result<Option<String>, E
                 .to_owned(),
         });
     }
-    // containerd removes and re-creates its socket on start, so a new inode that accepts
-    // connections is the restarted containerd, not the old one on its way out.
+    // containerd removes and re-creates its socket on start, so a new socket file that
+    // accepts connections is the restarted containerd, not the old one on its way out.
     let started = Instant::now();
     loop {
-        let now = socket_inode(&socket);
+        let now = socket_identity(&socket);
         if now.is_some()
             && now != before
             && std::os::unix::net::UnixStream::connect(&socket).is_ok()

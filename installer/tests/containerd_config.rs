@@ -1,7 +1,8 @@
 //! The runtime edits against real configuration files: containerd 1.6.20's and 2.2.9's
-//! `containerd config default` output (versions 2 and 3), a file in kind's layout, a file
-//! with other runtimes and comments, and a k3s template. Every result is also read by a real
-//! containerd 2.2.9 (`containerd config dump`), which must show the wa8s runtime.
+//! `containerd config default` output (versions 2 and 3), kind v0.33.0's node file (version 2,
+//! which containerd 2.x migrates) and one in its layout, a file with other runtimes and comments,
+//! and a k3s template. Every result is also read by a real containerd 2.2.9 (`containerd config
+//! dump`), which must show the wa8s runtime.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +25,7 @@ const TOML_FIXTURES: &[&str] = &[
     "containerd-1.6.20-default.toml",
     "containerd-2.2.9-default.toml",
     "kind-style-v2.toml",
+    "kind-v0.33.0.toml",
     "others-with-comments-v3.toml",
 ];
 

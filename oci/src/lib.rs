@@ -4,6 +4,8 @@
 //!   and the CNCF wasm artifact format wa8s writes;
 //! - [`Registry`]: push, resolve and pull with credentials, mirrors and TLS rules, reading the
 //!   CNCF format, the older `vnd.wasm.*.v1` format, layered images and image indexes;
+//! - [`image`]: from a manifest to the binary it carries, whatever store holds the blobs
+//!   (a registry, or containerd's content store for the shim);
 //! - [`BlobCache`]: the node-wide content-addressed cache every pull goes through.
 //!
 //! The shim, the operator and the `wa8s` CLI all use this crate, so they agree on formats.
@@ -12,12 +14,15 @@ pub mod artifact;
 mod auth;
 mod cache;
 mod error;
+pub mod image;
 mod registry;
 
 pub use auth::{Credentials, DockerConfigSource};
 pub use cache::BlobCache;
 pub use error::Error;
-pub use registry::{Described, Pulled, Pushed, Registry, RegistryOptions, Resolved};
+pub use registry::{
+    DEFAULT_MAX_COMPONENT_BYTES, Described, Pulled, Pushed, Registry, RegistryOptions, Resolved,
+};
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {

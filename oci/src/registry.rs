@@ -3,16 +3,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use crate::artifact::{self, WasmConfig, WasmInfo};
+use crate::image::{self, Descriptor, Document};
+use crate::{BlobCache, Credentials, Error};
 use oci_client::client::{
     Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer,
 };
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::{Client, Reference};
-use serde::Deserialize;
-
-use crate::artifact::{self, Carrier, ManifestShape, WasmConfig, WasmInfo};
-use crate::{BlobCache, Credentials, Error};
 
 /// Manifest media types wa8s asks for.
 const ACCEPTED: &[&str] = &[
@@ -119,9 +118,7 @@ impl Described {
 struct Shaped {
     digest: String,
     at: Reference,
-    config: RawDescriptor,
-    layers: Vec<RawDescriptor>,
-    carrier: Carrier,
+    manifest: image::Manifest,
 }
 
 /// A pulled component.
@@ -134,59 +131,6 @@ pub struct Pulled {
     /// How it was carried: `application/wasm`, the older v1 layer, or `tar`.
     pub carrier: String,
     pub config_media_type: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawManifest {
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    config: Option<RawDescriptor>,
-    #[serde(default)]
-    layers: Option<Vec<RawDescriptor>>,
-    #[serde(default)]
-    manifests: Option<Vec<RawIndexEntry>>,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(rename_all = "camelCase")]
-struct RawDescriptor {
-    media_type: String,
-    digest: String,
-    size: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawIndexEntry {
-    digest: String,
-    #[serde(default)]
-    platform: Option<RawPlatform>,
-}
-
-#[derive(Deserialize)]
-struct RawPlatform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-}
-
-/// An OCI/docker image config: lower-case `config`, upper-case fields inside it.
-#[derive(Deserialize, Default)]
-struct ImageConfig {
-    #[serde(default)]
-    config: Option<ImageRuntimeConfig>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ImageRuntimeConfig {
-    #[serde(default)]
-    entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    cmd: Option<Vec<String>>,
 }
 
 /// Parses `ghcr.io/org/app:v1` or `…@sha256:…`, with a clear error.
@@ -480,26 +424,10 @@ impl Registry {
     /// The manifest `parsed` names, checked to carry WebAssembly.
     async fn shaped(&self, parsed: &Reference) -> Result<Shaped, Error> {
         let (manifest, digest, at) = self.manifest(parsed).await?;
-        let artifact_error = |reason: String| Error::Artifact {
-            reference: parsed.whole(),
-            reason,
-        };
-        let config = manifest
-            .config
-            .clone()
-            .ok_or_else(|| artifact_error("the manifest has no config".into()))?;
-        let layers = manifest.layers.clone().unwrap_or_default();
-        let shape = ManifestShape {
-            config_media_type: &config.media_type,
-            layer_media_types: layers.iter().map(|l| l.media_type.as_str()).collect(),
-        };
-        let carrier = artifact::carrier(&shape).map_err(artifact_error)?;
         Ok(Shaped {
             digest,
             at,
-            config,
-            layers,
-            carrier,
+            manifest,
         })
     }
 
@@ -509,48 +437,24 @@ impl Registry {
     pub async fn describe(&self, reference: &str) -> Result<Described, Error> {
         let parsed = parse_reference(reference)?;
         let Shaped {
-            digest, at, config, ..
+            digest,
+            at,
+            manifest,
         } = self.shaped(&parsed).await?;
-        let artifact_error = |reason: String| Error::Artifact {
-            reference: parsed.whole(),
-            reason,
-        };
+        let config = manifest.config;
         let mut wasm_config = None;
         if config.media_type == artifact::WASM_CONFIG_V0 {
-            if config.size > 1 << 20 {
-                return Err(artifact_error(format!(
-                    "the config declares {} bytes, over the 1 MiB limit",
-                    config.size
-                )));
-            }
-            let registry = at.resolve_registry().to_owned();
             let client = self.authed_client(&parsed, &at).await?;
-            let desc = OciDescriptor {
-                media_type: config.media_type.clone(),
-                digest: config.digest.clone(),
-                size: config.size,
-                ..OciDescriptor::default()
-            };
-            let mut raw = Vec::new();
-            client
-                .pull_blob(&at, &desc, &mut raw)
-                .await
-                .map_err(|e| Error::Registry {
-                    registry: registry.clone(),
-                    reason: error_chain(&e),
-                })?;
-            let actual = crate::sha256_digest(&raw);
-            if actual != config.digest {
-                return Err(Error::Digest {
-                    what: format!("config of {}", parsed.whole()),
-                    expected: config.digest,
-                    actual,
-                });
-            }
-            wasm_config = Some(
-                serde_json::from_slice::<WasmConfig>(&raw)
-                    .map_err(|e| artifact_error(format!("the wasm config is not valid: {e}")))?,
-            );
+            let raw = self
+                .blob(&client, &parsed, &at, &config, image::MAX_METADATA_BYTES)
+                .await?;
+            wasm_config =
+                Some(
+                    serde_json::from_slice::<WasmConfig>(&raw).map_err(|e| Error::Artifact {
+                        reference: parsed.whole(),
+                        reason: format!("the wasm config is not valid: {e}"),
+                    })?,
+                );
         }
         Ok(Described {
             resolved: Resolved {
@@ -562,12 +466,12 @@ impl Registry {
         })
     }
 
-    /// Fetches the manifest (following an index to its wasm platform entry) and verifies
-    /// its digest when the reference pins one.
+    /// Fetches the manifest (following an index to its wasm platform entry), verifies its
+    /// digest when the reference pins one, and checks that it carries WebAssembly.
     async fn manifest(
         &self,
         parsed: &Reference,
-    ) -> Result<(RawManifest, String, Reference), Error> {
+    ) -> Result<(image::Manifest, String, Reference), Error> {
         let target = self.mirrored(parsed);
         let registry = target.resolve_registry().to_owned();
         let auth = self
@@ -591,50 +495,107 @@ impl Registry {
                     actual,
                 });
             }
-            let manifest: RawManifest =
-                serde_json::from_slice(&raw).map_err(|e| Error::Artifact {
-                    reference: parsed.whole(),
-                    reason: format!("the manifest is not valid JSON: {e}"),
-                })?;
-            let is_index = manifest.manifests.is_some()
-                || matches!(
-                    manifest.media_type.as_deref(),
-                    Some(artifact::OCI_INDEX | artifact::DOCKER_LIST)
-                );
-            if !is_index {
-                let digest = if digest.is_empty() { actual } else { digest };
-                return Ok((manifest, digest, current));
+            match image::parse(&parsed.whole(), &raw)? {
+                Document::Manifest(manifest) => {
+                    let digest = if digest.is_empty() { actual } else { digest };
+                    return Ok((manifest, digest, current));
+                }
+                Document::Index { wasm_manifest } => {
+                    current = target.clone_with_digest(wasm_manifest);
+                }
             }
-            let entries = manifest.manifests.unwrap_or_default();
-            let Some(entry) = entries.iter().find(|e| {
-                e.platform
-                    .as_ref()
-                    .is_some_and(|p| artifact::is_wasm_platform(&p.os, &p.architecture))
-            }) else {
-                let platforms: Vec<String> = entries
-                    .iter()
-                    .filter_map(|e| e.platform.as_ref())
-                    .map(|p| format!("{}/{}", p.os, p.architecture))
-                    .collect();
-                return Err(Error::Artifact {
-                    reference: parsed.whole(),
-                    reason: format!(
-                        "the image index has no wasm platform (wasip1, wasip2, wasi or \
-                         architecture wasm); it has: {}",
-                        if platforms.is_empty() {
-                            "none".into()
-                        } else {
-                            platforms.join(", ")
-                        }
-                    ),
-                });
-            };
-            current = target.clone_with_digest(entry.digest.clone());
         }
         Err(Error::Artifact {
             reference: parsed.whole(),
             reason: "an image index points at another index".into(),
         })
+    }
+
+    /// Downloads blob `d` of the artifact at `at`: at most `limit` bytes (declared and
+    /// actual), verified against its digest as it arrives, in one pass over the bytes.
+    async fn blob(
+        &self,
+        client: &Client,
+        parsed: &Reference,
+        at: &Reference,
+        d: &Descriptor,
+        limit: u64,
+    ) -> Result<Vec<u8>, Error> {
+        use futures_util::TryStreamExt as _;
+        let what = parsed.whole();
+        let size = d.checked_size(&what, limit)?;
+        let registry = || at.resolve_registry().to_owned();
+        let desc = OciDescriptor {
+            media_type: d.media_type.clone(),
+            digest: d.digest.clone(),
+            size: d.size,
+            ..OciDescriptor::default()
+        };
+        let too_long = |got: u64| Error::Artifact {
+            reference: what.clone(),
+            reason: format!(
+                "blob {} declares {} bytes but the registry sends {got} or more",
+                d.digest, d.size
+            ),
+        };
+        // oci-client's stream hashes each chunk once and fails at the end on a mismatch;
+        // `pull_blob` would hash everything twice when the registry names the digest.
+        let mut stream = client
+            .pull_blob_stream(at, &desc)
+            .await
+            .map_err(|e| match e {
+                OciDistributionError::DigestError(err) => Error::Digest {
+                    what: format!("blob of {what}"),
+                    expected: d.digest.clone(),
+                    actual: err.to_string(),
+                },
+                other => Error::Registry {
+                    registry: registry(),
+                    reason: error_chain(&other),
+                },
+            })?;
+        if let Some(len) = stream.content_length
+            && len > size
+        {
+            return Err(too_long(len));
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        loop {
+            let chunk = stream.stream.try_next().await.map_err(|e| {
+                match e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
+                {
+                    Some(err) => Error::Digest {
+                        what: format!("blob of {what}"),
+                        expected: d.digest.clone(),
+                        actual: err.to_string(),
+                    },
+                    None => Error::Registry {
+                        registry: registry(),
+                        reason: format!("reading blob {}: {}", d.digest, error_chain(&e)),
+                    },
+                }
+            })?;
+            let Some(chunk) = chunk else { break };
+            // A registry that sends more than it declared is cut off, not buffered.
+            if (out.len() + chunk.len()) as u64 > size {
+                return Err(too_long((out.len() + chunk.len()) as u64));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        if out.len() as u64 != size {
+            return Err(Error::Artifact {
+                reference: what,
+                reason: format!(
+                    "blob {} declares {} bytes but has {}",
+                    d.digest,
+                    d.size,
+                    out.len()
+                ),
+            });
+        }
+        Ok(out)
     }
 
     /// Pulls the component `reference` names, through `cache` when given. Every blob is
@@ -644,120 +605,44 @@ impl Registry {
         let Shaped {
             digest,
             at,
-            config,
-            layers,
-            carrier,
+            manifest,
         } = self.shaped(&parsed).await?;
-        let artifact_error = |reason: String| Error::Artifact {
-            reference: parsed.whole(),
-            reason,
-        };
-        let max = self.options.max_component_bytes;
         let client = self.authed_client(&parsed, &at).await?;
-        let fetch = |d: RawDescriptor, limit: u64| {
-            let client = client.clone();
-            let at = at.clone();
-            let parsed = parsed.clone();
+        let fetch = |d: Descriptor, limit: u64| {
+            let (client, at, parsed) = (&client, &at, &parsed);
             async move {
-                let size = u64::try_from(d.size).unwrap_or(u64::MAX);
-                if size > limit {
-                    return Err(Error::Artifact {
-                        reference: parsed.whole(),
-                        reason: format!(
-                            "layer {} declares {} bytes, over the {limit}-byte limit",
-                            d.digest, d.size
-                        ),
-                    });
-                }
-                let get = || async {
-                    let desc = OciDescriptor {
-                        media_type: d.media_type.clone(),
-                        digest: d.digest.clone(),
-                        size: d.size,
-                        ..OciDescriptor::default()
-                    };
-                    let mut out = Vec::with_capacity(size as usize);
-                    client
-                        .pull_blob(&at, &desc, &mut out)
-                        .await
-                        .map_err(|e| match e {
-                            OciDistributionError::DigestError(err) => Error::Digest {
-                                what: format!("layer of {}", parsed.whole()),
-                                expected: d.digest.clone(),
-                                actual: err.to_string(),
-                            },
-                            other => Error::Registry {
-                                registry: at.resolve_registry().into(),
-                                reason: error_chain(&other),
-                            },
-                        })?;
-                    if out.len() as u64 != size {
-                        return Err(Error::Artifact {
-                            reference: parsed.whole(),
-                            reason: format!(
-                                "layer {} declares {} bytes but has {}",
-                                d.digest,
-                                d.size,
-                                out.len()
-                            ),
-                        });
-                    }
-                    Ok(out)
-                };
+                let get = || self.blob(client, parsed, at, &d, limit);
                 match cache {
                     Some(c) => c.get_or_fetch(&d.digest, get).await,
-                    // oci-client verifies every blob against the descriptor's digest as it
-                    // arrives (a mismatch is its DigestError, mapped above; the tampered-blob
-                    // test proves it), so hashing 10 MB again here would only cost time.
                     None => get().await,
                 }
             }
         };
-        let (bytes, how, known_digest) = match carrier {
-            Carrier::WasmLayer { index } => {
-                let d = layers[index].clone();
-                let how = d.media_type.clone();
-                let digest = d.digest.clone();
-                (fetch(d, max).await?, how, Some(digest))
-            }
-            Carrier::TarLayers { indexes } => {
-                let image_config: ImageConfig = {
-                    let raw = fetch(config.clone(), 1 << 20).await?;
-                    serde_json::from_slice(&raw).unwrap_or_default()
-                };
-                let entrypoint = image_config.config.and_then(|c| {
-                    c.entrypoint
-                        .into_iter()
-                        .chain(c.cmd)
-                        .flatten()
-                        .find(|a| a.ends_with(".wasm"))
-                });
-                let mut tars = Vec::new();
-                for i in indexes {
-                    let d = layers[i].clone();
-                    let gz = d.media_type.ends_with("gzip");
-                    tars.push((fetch(d, max).await?, gz));
-                }
-                let wasm = artifact::wasm_from_tars(&tars, entrypoint.as_deref(), max)
-                    .map_err(artifact_error)?;
-                (wasm, "tar".to_owned(), None)
-            }
-        };
+        let assembled = image::assemble(
+            &parsed.whole(),
+            &manifest,
+            self.options.max_component_bytes,
+            fetch,
+        )
+        .await?;
         // A wasm layer was verified against its digest as it arrived.
-        let info = match known_digest {
-            Some(digest) => artifact::inspect_with_digest(&bytes, digest),
-            None => artifact::inspect(&bytes),
+        let info = match assembled.layer_digest {
+            Some(digest) => artifact::inspect_with_digest(&assembled.bytes, digest),
+            None => artifact::inspect(&assembled.bytes),
         }
-        .map_err(|e| artifact_error(format!("the layer is not WebAssembly: {e}")))?;
+        .map_err(|e| Error::Artifact {
+            reference: parsed.whole(),
+            reason: format!("the layer is not WebAssembly: {e}"),
+        })?;
         Ok(Pulled {
             resolved: Resolved {
                 reference: reference.to_owned(),
                 digest,
             },
-            bytes,
+            bytes: assembled.bytes,
             info,
-            carrier: how,
-            config_media_type: config.media_type,
+            carrier: assembled.carrier,
+            config_media_type: manifest.config.media_type,
         })
     }
 }

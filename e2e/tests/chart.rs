@@ -7,6 +7,7 @@
 //! `WA8S_UPDATE_SNAPSHOTS=1 cargo test -p wa8s-e2e --test chart`.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use wa8s_e2e::helm::Helm;
@@ -306,5 +307,61 @@ fn the_chart_is_pushed_to_an_oci_registry_and_renders_from_there() -> Result<()>
         from_registry == template(&[])?,
         "the chart from the registry renders differently from the chart directory"
     );
+    Ok(())
+}
+
+/// `target/<profile>/<name>`, built beside this test (`build_wa8s_binaries` in
+/// `e2e/scripts/prerequisites.sh`).
+fn built(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test binary>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test binary's directory")?;
+    let path = dir.join(name);
+    ensure!(
+        path.is_file(),
+        "no {name} in {}: build the wa8s binaries first (see build_wa8s_binaries in e2e/scripts/prerequisites.sh)",
+        dir.display()
+    );
+    Ok(path)
+}
+
+/// A flag the chart renders but the binary does not know would crash-loop the pod. clap
+/// reaches a trailing `--help` (and exits 0) only when every argument before it parsed.
+#[test]
+fn every_flag_the_chart_passes_is_one_its_binary_accepts() -> Result<()> {
+    let containers = [
+        ("Deployment", "wa8s-operator", "wa8s-operator"),
+        ("DaemonSet", "wa8s-node-installer", "wa8s-node-installer"),
+        (
+            "Job",
+            "wa8s-node-installer-uninstall",
+            "wa8s-node-installer",
+        ),
+    ];
+    for rendered in [template(&[])?, template(&["-f", &custom_values()])?] {
+        let docs = documents(&rendered)?;
+        for (kind, name, binary) in containers {
+            let spec = &find(&docs, kind, name)?["spec"]["template"]["spec"]["containers"][0];
+            let args: Vec<String> = spec["args"]
+                .as_sequence()
+                .with_context(|| format!("{kind} {name} has no args"))?
+                .iter()
+                .map(|a| a.as_str().map(str::to_owned).context("a non-string arg"))
+                .collect::<Result<_>>()?;
+            let out = Command::new(built(binary)?)
+                .args(&args)
+                .arg("--help")
+                .env_clear()
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "{kind} {name} runs {binary} with {args:?}, which it refuses:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     Ok(())
 }

@@ -65,6 +65,9 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Name in events (`reportingInstance`), usually the pod name.
     pub instance: Option<String>,
+    /// Reconciles in flight at once. Each holds API and registry connections (TLS buffers,
+    /// a pool per client), so unbounded concurrency makes memory grow with the object count.
+    pub concurrency: u16,
 }
 
 impl Default for Settings {
@@ -74,9 +77,13 @@ impl Default for Settings {
             resolve_interval: Duration::from_secs(300),
             namespace: None,
             instance: None,
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }
+
+/// Default bound on reconciles in flight.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -139,6 +146,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         watcher::Config::default().labels(&format!("{}={MANAGER}", desired::MANAGED_BY_LABEL));
     let pods = watcher::Config::default().labels(OWNER_LABEL);
     Controller::new(api::<WebAssembly>(&ctx, ns), watcher::Config::default())
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(ctx.settings.concurrency.max(1)),
+        )
         .owns(api::<Deployment>(&ctx, ns), owned.clone())
         .owns(api::<Service>(&ctx, ns), owned.clone())
         .owns(api::<HorizontalPodAutoscaler>(&ctx, ns), owned)

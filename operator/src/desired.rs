@@ -10,9 +10,10 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, Lifecycle,
+    LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
+    TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -20,6 +21,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use wa8s_api::contract::{IMAGE_COMPONENT_COMMAND, Policy};
 use wa8s_api::{DEFAULT_PORT, WebAssembly};
+
+/// Seconds a terminating HTTP pod keeps serving before it is sent SIGTERM.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 
 /// Operator-wide settings that shape every object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +258,19 @@ fn deployment(
             }),
             period_seconds: Some(5),
             ..Probe::default()
+        }),
+        // A terminating pod leaves the Service's endpoints a moment after the kubelet
+        // learns of it; waiting before SIGTERM (the kubelet sleeps, nothing runs in the
+        // container) lets the node's proxies stop sending it requests first, so a rollout
+        // drops none.
+        lifecycle: http.then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
         }),
         // The shim writes why a component could not start; the operator surfaces it.
         termination_message_policy: Some("FallbackToLogsOnError".into()),

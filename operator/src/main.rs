@@ -43,7 +43,7 @@ struct Args {
     #[arg(long = "registry-ca", value_name = "REGISTRY=FILE")]
     registry_ca: Vec<String>,
     /// Watch only this namespace (default: all).
-    #[arg(long, env = "WA8S_WATCH_NAMESPACE")]
+    #[arg(long = "watch-namespace", env = "WA8S_WATCH_NAMESPACE")]
     namespace: Option<String>,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, default_value = "0.0.0.0:8080")]
@@ -57,6 +57,10 @@ struct Args {
     /// This replica's identity (default: the pod name, else the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Reconciles in flight at once (at least 1).
+    #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
 }
 
 fn main() -> ExitCode {
@@ -112,13 +116,11 @@ async fn run(args: Args) -> Result<()> {
         let pem = std::fs::read(&file).with_context(|| format!("--registry-ca: reading {file}"))?;
         ca_certificates.insert(registry, pem);
     }
-    let resolver = OciResolver {
-        config: RegistryConfig {
-            mirrors: pairs("mirror", &args.mirrors)?,
-            insecure: args.insecure.clone(),
-            ca_certificates,
-        },
-    };
+    let resolver = OciResolver::new(RegistryConfig {
+        mirrors: pairs("mirror", &args.mirrors)?,
+        insecure: args.insecure.clone(),
+        ca_certificates,
+    });
     let identity = args
         .identity
         .clone()
@@ -158,6 +160,7 @@ async fn run(args: Args) -> Result<()> {
             resolve_interval: Duration::from_millis(interval_ms),
             namespace: args.namespace,
             instance: Some(identity),
+            concurrency: args.max_concurrent_reconciles,
         },
         metrics,
     ));

@@ -1,6 +1,7 @@
 //! Resolving `spec.module` to a digest, through the OCI library.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use wa8s_api::Module;
 use wa8s_oci::{Credentials, DockerConfigSource, Registry, RegistryOptions};
@@ -40,9 +41,59 @@ pub trait Resolve: Send + Sync {
 }
 
 /// The real resolver: asks the registry (through configured mirrors).
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct OciResolver {
-    pub config: RegistryConfig,
+    config: RegistryConfig,
+    /// Registry clients by the pull secrets they carry, reused across reconciles: each
+    /// holds an HTTP client per registry (its trust roots, its connection pool), which costs
+    /// more to build than a resolve and would otherwise be rebuilt every time.
+    registries: Mutex<HashMap<Vec<(String, String)>, Registry>>,
+}
+
+// Not derived: the cache's keys are the pull secrets' contents.
+impl std::fmt::Debug for OciResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OciResolver")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Distinct credential sets kept; past this the cache starts over (secrets that changed
+/// leave their old entries behind).
+const MAX_CACHED_REGISTRIES: usize = 64;
+
+impl OciResolver {
+    pub fn new(config: RegistryConfig) -> Self {
+        OciResolver {
+            config,
+            registries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn registry(&self, pull_secrets: Vec<(String, String)>) -> Registry {
+        let mut cached = self.registries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = cached.get(&pull_secrets) {
+            return r.clone();
+        }
+        if cached.len() >= MAX_CACHED_REGISTRIES {
+            cached.clear();
+        }
+        let registry = Registry::new(RegistryOptions {
+            credentials: Credentials {
+                explicit: None,
+                pull_secrets: pull_secrets.clone(),
+                // Never the operator's own docker config: only what the object grants.
+                docker_config: DockerConfigSource::Ignored,
+            },
+            insecure: self.config.insecure.clone(),
+            ca_certificates: self.config.ca_certificates.clone(),
+            mirrors: self.config.mirrors.clone(),
+            ..RegistryOptions::default()
+        });
+        cached.insert(pull_secrets, registry.clone());
+        registry
+    }
 }
 
 /// `registry:tag`, or `registry@digest` when pinned.
@@ -79,18 +130,7 @@ impl Resolve for OciResolver {
         module: &Module,
         pull_secrets: Vec<(String, String)>,
     ) -> Result<(String, Resolved), ResolveError> {
-        let registry = Registry::new(RegistryOptions {
-            credentials: Credentials {
-                explicit: None,
-                pull_secrets,
-                // Never the operator's own docker config: only what the object grants.
-                docker_config: DockerConfigSource::Ignored,
-            },
-            insecure: self.config.insecure.clone(),
-            ca_certificates: self.config.ca_certificates.clone(),
-            mirrors: self.config.mirrors.clone(),
-            ..RegistryOptions::default()
-        });
+        let registry = self.registry(pull_secrets);
         let reference = reference(module);
         let described = registry
             .describe(&reference)

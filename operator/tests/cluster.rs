@@ -104,12 +104,10 @@ impl Harness {
         kubectl.install_crd()?;
         let ns = kubectl.namespace(prefix)?;
         let client = operator_client(cp, &ns).await?;
-        let resolver = OciResolver {
-            config: RegistryConfig {
-                mirrors: [("ghcr.io".to_owned(), registry.addr().to_owned())].into(),
-                ..RegistryConfig::default()
-            },
-        };
+        let resolver = OciResolver::new(RegistryConfig {
+            mirrors: [("ghcr.io".to_owned(), registry.addr().to_owned())].into(),
+            ..RegistryConfig::default()
+        });
         let metrics = Arc::new(Metrics::new());
         let ctx = Arc::new(Context::new(
             client.clone(),

@@ -4,6 +4,7 @@
 #
 #   build-binaries.sh [etcd] [kube-apiserver] [kube-controller-manager] [kube-scheduler] [kubelet]
 #                     [kube-proxy] [containerd] [ctr] [containerd-shim-runc-v2] [crictl] [helm]
+#                     [metrics-server]
 #
 # With no arguments it builds etcd and kube-apiserver (what the operator tests need).
 # Prints one `name=/path/to/binary` line per requested binary on stdout; logs go to stderr.
@@ -168,6 +169,9 @@ for w in "${want[@]}"; do
     helm)
       go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$(helm_bin_dir)"
       echo "helm=$(helm_bin_dir)/helm" ;;
-    *) log "unknown binary '$w' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl helm)"; exit 2 ;;
+    metrics-server)
+      go_install metrics-server "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION" "$(metrics_server_bin_dir)"
+      echo "metrics-server=$(metrics_server_bin_dir)/metrics-server" ;;
+    *) log "unknown binary '$w' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl helm metrics-server)"; exit 2 ;;
   esac
 done

@@ -59,6 +59,8 @@ command -v ip >/dev/null || apt_install iproute2
 [ -x /usr/lib/cni/bridge ] || apt_install containernetworking-plugins
 command -v runc >/dev/null || apt_install runc
 command -v iptables >/dev/null || apt_install iptables
+# kube-proxy's nftables mode on the tests' node (its rules are one nft table).
+command -v nft >/dev/null || apt_install nftables
 command -v gcc >/dev/null || apt_install gcc libc6-dev
 
 # A cold build of the workspace takes about 13 GiB under target/; the local cluster's kubelet
@@ -68,9 +70,9 @@ if [ "${free_kib:-0}" -lt $((16 * 1024 * 1024)) ]; then
   log "warning: only $((free_kib / 1024 / 1024)) GiB free on $(df -P . | awk 'NR==2 {print $6}'); a cold build and the local cluster need about 16 GiB"
 fi
 
-# The wa8s binaries the scripts run (shim, operator, CLI, the cluster tool). test.sh and
+# The wa8s binaries the scripts and tests run (shim, operator, node installer, CLI, the cluster tool). test.sh and
 # quickstart.sh build exactly this set: cargo unifies dependency features per invocation,
 # and a different set would rebuild Wasmtime and Cranelift (minutes) in between.
 build_wa8s_binaries() {
-  cargo build "$@" --locked -p wa8s-e2e -p wa8s-shim -p wa8s-operator -p wa8s-cli --bins
+  cargo build "$@" --locked -p wa8s-e2e -p wa8s-shim -p wa8s-operator -p wa8s-cli -p wa8s-installer --bins
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # README command 1. Brings up a local single-node Kubernetes (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubelet, containerd 2.2 without any wa8s runtime,
-# a CNI bridge, and a registry on 127.0.0.1:5000 that the node and the operator use as the
-# mirror of ghcr.io), builds the wa8s container images, installs wa8s with its Helm chart
+# a CNI bridge, metrics-server for kubectl top, and a registry on 127.0.0.1:5000 that the
+# node and the operator use as the mirror of ghcr.io), builds the wa8s container images, installs wa8s with its Helm chart
 # (the operator in a pod; the node installer adds the runtime to containerd), pushes a hello
 # component as ghcr.io/myorg/image-processor:v1.2.3, applies examples/deploy.yaml, waits for
 # Ready and calls the Service; then the same for the Python example. Idempotent: run it again
@@ -21,7 +21,7 @@ fi
 echo "== building wa8s (CLI, cluster tool; the same set as the test script)"
 build_wa8s_binaries --quiet
 bins="$(bash e2e/scripts/build-binaries.sh etcd kube-apiserver kube-controller-manager \
-  kube-scheduler kubelet kubectl containerd ctr containerd-shim-runc-v2 crictl helm)"
+  kube-scheduler kubelet kubectl containerd ctr containerd-shim-runc-v2 crictl helm metrics-server)"
 kubectl_bin="$(sed -n 's/^kubectl=//p' <<<"$bins")"
 helm_bin="$(sed -n 's/^helm=//p' <<<"$bins")"
 
@@ -98,6 +98,7 @@ wa8s is running on the local cluster. Explore it with:
   $kubectl_bin get wasm -A
   $kubectl_bin describe webassembly -n wa8s-demo image-processor
   $kubectl_bin logs -n wa8s-demo -l app.kubernetes.io/instance=image-processor
+  $kubectl_bin top pods -n wa8s-demo        # metrics-server needs about 30 s for a new pod
   $kubectl_bin logs -n wa8s-system deploy/wa8s-operator
   $helm_bin status wa8s -n wa8s-system
   $kubectl_bin explain webassembly.spec --recursive

@@ -10,6 +10,8 @@ CRI_TOOLS_K8S_LIBS="${CRI_TOOLS_K8S_LIBS:-v0.34.2}"
 CRI_TOOLS_SUM="${CRI_TOOLS_SUM:-h1:KqL9EJ+WgHtz1HR1exezm91n+o8O2uMLs/eHzHJHAWw=}"
 
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
+# metrics-server 0.9 is the line for Kubernetes 1.34+ (kubectl top on the tests' node).
+METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.9.0}"
 
 WA8S_CACHE="${WA8S_CACHE:-$HOME/.cache/wa8s}"
 # Binaries live under $WA8S_CACHE/bin/<name>-<version>/ so two versions never collide.
@@ -18,3 +20,4 @@ etcd_bin_dir() { echo "$WA8S_CACHE/bin/etcd-$ETCD_VERSION"; }
 containerd_bin_dir() { echo "$WA8S_CACHE/bin/containerd-$CONTAINERD_VERSION"; }
 cri_tools_bin_dir() { echo "$WA8S_CACHE/bin/cri-tools-$CRI_TOOLS_VERSION"; }
 helm_bin_dir() { echo "$WA8S_CACHE/bin/helm-$HELM_VERSION"; }
+metrics_server_bin_dir() { echo "$WA8S_CACHE/bin/metrics-server-$METRICS_SERVER_VERSION"; }

@@ -1,5 +1,7 @@
 //! A real containerd 2.2 (built from the Go modules, see `build-binaries.sh`) with a private
-//! root, state and sockets, for shim tests driven with the real `ctr`.
+//! root, state and sockets, for shim tests driven with the real `ctr`, or, started with
+//! [`Containerd::start_cri`], through its CRI with the real `crictl` as the kubelet drives it
+//! (pods on a CNI bridge of their own, the pause image imported).
 //!
 //! The wa8s shim is found on containerd's PATH (the directory given to [`Containerd::start`]);
 //! its node configuration (cache directory) is private to the instance. On drop every task is
@@ -85,13 +87,32 @@ pub struct Containerd {
     ctr: PathBuf,
     dir: PathBuf,
     namespace: String,
+    /// With the CRI: `crictl` and the CNI network index its pods use.
+    cri: Option<(PathBuf, u8)>,
     _tmp: tempfile::TempDir,
 }
 
 impl Containerd {
     /// Starts containerd with `shim_dir` (holding `containerd-shim-wa8s-v1`) on its PATH.
     pub fn start(shim_dir: &Path) -> Result<Self, Error> {
-        let bins = binaries::ensure(&["containerd", "ctr"])?;
+        Self::start_with(shim_dir, None)
+    }
+
+    /// Like [`Containerd::start`], for pods made through the CRI: their network is CNI
+    /// network `network` (bridge `wa8s<N>`, `10.24<4+N>.0.0/24`; distinct from every other
+    /// instance running at the same time), images are pulled from `insecure_registries` over
+    /// plain HTTP, and the pause image is imported. On drop every pod is removed through the
+    /// CRI (CNI DEL) and the bridge deleted.
+    pub fn start_cri(
+        shim_dir: &Path,
+        network: u8,
+        insecure_registries: &[String],
+    ) -> Result<Self, Error> {
+        Self::start_with(shim_dir, Some((network, insecure_registries)))
+    }
+
+    fn start_with(shim_dir: &Path, cri: Option<(u8, &[String])>) -> Result<Self, Error> {
+        let bins = binaries::ensure(&["containerd", "ctr", "crictl"])?;
         let tmp = tempfile::Builder::new()
             .prefix("wa8s-containerd-")
             .tempdir()
@@ -99,11 +120,24 @@ impl Containerd {
         let dir = tmp.path().to_path_buf();
         let d = dir.display();
         // Socket paths must stay short (108 bytes); the temp dir is under /tmp.
-        let config = format!(
+        let mut config = format!(
             "{}[debug]\n  address = \"{d}/debug.sock\"\n  level = \"debug\"\n{}",
             base_config(&dir, &dir.join("c.sock")),
             wa8s_runtime()
         );
+        if let Some((network, registries)) = cri {
+            let node_err = |e: crate::control_plane::Error| Error::Io {
+                what: "preparing the CRI's network and registries".into(),
+                source: std::io::Error::other(e.to_string()),
+            };
+            crate::netns::prepare_run_netns().map_err(io("preparing /run/netns"))?;
+            for sub in ["cni/net.d", "cni/ipam", "certs.d"] {
+                std::fs::create_dir_all(dir.join(sub)).map_err(io(format!("creating {sub}")))?;
+            }
+            crate::node::write_cni_config(&dir, network).map_err(node_err)?;
+            crate::node::write_registry_hosts(&dir, registries, &[]).map_err(node_err)?;
+            config.push_str(&crate::node::cri_config(&dir));
+        }
         std::fs::write(dir.join("config.toml"), config).map_err(io("writing config.toml"))?;
         std::fs::write(
             dir.join("shim.json"),
@@ -136,6 +170,7 @@ impl Containerd {
                 let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 format!("wa8s-test-{}-{n}", std::process::id())
             },
+            cri: cri.map(|(network, _)| (bins["crictl"].clone(), network)),
             _tmp: tmp,
         };
         let ready =
@@ -145,7 +180,82 @@ impl Containerd {
         if ready.is_none() {
             return Err(Error::NotReady(me.log()));
         }
+        if me.cri.is_some() {
+            crate::node::import_pause_image(&me.dir, &me.ctr, &me.socket()).map_err(|e| {
+                Error::Io {
+                    what: "importing the pause image".into(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+        }
         Ok(me)
+    }
+
+    /// Runs `crictl --runtime-endpoint unix://SOCKET ARGS` (60 s limit); needs
+    /// [`Containerd::start_cri`].
+    pub fn crictl(&self, args: &[&str]) -> Result<CtrOutput, Error> {
+        let Some((crictl, _)) = &self.cri else {
+            return Err(Error::Io {
+                what: format!("crictl {}", args.join(" ")),
+                source: std::io::Error::other("this containerd was started without the CRI"),
+            });
+        };
+        let mut cmd = Command::new(crictl);
+        cmd.arg("--runtime-endpoint")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(["--timeout", "50s"])
+            .args(args);
+        let out = process::run_with_timeout(cmd, Duration::from_secs(60))
+            .map_err(io(format!("running crictl {}", args.join(" "))))?;
+        Ok(CtrOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// `crictl`, requiring success; returns stdout.
+    pub fn crictl_ok(&self, args: &[&str]) -> Result<String, Error> {
+        let out = self.crictl(args)?;
+        if out.code != Some(0) {
+            return Err(Error::Ctr {
+                args: format!("(crictl) {}", args.join(" ")),
+                code: out.code,
+                stderr: out.stderr,
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// PIDs of the wa8s shim servers serving this containerd (their command line names its
+    /// socket; guest processes, `containerd-shim-wa8s-v1 guest …`, are not counted).
+    pub fn shim_servers(&self) -> Vec<u32> {
+        let socket = self.socket().to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                let shim = args.first()?.ends_with(b"containerd-shim-wa8s-v1");
+                let guest = args.get(1).is_some_and(|a| *a == b"guest");
+                (shim && !guest && args.contains(&socket.as_bytes())).then_some(pid)
+            })
+            .collect()
+    }
+
+    /// A cgroup parent for CRI pod `pod` (`linux.cgroup_parent`), removed with this
+    /// containerd.
+    pub fn cgroup_parent(&self, pod: &str) -> String {
+        format!("/{}/{pod}", self.namespace)
+    }
+
+    /// A directory that lives as long as this containerd (for CRI configs and logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The containerd namespace `ctr` uses (unique per instance; ctr puts task cgroups
@@ -245,15 +355,19 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if self.cri.is_some() {
+            // While containerd runs: CNI DEL for each pod (its netns, address, rules).
+            crate::node::remove_all_pods(&self.socket());
+        }
         self.cleanup_tasks();
         process::terminate(self.pid, Some(&self.exe), Duration::from_secs(10));
-        // The namespace-level cgroup parents the tasks' cgroups were made under.
-        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                let _ = std::fs::remove_dir(h.path().join(&self.namespace));
-            }
-        }
+        // The namespace-level cgroup parents the tasks' (and CRI pods') cgroups were made
+        // under, deepest first.
+        crate::node::remove_cgroups(&self.namespace);
         // Snapshot mounts of anything that was still running.
         crate::node::unmount_under(&self.dir);
+        if let Some((_, network)) = &self.cri {
+            crate::node::remove_network(*network);
+        }
     }
 }

@@ -152,6 +152,30 @@ impl ControlPlane {
                 pki.service_account_key.display()
             ))
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
+            // The aggregation layer (metrics.k8s.io from metrics-server), reaching extension
+            // servers at their endpoints' addresses, so it needs no kube-proxy.
+            .arg(format!(
+                "--requestheader-client-ca-file={}",
+                pki.front_proxy_ca.display()
+            ))
+            .arg(format!(
+                "--requestheader-allowed-names={}",
+                crate::pki::FRONT_PROXY_CLIENT
+            ))
+            .args([
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                "--enable-aggregator-routing=true",
+            ])
+            .arg(format!(
+                "--proxy-client-cert-file={}",
+                pki.front_proxy_client_cert.display()
+            ))
+            .arg(format!(
+                "--proxy-client-key-file={}",
+                pki.front_proxy_client_key.display()
+            ))
             .args(["--authorization-mode=Node,RBAC", "--allow-privileged=true"])
             .args(["--profiling=false", "--v=1"]);
         cp.spawn("kube-apiserver", apiserver, cmd)?;

@@ -39,6 +39,12 @@ pub struct NodeOptions {
     /// Whether containerd's configuration has the wa8s runtime from the start; `false`: the
     /// node is as a fresh cluster's, for the node installer to prepare.
     pub wa8s_runtime: bool,
+    /// Run kube-proxy (nftables mode), so ClusterIP Services route from the node to ready
+    /// pods as on any cluster. Its rules live in one nftables table, `ip kube-proxy`, which
+    /// is machine-wide: at most one node with kube-proxy may run on a machine at a time.
+    pub kube_proxy: bool,
+    /// Run metrics-server behind the `metrics.k8s.io` API, so `kubectl top` works.
+    pub metrics_server: bool,
 }
 
 impl NodeOptions {
@@ -50,12 +56,17 @@ impl NodeOptions {
 
     /// The pod subnet (`10.24<N>.0.0/24`).
     pub fn pod_subnet(&self) -> String {
-        format!("10.24{}.0.0/24", 4 + self.network)
+        pod_subnet(self.network)
     }
 }
 
+/// The pod subnet of network `n` (`10.24<4+n>.0.0/24`).
+pub(crate) fn pod_subnet(n: u8) -> String {
+    format!("10.{}.0.0/24", 244 + u16::from(n))
+}
+
 /// The machine-wide names a node on network `n` creates; teardown derives them the same way.
-fn bridge(n: u8) -> String {
+pub(crate) fn bridge(n: u8) -> String {
     format!("wa8s{n}")
 }
 
@@ -63,7 +74,7 @@ fn cgroup_root(n: u8) -> String {
     format!("wa8s-node-{n}")
 }
 
-fn cni_network(n: u8) -> String {
+pub(crate) fn cni_network(n: u8) -> String {
     format!("wa8s-{n}")
 }
 
@@ -137,14 +148,21 @@ impl ControlPlane {
     /// waits until it is `Ready`. Ordinary pods run with runc; pods with runtime class
     /// handler `wa8s` run in the shim found in `options.shim_dir`.
     pub fn start_node(&mut self, options: &NodeOptions) -> Result<(), Error> {
-        let bins = binaries::ensure(&[
+        let mut wanted = vec![
             "containerd",
             "containerd-shim-runc-v2",
             "ctr",
             "crictl",
             "kubelet",
             "kube-scheduler",
-        ])?;
+        ];
+        if options.kube_proxy {
+            wanted.push("kube-proxy");
+        }
+        if options.metrics_server {
+            wanted.push("metrics-server");
+        }
+        let bins = binaries::ensure(&wanted)?;
         let dir = node_dir(self.state_dir());
         for sub in [
             "cni/net.d",
@@ -162,8 +180,9 @@ impl ControlPlane {
             options.network.to_string(),
         )
         .map_err(io_err("writing node-network"))?;
-        write_cni_config(&dir, options)?;
-        write_registry_hosts(&dir, options)?;
+        crate::netns::prepare_run_netns().map_err(io_err("preparing /run/netns"))?;
+        write_cni_config(&dir, options.network)?;
+        write_registry_hosts(&dir, &options.insecure_registries, &options.mirrors)?;
         write_shim_config(&dir, options)?;
         let config = containerd_config(&dir, options.wa8s_runtime);
         std::fs::write(dir.join("containerd.toml"), config)
@@ -252,8 +271,199 @@ impl ControlPlane {
                 ])
                 .is_ok_and(|s| s.trim() == "True")
         })?;
+        if options.kube_proxy {
+            self.start_kube_proxy(&bins["kube-proxy"], options)?;
+        }
+        if options.metrics_server {
+            self.start_metrics_server(&bins["metrics-server"])?;
+        }
         Ok(())
     }
+
+    /// metrics-server as a node process behind the `v1beta1.metrics.k8s.io` APIService: it
+    /// scrapes the kubelet's `/metrics/resource` (container numbers come from the CRI, so
+    /// from the wa8s shim's Stats) and `kubectl top` reads it through the API server. The
+    /// APIService reaches it at the node's address through a selector-less Service's
+    /// EndpointSlice (the aggregator routes to endpoints itself; loopback is not allowed
+    /// there).
+    fn start_metrics_server(&mut self, exe: &Path) -> Result<(), Error> {
+        let dir = node_dir(self.state_dir()).join("metrics-server");
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let kubectl = self.kubectl();
+        let node_ip = kubectl
+            .ok(&[
+                "get",
+                "node",
+                NODE_NAME,
+                "-o",
+                "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+            ])
+            .map_err(|e| Error::Io {
+                what: "reading the node's address".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let node_ip = node_ip.trim().to_owned();
+        let [port] = crate::control_plane::free_ports()?;
+        let kubeconfig = self.kubeconfig().display().to_string();
+        let mut cmd = Command::new(exe);
+        cmd.arg(format!("--kubeconfig={kubeconfig}"))
+            .arg(format!("--authentication-kubeconfig={kubeconfig}"))
+            .arg(format!("--authorization-kubeconfig={kubeconfig}"))
+            .arg(format!("--bind-address={node_ip}"))
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--cert-dir={}", dir.display()))
+            // The kubelet's serving certificate is self-signed, without the node's IP.
+            .arg("--kubelet-insecure-tls")
+            .arg("--kubelet-preferred-address-types=InternalIP")
+            .arg("--kubelet-use-node-status-port")
+            // Its floor (0.9 of it must exceed the 10 s kubelet request timeout).
+            .arg("--metric-resolution=15s")
+            .arg("--v=1");
+        self.spawn("metrics-server", exe, cmd)?;
+        let addr = format!("{node_ip}:{port}");
+        self.wait_healthy("metrics-server", || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        })?;
+        let manifest = format!(
+            r#"apiVersion: v1
+kind: Service
+metadata:
+  name: metrics-server
+  namespace: kube-system
+spec:
+  ports:
+    - name: https
+      port: 443
+      targetPort: {port}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: metrics-server-node
+  namespace: kube-system
+  labels:
+    kubernetes.io/service-name: metrics-server
+    endpointslice.kubernetes.io/managed-by: wa8s-e2e
+addressType: IPv4
+ports:
+  - name: https
+    port: {port}
+    protocol: TCP
+endpoints:
+  - addresses: ["{node_ip}"]
+    conditions:
+      ready: true
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata:
+  name: v1beta1.metrics.k8s.io
+spec:
+  service:
+    name: metrics-server
+    namespace: kube-system
+    port: 443
+  group: metrics.k8s.io
+  version: v1beta1
+  # Its certificate is self-signed for this run; the link is the node's own address.
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+"#
+        );
+        let applied = kubectl
+            .apply("kube-system", &manifest)
+            .map_err(|e| Error::Io {
+                what: "registering metrics-server's APIService".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        if !applied.success {
+            return Err(Error::Io {
+                what: "registering metrics-server's APIService".into(),
+                source: std::io::Error::other(applied.stderr),
+            });
+        }
+        self.wait_healthy("metrics-server", || {
+            kubectl
+                .ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"])
+                .is_ok()
+        })
+    }
+
+    /// kube-proxy in nftables mode, after the node registered (it reads its Node). It is
+    /// told to leave the machine's conntrack sysctls alone; its whole state is the
+    /// `ip`/`ip6 kube-proxy` tables, which teardown deletes.
+    fn start_kube_proxy(&mut self, exe: &Path, options: &NodeOptions) -> Result<(), Error> {
+        if let Some(pid) = processes_named("kube-proxy").first() {
+            return Err(Error::Io {
+                what: "starting kube-proxy".into(),
+                source: std::io::Error::other(format!(
+                    "kube-proxy {pid} already runs on this machine, and both would rewrite the \
+                     machine's one `ip kube-proxy` nftables table; stop that cluster first"
+                )),
+            });
+        }
+        let dir = node_dir(self.state_dir());
+        let [healthz_port, metrics_port] = crate::control_plane::free_ports()?;
+        std::fs::write(
+            dir.join("kube-proxy.yaml"),
+            kube_proxy_config(
+                self.kubeconfig(),
+                &options.pod_subnet(),
+                healthz_port,
+                metrics_port,
+            ),
+        )
+        .map_err(io_err("writing kube-proxy.yaml"))?;
+        std::fs::write(
+            dir.join("kube-proxy-tables"),
+            "ip kube-proxy\nip6 kube-proxy\n",
+        )
+        .map_err(io_err("recording kube-proxy's tables"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(format!(
+            "--config={}",
+            dir.join("kube-proxy.yaml").display()
+        ))
+        .arg("--v=1");
+        self.spawn("kube-proxy", exe, cmd)?;
+        let healthz = format!("127.0.0.1:{healthz_port}");
+        // 200 once its first full sync of the rules is done.
+        self.wait_healthy("kube-proxy", || {
+            crate::http::get(&healthz, "/healthz", Duration::from_secs(2))
+                .is_ok_and(|(status, _)| status == 200)
+        })
+    }
+}
+
+fn kube_proxy_config(
+    kubeconfig: &Path,
+    cluster_cidr: &str,
+    healthz_port: u16,
+    metrics_port: u16,
+) -> String {
+    format!(
+        r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clientConnection:
+  kubeconfig: {kubeconfig}
+hostnameOverride: {NODE_NAME}
+clusterCIDR: {cluster_cidr}
+detectLocalMode: ClusterCIDR
+healthzBindAddress: 127.0.0.1:{healthz_port}
+metricsBindAddress: 127.0.0.1:{metrics_port}
+# Nothing may lower oom_score_adj without CAP_SYS_RESOURCE.
+oomScoreAdj: 0
+# Zeros: keep the machine's conntrack sysctls as they are (kube-proxy never restores them).
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+"#,
+        kubeconfig = kubeconfig.display(),
+    )
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -342,22 +552,12 @@ pub fn push_image(state_dir: &Path, local: &str, remote: &str) -> Result<(), Err
 }
 
 fn containerd_config(dir: &Path, wa8s_runtime: bool) -> String {
-    let d = dir.display();
     format!(
-        r#"{base}[plugins.'io.containerd.cri.v1.runtime'.cni]
-  bin_dirs = ["/usr/lib/cni"]
-  conf_dir = "{d}/cni/net.d"
-[plugins.'io.containerd.cri.v1.runtime'.containerd]
+        r#"{base}[plugins.'io.containerd.cri.v1.runtime'.containerd]
   default_runtime_name = "runc"
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-{runtime}[plugins.'io.containerd.cri.v1.images'.pinned_images]
-  sandbox = "{PAUSE_IMAGE}"
-[plugins.'io.containerd.cri.v1.images'.registry]
-  config_path = "{d}/certs.d"
-[plugins.'io.containerd.grpc.v1.cri']
-  stream_server_address = "127.0.0.1"
-"#,
+{runtime}{cri}"#,
         base =
             crate::containerd::base_config(&dir.join("containerd"), &dir.join("containerd.sock")),
         runtime = if wa8s_runtime {
@@ -365,22 +565,43 @@ fn containerd_config(dir: &Path, wa8s_runtime: bool) -> String {
         } else {
             String::new()
         },
+        cri = cri_config(dir),
     )
 }
 
-fn write_cni_config(dir: &Path, options: &NodeOptions) -> Result<(), Error> {
+/// containerd's CRI settings for a node whose files are in `dir`: CNI from Debian's
+/// plugins and `dir/cni/net.d`, the imported pause image (never pulled), registry hosts
+/// from `dir/certs.d`, streaming (logs, exec, port-forward) on loopback.
+pub(crate) fn cri_config(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["/usr/lib/cni"]
+  conf_dir = "{d}/cni/net.d"
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = "{d}/certs.d"
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+"#
+    )
+}
+
+/// The CNI configuration of network `n` (a bridge, host-local addresses) in `dir/cni/net.d`.
+pub(crate) fn write_cni_config(dir: &Path, n: u8) -> Result<(), Error> {
     let config = serde_json::json!({
         "cniVersion": "1.0.0",
-        "name": cni_network(options.network),
+        "name": cni_network(n),
         "plugins": [{
             "type": "bridge",
-            "bridge": bridge(options.network),
+            "bridge": bridge(n),
             "isGateway": true,
             "ipMasq": true,
             "hairpinMode": true,
             "ipam": {
                 "type": "host-local",
-                "ranges": [[{ "subnet": options.pod_subnet() }]],
+                "ranges": [[{ "subnet": pod_subnet(n) }]],
                 "routes": [{ "dst": "0.0.0.0/0" }],
                 "dataDir": dir.join("cni/ipam"),
             },
@@ -394,11 +615,15 @@ fn write_cni_config(dir: &Path, options: &NodeOptions) -> Result<(), Error> {
 }
 
 /// containerd's per-registry hosts.toml: plain HTTP for the local registries, and mirrors.
-fn write_registry_hosts(dir: &Path, options: &NodeOptions) -> Result<(), Error> {
-    let plain = |host: &str| options.insecure_registries.iter().any(|r| r == host);
+pub(crate) fn write_registry_hosts(
+    dir: &Path,
+    insecure_registries: &[String],
+    mirrors: &[(String, String)],
+) -> Result<(), Error> {
+    let plain = |host: &str| insecure_registries.iter().any(|r| r == host);
     let scheme = |host: &str| if plain(host) { "http" } else { "https" };
     let mut files: Vec<(String, String)> = Vec::new();
-    for reg in &options.insecure_registries {
+    for reg in insecure_registries {
         files.push((
             reg.clone(),
             format!(
@@ -406,7 +631,7 @@ fn write_registry_hosts(dir: &Path, options: &NodeOptions) -> Result<(), Error> 
             ),
         ));
     }
-    for (from, to) in &options.mirrors {
+    for (from, to) in mirrors {
         files.push((
             from.clone(),
             format!(
@@ -517,7 +742,7 @@ fn ctr_cmd(ctr: &Path, socket: &Path, args: &[&str]) -> std::io::Result<std::pro
 
 /// Builds the pause program (static, from `e2e/pause/pause.c`) into an image and imports it
 /// into the CRI's namespace. Sandbox images are never pulled here: no outside registry.
-fn import_pause_image(dir: &Path, ctr: &Path, socket: &Path) -> Result<(), Error> {
+pub(crate) fn import_pause_image(dir: &Path, ctr: &Path, socket: &Path) -> Result<(), Error> {
     let source = crate::repo_root().join("e2e/pause/pause.c");
     let binary = dir.join("pause");
     let mut cc = Command::new("gcc");
@@ -555,7 +780,11 @@ fn import_pause_image(dir: &Path, ctr: &Path, socket: &Path) -> Result<(), Error
 /// Removes every pod of the node recorded under `state_dir` through the CRI (so CNI DEL runs
 /// and each pod's netns and iptables rules go), while its containerd still runs.
 pub(crate) fn remove_pods(state_dir: &Path) {
-    let socket = containerd_socket(state_dir);
+    remove_all_pods(&containerd_socket(state_dir));
+}
+
+/// Removes every pod of the CRI at `socket` (CNI DEL runs for each), bounded in time.
+pub(crate) fn remove_all_pods(socket: &Path) {
     if !socket.exists() {
         return;
     }
@@ -589,29 +818,59 @@ pub(crate) fn clean_up_after(state_dir: &Path) {
     }
     unmount_under(&dir);
     remove_cgroups(&cgroup_root(network));
-    // A scenario's upstream server namespace (its veth goes with it), then the bridge.
-    for args in [
-        [
+    // kube-proxy's rules: the nftables tables it was started with (kube-proxy is stopped).
+    if let Ok(tables) = std::fs::read_to_string(dir.join("kube-proxy-tables")) {
+        for table in tables.lines().filter(|l| !l.trim().is_empty()) {
+            let mut args = vec!["delete", "table"];
+            args.extend(table.split_whitespace());
+            let _ = Command::new("nft")
+                .args(&args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    // A scenario's upstream server namespace (its veth goes with it).
+    let _ = Command::new("ip")
+        .args([
             "netns",
             "del",
             &crate::scenario::Upstream::netns_name(network),
-        ],
-        ["link", "del", &bridge(network)],
-    ] {
-        let _ = Command::new("ip")
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
+        ])
+        .stderr(std::process::Stdio::null())
+        .status();
+    remove_network(network);
+}
+
+/// Removes network `n`'s bridge and libcni's cached results for it (its pods are gone).
+pub(crate) fn remove_network(n: u8) {
+    let _ = Command::new("ip")
+        .args(["link", "del", &bridge(n)])
+        .stderr(std::process::Stdio::null())
+        .status();
     // libcni's result cache is machine-wide; drop only this network's entries.
     if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
-        let prefix = format!("{}-", cni_network(network));
+        let prefix = format!("{}-", cni_network(n));
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
+}
+
+/// Processes whose executable's file name is `name`.
+fn processes_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == name))
+        })
+        .collect()
 }
 
 fn processes_mentioning(needle: &str) -> Vec<u32> {
@@ -660,7 +919,7 @@ fn create_cgroups(root: &str) -> Result<(), Error> {
 }
 
 /// Removes `/<root>` in every cgroup hierarchy, deepest directories first.
-fn remove_cgroups(root: &str) {
+pub(crate) fn remove_cgroups(root: &str) {
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
     };

@@ -1,6 +1,7 @@
 //! A throwaway PKI for a test control plane: a CA, the API server's serving certificate, an
-//! admin client certificate (group `system:masters`), the kubelet's client certificate and
-//! the service-account signing key.
+//! admin client certificate (group `system:masters`), the kubelet's client certificate, the
+//! service-account signing key, and the front-proxy CA and client certificate the API
+//! server's aggregation layer presents to extension API servers (metrics-server).
 
 use std::path::{Path, PathBuf};
 
@@ -49,23 +50,22 @@ pub struct Pki {
     pub service_account_key: PathBuf,
     /// Its public key, which the API server uses to verify tokens.
     pub service_account_pub: PathBuf,
+    /// The CA extension API servers trust for requests the aggregator forwards.
+    pub front_proxy_ca: PathBuf,
+    /// The aggregator's client certificate (CN [`FRONT_PROXY_CLIENT`]).
+    pub front_proxy_client_cert: PathBuf,
+    /// Key of `front_proxy_client_cert`.
+    pub front_proxy_client_key: PathBuf,
 }
+
+/// The aggregator's client name, the only one extension API servers accept headers from.
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 
 impl Pki {
     /// Creates a fresh PKI under `dir`. The API server certificate is valid for loopback and
     /// the in-cluster names of the `kubernetes` Service (`service_ip`).
     pub fn generate(dir: &Path, service_ip: &str) -> Result<Self, Error> {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "wa8s-test-ca");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let ca = certificate_authority("wa8s-test-ca")?;
 
         let mut server = CertificateParams::new(vec![
             "localhost".to_owned(),
@@ -108,6 +108,17 @@ impl Pki {
 
         let sa_key = KeyPair::generate()?;
 
+        // A CA of its own, as kubeadm makes: a client certificate of the cluster CA must not
+        // be able to pose as the aggregator.
+        let fp_ca = certificate_authority("wa8s-test-front-proxy-ca")?;
+        let mut fp_client = CertificateParams::new(Vec::<String>::new())?;
+        fp_client
+            .distinguished_name
+            .push(DnType::CommonName, FRONT_PROXY_CLIENT);
+        fp_client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let fp_client_key = KeyPair::generate()?;
+        let fp_client_cert = fp_client.signed_by(&fp_client_key, &fp_ca)?;
+
         let pki = Pki {
             ca_cert: dir.join("ca.crt"),
             apiserver_cert: dir.join("apiserver.crt"),
@@ -118,6 +129,9 @@ impl Pki {
             node_key: dir.join("node.key"),
             service_account_key: dir.join("sa.key"),
             service_account_pub: dir.join("sa.pub"),
+            front_proxy_ca: dir.join("front-proxy-ca.crt"),
+            front_proxy_client_cert: dir.join("front-proxy-client.crt"),
+            front_proxy_client_key: dir.join("front-proxy-client.key"),
         };
         write(&pki.ca_cert, &ca.pem())?;
         write(&pki.apiserver_cert, &server_cert.pem())?;
@@ -128,8 +142,24 @@ impl Pki {
         write(&pki.node_key, &node_key.serialize_pem())?;
         write(&pki.service_account_key, &sa_key.serialize_pem())?;
         write(&pki.service_account_pub, &sa_key.public_key_pem())?;
+        write(&pki.front_proxy_ca, &fp_ca.pem())?;
+        write(&pki.front_proxy_client_cert, &fp_client_cert.pem())?;
+        write(&pki.front_proxy_client_key, &fp_client_key.serialize_pem())?;
         Ok(pki)
     }
+}
+
+/// A fresh self-signed CA named `name`.
+fn certificate_authority(name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), Error> {

@@ -76,6 +76,9 @@ impl Cluster {
             mirrors: vec![("ghcr.io".to_owned(), registry.clone())],
             cluster_dns: None,
             wa8s_runtime: !fresh,
+            // Services route as on any cluster (rollouts under load go through one).
+            kube_proxy: true,
+            metrics_server: true,
         };
         node.cluster_dns = Some(node.gateway());
         let dns = DnsServer::start(SocketAddr::from((node.gateway(), 53)))?;
@@ -195,6 +198,20 @@ impl Cluster {
     /// Waits up to `timeout` for WebAssembly `ns/name` to be `Ready`. On failure the error
     /// carries what a person would look at: the objects, the conditions, the namespace's
     /// events and the operator's log.
+    /// Applies `manifest` in `ns` and waits (see [`Cluster::wait_ready`]) until WebAssembly
+    /// `name` is Ready.
+    pub fn apply_ready(
+        &self,
+        ns: &str,
+        name: &str,
+        manifest: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let applied = self.kubectl().apply(ns, manifest)?;
+        anyhow::ensure!(applied.success, "{name} refused: {}", applied.stderr);
+        self.wait_ready(ns, name, timeout)
+    }
+
     pub fn wait_ready(&self, ns: &str, name: &str, timeout: Duration) -> anyhow::Result<()> {
         let k = self.kubectl();
         let started = std::time::Instant::now();
@@ -460,4 +477,91 @@ fn listen_in(netns: &Path, addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .join()
         .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
     })
+}
+
+/// A `WebAssembly` object `name` running `ghcr.io/<repository>:<tag>` (through the mirror):
+/// `replicas` pods with 32Mi each.
+pub fn manifest(name: &str, repository: &str, tag: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: wa8s.reconciler.io/v1\nkind: WebAssembly\nmetadata:\n  name: {name}\nspec:\n  module:\n    registry: ghcr.io/{repository}\n    tag: {tag}\n  replicas: {replicas}\n  resources:\n    memory: 32Mi\n"
+    )
+}
+
+/// `component` with a custom section naming `tag`: the same behaviour, a new digest (a new
+/// release of the same code).
+pub fn variant(component: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    let name = b"wa8s-e2e";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut wasm = component.to_vec();
+    wasm.push(0); // custom section
+    leb(payload.len(), &mut wasm);
+    wasm.extend_from_slice(&payload);
+    wasm
+}
+
+/// A modest steady load: GETs `addr` every 50 ms on a thread (each on a new connection,
+/// with a 5 s deadline) until [`Load::finish`], which returns (requests, failures, each
+/// with the seconds since the start).
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicU32>,
+    thread: std::thread::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl Load {
+    pub fn start(addr: String) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (flag, ok) = (stop.clone(), answered.clone());
+        let thread = std::thread::spawn(move || {
+            let mut sent = 0u32;
+            let mut failures = Vec::new();
+            let started = std::time::Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                sent += 1;
+                // When, so a failure can be matched with the cluster's events.
+                let at = started.elapsed().as_secs_f64();
+                match crate::http::get(&addr, "/", Duration::from_secs(5)) {
+                    Ok((200, _)) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((status, body)) => failures.push(format!("at {at:.2} s: {status} {body}")),
+                    Err(e) => failures.push(format!("at {at:.2} s: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (sent, failures)
+        });
+        Load {
+            stop,
+            answered,
+            thread,
+        }
+    }
+
+    /// Requests answered with 200 so far.
+    pub fn answered(&self) -> u32 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    pub fn finish(self) -> (u32, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .unwrap_or((0, vec!["load thread panicked".into()]))
+    }
 }

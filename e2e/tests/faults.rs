@@ -5,13 +5,17 @@
 //! The cluster belongs to this test process (`Cluster::own`) because its parts are stopped;
 //! the tests take turns with it (a lock), each in its own namespace.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use wa8s_e2e::Kubectl;
-use wa8s_e2e::scenario::Cluster;
+use wa8s_e2e::scenario::{Cluster, Load, variant};
+
+/// The hello component with a new digest naming `tag`.
+fn hello_variant(tag: &str) -> Vec<u8> {
+    variant(wa8s_test_components::HTTP_COMPONENT, tag)
+}
 
 /// How long an object may take to become Ready again (retries back off up to minutes).
 const READY: Duration = Duration::from_secs(240);
@@ -27,9 +31,7 @@ fn cluster() -> Result<MutexGuard<'static, Cluster>> {
 }
 
 fn manifest(name: &str, repository: &str, tag: &str) -> String {
-    format!(
-        "apiVersion: wa8s.reconciler.io/v1\nkind: WebAssembly\nmetadata:\n  name: {name}\nspec:\n  module:\n    registry: ghcr.io/{repository}\n    tag: {tag}\n  replicas: 1\n  resources:\n    memory: 32Mi\n"
-    )
+    wa8s_e2e::scenario::manifest(name, repository, tag, 1)
 }
 
 fn jsonpath(k: &Kubectl, ns: &str, object: &str, path: &str) -> Result<String> {
@@ -43,33 +45,7 @@ fn run_hello(c: &Cluster, ns: &str, name: &str, repository: &str) -> Result<()> 
         wa8s_test_components::HTTP_COMPONENT,
         &format!("{repository}:v1"),
     )?;
-    let applied = c.kubectl().apply(ns, &manifest(name, repository, "v1"))?;
-    ensure!(applied.success, "{name} refused: {}", applied.stderr);
-    c.wait_ready(ns, name, READY)
-}
-
-/// The hello component with a custom section naming `tag`: the same behaviour, a new digest.
-fn variant(tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            out.push(if n == 0 { byte } else { byte | 0x80 });
-            if n == 0 {
-                return;
-            }
-        }
-    }
-    let name = b"wa8s-e2e";
-    let mut payload = Vec::new();
-    leb(name.len(), &mut payload);
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut wasm = wa8s_test_components::HTTP_COMPONENT.to_vec();
-    wasm.push(0); // custom section
-    leb(payload.len(), &mut wasm);
-    wasm.extend_from_slice(&payload);
-    wasm
+    c.apply_ready(ns, name, &manifest(name, repository, "v1"), READY)
 }
 
 /// The address (`ip:8080`) of the running pod of WebAssembly `name`.
@@ -97,41 +73,6 @@ fn get_200(addr: &str) -> Result<()> {
         .with_context(|| format!("GET {addr}"))?;
     ensure!(status == 200, "GET {addr}: {status} {body}");
     Ok(())
-}
-
-/// GETs `addr` every 50 ms on a thread until stopped; returns (requests, failures).
-struct Load {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(u32, Vec<String>)>,
-}
-
-impl Load {
-    fn start(addr: String) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let sent = AtomicU32::new(0);
-            let mut failures = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                sent.fetch_add(1, Ordering::Relaxed);
-                match wa8s_e2e::http::get(&addr, "/", Duration::from_secs(5)) {
-                    Ok((200, _)) => {}
-                    Ok((status, body)) => failures.push(format!("{status} {body}")),
-                    Err(e) => failures.push(e.to_string()),
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (sent.into_inner(), failures)
-        });
-        Load { stop, thread }
-    }
-
-    fn finish(self) -> (u32, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .join()
-            .unwrap_or((0, vec!["load thread panicked".into()]))
-    }
 }
 
 #[test]
@@ -280,8 +221,8 @@ fn the_operator_stopped_in_the_middle_of_a_rollout_finishes_it_when_it_is_back()
     let k = c.kubectl();
     let ns = k.namespace("rollout")?;
     let n = ns.name();
-    c.push(&variant("v1"), "myorg/rolling:v1")?;
-    let v2 = c.push(&variant("v2"), "myorg/rolling:v2")?;
+    c.push(&hello_variant("v1"), "myorg/rolling:v1")?;
+    let v2 = c.push(&hello_variant("v2"), "myorg/rolling:v2")?;
     ensure!(
         k.apply(n, &manifest("rolling", "myorg/rolling", "v1"))?
             .success

@@ -3,7 +3,9 @@
 //! chart from an OCI registry with the images pushed to and pulled from that registry. Each
 //! time: the node installer prepares containerd (which is restarted and picks the runtime
 //! up), the operator runs in a pod, a component is served, and `helm uninstall` gives
-//! containerd's configuration back byte for byte.
+//! containerd's configuration back byte for byte. The second round adds faults: the
+//! operator's pod deleted in the middle of a rollout, and an installer pod that starts after
+//! the uninstall request.
 //!
 //! The node has no systemd: the chart is told to restart containerd with the node's restart
 //! script (`installer.restart.method=command`), which is what a non-systemd node would do.
@@ -46,6 +48,8 @@ fn values(cluster: &Cluster) -> Result<Vec<String>> {
         free_port()?,
     );
     values.push("installer.uninstallTimeout=3m".to_owned());
+    // A moved tag shows within the fault step's patience.
+    values.push("operator.resolveInterval=10s".to_owned());
     Ok(values)
 }
 
@@ -65,6 +69,16 @@ fn node_label(kubectl: &Kubectl) -> Result<String> {
     ])?)
 }
 
+/// Names of the release's pods matching `selector` (only running ones with `running`).
+fn release_pods(k: &Kubectl, selector: &str, running: bool) -> Result<String> {
+    let mut args = vec!["get", "pods", "-n", RELEASE_NAMESPACE, "-l", selector];
+    if running {
+        args.push("--field-selector=status.phase=Running");
+    }
+    args.push("-o=jsonpath={.items[*].metadata.name}");
+    Ok(k.ok(&args)?)
+}
+
 fn containerd_pid(cluster: &Cluster) -> Result<String> {
     let pids = std::fs::read_to_string(cluster.state_dir().join("pids"))?;
     pids.lines()
@@ -75,12 +89,13 @@ fn containerd_pid(cluster: &Cluster) -> Result<String> {
 }
 
 /// Installs with `chart` (a directory or an oci:// reference), runs a component, uninstalls;
-/// checks what the node looks like after each step.
+/// checks what the node looks like after each step. With `faults`, also deletes the
+/// operator's pod mid-rollout and restarts the installer during the uninstall.
 fn install_run_uninstall(
     cluster: &Cluster,
     helm: &Helm,
     chart: &[&str],
-    restart_installer_during_uninstall: bool,
+    faults: bool,
 ) -> Result<()> {
     let kubectl = cluster.kubectl();
     let config = wa8s_e2e::node::containerd_config_file(cluster.state_dir());
@@ -193,6 +208,13 @@ fn install_run_uninstall(
     let (status, body) = wa8s_e2e::http::get(forward.addr(), "/", Duration::from_secs(10))?;
     ensure!(status == 200, "HTTP {status}: {body}");
     drop(forward);
+    if faults {
+        the_operator_pod_deleted_in_the_middle_of_a_rollout_is_replaced_and_finishes_it(
+            cluster,
+            &kubectl,
+            ns.name(),
+        )?;
+    }
     // Gone before the operator is: its objects are garbage-collected by owner references.
     kubectl.ok(&[
         "delete",
@@ -204,7 +226,7 @@ fn install_run_uninstall(
     drop(ns);
 
     let pid_installed = containerd_pid(cluster)?;
-    if restart_installer_during_uninstall {
+    if faults {
         installer_started_after_the_uninstall_request_restores_the_node(cluster, &kubectl)?;
     }
     let step = std::time::Instant::now();
@@ -254,6 +276,85 @@ fn install_run_uninstall(
     Ok(())
 }
 
+/// The tag the seed manifest names moves, so the operator rolls the Deployment to the new
+/// digest; its pod is deleted while the rollout is under way. The chart's Deployment starts
+/// another, which takes the Lease over and finishes: the status shows the new digest, the
+/// object is Ready, and it still has exactly one Deployment, Service and HPA.
+fn the_operator_pod_deleted_in_the_middle_of_a_rollout_is_replaced_and_finishes_it(
+    cluster: &Cluster,
+    kubectl: &Kubectl,
+    ns: &str,
+) -> Result<()> {
+    let operator_pods = |k: &Kubectl| release_pods(k, "app.kubernetes.io/component=operator", true);
+    let jsonpath = |k: &Kubectl, object: &str, path: &str| {
+        k.ok(&["get", object, "-n", ns, "-o", &format!("jsonpath={path}")])
+    };
+    let before = operator_pods(kubectl)?;
+    let v2 = cluster.push(
+        &wa8s_e2e::scenario::variant(wa8s_test_components::HTTP_COMPONENT, "rolled"),
+        "myorg/image-processor:v1.2.3",
+    )?;
+    kubectl.eventually(
+        Duration::from_secs(120),
+        "the Deployment on the moved tag",
+        |k| {
+            jsonpath(
+                k,
+                "deploy/image-processor",
+                "{.spec.template.spec.containers[0].image}",
+            )
+            .ok()
+            .filter(|image| image.ends_with(&v2))
+        },
+    )?;
+    kubectl.ok(&[
+        "delete",
+        "pod",
+        "-n",
+        RELEASE_NAMESPACE,
+        before.trim(),
+        "--wait=false",
+    ])?;
+    let converged = kubectl.eventually(
+        Duration::from_secs(240),
+        "status on the new digest, Ready, from a new operator pod",
+        |k| {
+            let now = operator_pods(k).ok()?;
+            let status = jsonpath(
+                k,
+                "webassembly/image-processor",
+                "{.status.module.digest} {.status.readyReplicas} {.status.conditions[?(@.type==\"Ready\")].status}",
+            )
+            .ok()?;
+            (!now.is_empty() && now != before && status == format!("{v2} 2 True")).then_some(())
+        },
+    );
+    if converged.is_err() {
+        let state = kubectl
+            .run(&["get", "webassembly,deploy,rs,pods", "-n", ns, "-o", "wide"])
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        bail!("the rollout did not finish after the operator pod was replaced:\n{state}");
+    }
+    for kind in ["deployments", "services", "horizontalpodautoscalers"] {
+        let names = kubectl.ok(&[
+            "get",
+            kind,
+            "-n",
+            ns,
+            "-l",
+            "app.kubernetes.io/instance=image-processor",
+            "-o",
+            "name",
+        ])?;
+        ensure!(
+            names.lines().count() == 1,
+            "expected one of {kind} for image-processor, found: {names:?}"
+        );
+    }
+    Ok(())
+}
+
 /// An installer pod that starts after `helm uninstall` asked for the nodes to be restored
 /// (evicted, rescheduled, its node rebooted) restores its node instead of preparing it again.
 /// Made deterministic by taking the pod off the node (a node selector nothing matches) before
@@ -277,18 +378,9 @@ fn installer_started_after_the_uninstall_request_restores_the_node(
     };
     patch(r#"{"spec":{"template":{"spec":{"nodeSelector":{"wa8s-e2e/nowhere":"true"}}}}}"#)?;
     kubectl.eventually(Duration::from_secs(60), "the installer pod gone", |k| {
-        k.ok(&[
-            "get",
-            "pods",
-            "-n",
-            RELEASE_NAMESPACE,
-            "-l",
-            selector,
-            "-o",
-            "name",
-        ])
-        .ok()
-        .filter(|names| names.trim().is_empty())
+        release_pods(k, selector, false)
+            .ok()
+            .filter(|names| names.trim().is_empty())
     })?;
     // What the chart's pre-delete hook does first.
     kubectl.ok(&[

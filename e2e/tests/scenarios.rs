@@ -1,12 +1,13 @@
 //! End-to-end scenarios on a real single-node cluster (see `wa8s_e2e::scenario`): the users'
-//! manifest verbatim, grants inside real pods, scale and delete, and bad modules. Each test
+//! manifest verbatim, grants inside real pods, scale and delete, a moved tag rolled out under
+//! load through the Service, and bad modules. Each test
 //! uses its own namespace; the cluster is shared and stopped when the test process exits.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use wa8s_e2e::Kubectl;
-use wa8s_e2e::scenario::{Cluster, HttpResponder, Upstream};
+use wa8s_e2e::scenario::{Cluster, HttpResponder, Load, Upstream, manifest, variant};
 
 /// A GET to a test server or a port-forward (a guest may take a while on its first call).
 fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
@@ -329,9 +330,12 @@ fn kubectl_scale_changes_the_pods_and_kubectl_delete_removes_everything_promptly
     let ns = k.namespace("scale")?;
     let n = ns.name();
     c.push(wa8s_test_components::HTTP_COMPONENT, "myorg/scaled:v1")?;
-    let manifest = "apiVersion: wa8s.reconciler.io/v1\nkind: WebAssembly\nmetadata:\n  name: scaled\nspec:\n  module:\n    registry: ghcr.io/myorg/scaled\n    tag: v1\n  replicas: 1\n";
-    assert!(k.apply(n, manifest)?.success);
-    c.wait_ready(n, "scaled", READY)?;
+    c.apply_ready(
+        n,
+        "scaled",
+        &manifest("scaled", "myorg/scaled", "v1", 1),
+        READY,
+    )?;
 
     k.ok(&["scale", "-n", n, "webassembly/scaled", "--replicas=3"])?;
     k.eventually(READY, "3 ready replicas", |k| {
@@ -386,6 +390,166 @@ fn kubectl_scale_changes_the_pods_and_kubectl_delete_removes_everything_promptly
         let left = k.run(&["get", "all", "-n", n, "-o", "wide"])?.stdout;
         bail!("after {:?}, still there:\n{left}", deleted.elapsed());
     }
+    Ok(())
+}
+
+#[test]
+fn a_moved_tag_rolls_the_pods_while_the_service_answers_every_request() -> Result<()> {
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("roll")?;
+    let n = ns.name();
+    let v1 = c.push(
+        &variant(wa8s_test_components::HTTP_COMPONENT, "v1"),
+        "myorg/moving:stable",
+    )?;
+    c.apply_ready(
+        n,
+        "moving",
+        &manifest("moving", "myorg/moving", "stable", 2),
+        READY,
+    )?;
+    assert_eq!(
+        jsonpath(&k, n, "webassembly/moving", "{.status.module.digest}")?,
+        v1
+    );
+
+    // Through the Service's cluster IP, as clients in the cluster call it (kube-proxy). The
+    // load starts once kube-proxy has the new Service: refusals before that are not the
+    // rollout's.
+    let ip = jsonpath(&k, n, "svc/moving", "{.spec.clusterIP}")?;
+    let service = format!("{ip}:80");
+    k.eventually(
+        Duration::from_secs(60),
+        "kube-proxy routing the Service",
+        |_| {
+            wa8s_e2e::http::get(&service, "/", Duration::from_secs(5))
+                .ok()
+                .filter(|(status, _)| *status == 200)
+        },
+    )?;
+    let load = Load::start(service);
+    let load_started = std::time::SystemTime::now();
+    k.eventually(Duration::from_secs(30), "the Service answering", |_| {
+        (load.answered() >= 20).then_some(())
+    })?;
+
+    // The tag moves: the operator resolves it again and rolls the Deployment.
+    let v2 = c.push(
+        &variant(wa8s_test_components::HTTP_COMPONENT, "v2"),
+        "myorg/moving:stable",
+    )?;
+    let rolled = k.eventually(
+        READY,
+        "both pods on the new digest, the old ones gone",
+        |k| {
+            let image = jsonpath(
+                k,
+                n,
+                "deploy/moving",
+                "{.spec.template.spec.containers[0].image}",
+            )
+            .ok()?;
+            let counts = jsonpath(
+                k,
+                n,
+                "deploy/moving",
+                "{.status.replicas} {.status.updatedReplicas} {.status.readyReplicas}",
+            )
+            .ok()?;
+            let pods = k
+                .ok(&[
+                    "get",
+                    "pods",
+                    "-n",
+                    n,
+                    "-l",
+                    "app.kubernetes.io/instance=moving",
+                    "-o",
+                    "name",
+                ])
+                .ok()?;
+            (image.ends_with(&v2) && counts == "2 2 2" && pods.lines().count() == 2).then_some(())
+        },
+    );
+    let seen_after = load.answered();
+    // A little longer on the new pods alone.
+    k.eventually(Duration::from_secs(30), "requests to the new pods", |_| {
+        (load.answered() >= seen_after + 20).then_some(())
+    })?;
+    let (sent, failures) = load.finish();
+    if !failures.is_empty() {
+        // What the cluster did meanwhile, to match with the failures' times.
+        let events = k
+            .run(&["get", "events", "-n", n, "--sort-by=.lastTimestamp"])
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        eprintln!("load started at {load_started:?}; events:\n{events}");
+    }
+    rolled?;
+    assert_eq!(
+        jsonpath(&k, n, "webassembly/moving", "{.status.module.digest}")?,
+        v2
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed during the rollout: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    Ok(())
+}
+
+#[test]
+fn kubectl_top_shows_the_memory_and_cpu_of_wasm_pods() -> Result<()> {
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("top")?;
+    let n = ns.name();
+    c.push(wa8s_test_components::HTTP_COMPONENT, "myorg/measured:v1")?;
+    c.apply_ready(
+        n,
+        "measured",
+        &manifest("measured", "myorg/measured", "v1", 1),
+        READY,
+    )?;
+    // metrics-server scrapes the kubelet every 15 s and needs two scrapes of a new pod.
+    let row = k.eventually(
+        Duration::from_secs(120),
+        "a kubectl top row for the pod",
+        |k| {
+            let out = k
+                .ok(&[
+                    "top",
+                    "pod",
+                    "-n",
+                    n,
+                    "-l",
+                    "app.kubernetes.io/instance=measured",
+                    "--containers",
+                    "--no-headers",
+                ])
+                .ok()?;
+            out.lines()
+                .find(|l| l.split_whitespace().nth(1) == Some("module"))
+                .map(str::to_owned)
+        },
+    )?;
+    // POD CONTAINER CPU MEMORY, e.g. "measured-…  module  1m  3Mi".
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    let memory = fields
+        .get(3)
+        .and_then(|m| m.strip_suffix("Mi"))
+        .and_then(|m| m.parse::<u64>().ok())
+        .with_context(|| format!("no memory in MiB in {row:?}"))?;
+    assert!(
+        (1..=32).contains(&memory),
+        "the guest's memory should be measured and within its 32Mi limit: {row:?}"
+    );
+    assert!(
+        fields.get(2).is_some_and(|cpu| cpu.ends_with('m')),
+        "no CPU in {row:?}"
+    );
     Ok(())
 }
 

@@ -1,7 +1,8 @@
-//! Where a container's component comes from: a `.wasm` in the mounted root filesystem
-//! (layered images), else the image reference pulled through the node-wide cache. Either
-//! way it ends up in the verified blob cache under its digest, which is all the guest process
-//! is told.
+//! Where a container's component comes from, in order: a `.wasm` in the mounted root
+//! filesystem (layered images); the image containerd already pulled (its content store, so
+//! the pod's imagePullSecrets were used and nothing is downloaded twice); else the image
+//! reference pulled through the node-wide cache. Either way it ends up in the verified blob
+//! cache under its digest, which is all the guest process is told.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use wa8s_oci::{BlobCache, Credentials, DockerConfigSource, Registry, RegistryOptions};
 
+use crate::content::ContentStore;
 use crate::spec::ContainerSpec;
 
 /// Errors obtaining a component.
@@ -24,6 +26,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Oci(#[from] wa8s_oci::Error),
+    #[error(transparent)]
+    Content(#[from] crate::content::Error),
     #[error("shim configuration {path}: {reason}")]
     Config { path: PathBuf, reason: String },
 }
@@ -119,12 +123,14 @@ fn in_rootfs(rootfs: &Path, spec: &ContainerSpec) -> Result<Option<PathBuf>, Err
     Ok(Some(resolved))
 }
 
-/// Obtains the component for `spec` and returns its digest in `blobs`.
+/// Obtains the component for `spec` (container `id`) and returns its digest in `blobs`.
 pub async fn obtain(
+    id: &str,
     spec: &ContainerSpec,
     rootfs: &Path,
     node: &NodeConfig,
     blobs: &BlobCache,
+    containerd: Option<&ContentStore>,
 ) -> Result<String, Error> {
     if let Some(path) = in_rootfs(rootfs, spec)? {
         let bytes = std::fs::read(&path).map_err(|source| Error::Read {
@@ -134,6 +140,33 @@ pub async fn obtain(
         let digest = wa8s_oci::sha256_digest(&bytes);
         blobs.get_or_fetch(&digest, || async { Ok(bytes) }).await?;
         return Ok(digest);
+    }
+    if let Some(store) = containerd {
+        match store
+            .component(id, wa8s_oci::DEFAULT_MAX_COMPONENT_BYTES)
+            .await
+        {
+            Ok(Some(found)) => {
+                log::info!(
+                    "container {id}: component {} of {} read from containerd's content store",
+                    found.digest,
+                    found.image
+                );
+                let bytes = found.bytes;
+                blobs
+                    .get_or_fetch(&found.digest, || async { Ok(bytes) })
+                    .await?;
+                return Ok(found.digest);
+            }
+            Ok(None) => log::info!(
+                "container {id}: containerd holds no complete wasm artifact for its image; pulling it"
+            ),
+            // The registry may still serve it; say why the store was not used.
+            Err(e @ crate::content::Error::Unavailable { .. }) => {
+                log::warn!("container {id}: {e}; pulling the image instead");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let Some(image) = spec.image() else {
         return Err(Error::Missing(format!(

@@ -71,6 +71,23 @@ pub fn main(args: &[String]) -> i32 {
         Ok(dirs) => dirs,
         Err(message) => return fail(&mut status, &message),
     };
+    // An HTTP component's port is bound now, in the pod's network namespace and before the
+    // privileges go (so ports below 1024 work too): connections queue from the moment the
+    // container is created and are served as soon as it starts.
+    let server = match program.kind() {
+        Kind::Http => match runtime.block_on(Server::bind(
+            &program,
+            grants.clone(),
+            ServeOptions {
+                addr: SocketAddr::from(([0, 0, 0, 0], spec.policy.port)),
+                shutdown_grace: DRAIN,
+            },
+        )) {
+            Ok(server) => Some(server),
+            Err(e) => return fail(&mut status, &e.to_string()),
+        },
+        _ => None,
+    };
     if let Err(e) = crate::sys::drop_privileges(spec.uid, spec.gid, &spec.additional_gids) {
         return fail(&mut status, &format!("dropping privileges: {e}"));
     }
@@ -84,7 +101,7 @@ pub fn main(args: &[String]) -> i32 {
         Some(Ok(1)) => {}
         _ => return EXIT_STARTUP,
     }
-    runtime.block_on(run(program, grants, spec.policy.port))
+    runtime.block_on(run(program, grants, server))
 }
 
 /// The files the pod's resolver reads, which the kubelet mounts into each container.
@@ -273,35 +290,17 @@ fn prepare(spec: ContainerSpec, digest: &str) -> Result<(Program, Grants, Contai
     Ok((program, grants, spec))
 }
 
-async fn run(program: Program, grants: Grants, port: u16) -> i32 {
-    match program.kind() {
-        Kind::Http => {
-            let addr = SocketAddr::from(([0, 0, 0, 0], port));
-            let server = match Server::bind(
-                &program,
-                grants,
-                ServeOptions {
-                    addr,
-                    shutdown_grace: DRAIN,
-                },
-            )
-            .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("wa8s: {e}");
-                    return EXIT_STARTUP;
-                }
-            };
-            match server.run(terminated()).await {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("wa8s: {e}");
-                    1
-                }
+/// Serves (an HTTP component, bound at create) or runs the program to completion.
+async fn run(program: Program, grants: Grants, server: Option<Server>) -> i32 {
+    match server {
+        Some(server) => match server.run(terminated()).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("wa8s: {e}");
+                1
             }
-        }
-        _ => {
+        },
+        None => {
             // A command runs to completion; SIGTERM ends it like any process.
             tokio::select! {
                 status = program.run(&grants) => match status {

@@ -4,6 +4,7 @@
 
 mod cgroup;
 mod component;
+mod content;
 mod error;
 mod guest;
 mod service;

@@ -28,6 +28,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::cgroup::Cgroup;
 use crate::component::{self, NodeConfig};
+use crate::content::ContentStore;
 use crate::error::Error;
 use crate::guest;
 use crate::spec::{ContainerSpec, Kind};
@@ -87,6 +88,8 @@ struct Inner {
     publisher: Mutex<Option<RemotePublisher>>,
     /// Each sandbox's network namespace (`None`: the host's, for `hostNetwork` pods).
     sandbox_netns: Mutex<HashMap<String, Option<PathBuf>>>,
+    /// containerd's API (content store), where images the kubelet pulled are read from.
+    containerd: Option<ContentStore>,
 }
 
 fn now() -> Timestamp {
@@ -314,7 +317,15 @@ impl Service {
     ) -> Result<u32, Error> {
         let node = NodeConfig::load()?;
         let blobs = node.blobs()?;
-        let digest = component::obtain(spec, rootfs, &node, &blobs).await?;
+        let digest = component::obtain(
+            &container.id,
+            spec,
+            rootfs,
+            &node,
+            &blobs,
+            self.inner.containerd.as_ref(),
+        )
+        .await?;
         Self::precompile(&container.bundle, &digest).await?;
         if let Some(path) = &spec.cgroups_path {
             container.cgroup = Some(Cgroup::create(path, &spec.limits)?);
@@ -454,6 +465,13 @@ impl Shim for Service {
                 early_exits: Mutex::new(HashMap::new()),
                 publisher: Mutex::new(None),
                 sandbox_netns: Mutex::new(HashMap::new()),
+                containerd: match ContentStore::new(&args.address, &args.namespace) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        log::warn!("{e}; components will be pulled from their registries");
+                        None
+                    }
+                },
             }),
         }
     }

@@ -1,15 +1,16 @@
 //! containerd-shim-wa8s-v1 driven by a real containerd 2.2 with the real `ctr`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use wa8s_api::contract::{CONTRACT_VERSION, Limits, POLICY_ANNOTATION, Policy};
+use wa8s_api::contract::POLICY_ANNOTATION;
 use wa8s_e2e::containerd::Containerd;
 use wa8s_e2e::netns::Netns;
 use wa8s_e2e::process::eventually;
 use wa8s_test_components as guests;
+
+mod common;
 
 const RUNTIME: &str = "io.containerd.wa8s.v1";
 
@@ -41,20 +42,9 @@ fn run_rm(
     Ok(c.ctr(&args)?)
 }
 
+/// `KEY=VALUE` of the policy annotation, for `ctr run --annotation`.
 fn policy(env: &[&str]) -> String {
-    let p = Policy {
-        version: CONTRACT_VERSION,
-        fs: Vec::new(),
-        env: env.iter().map(|s| (*s).to_owned()).collect(),
-        allowed_hosts: Vec::new(),
-        limits: Limits {
-            memory_bytes: Some(32 << 20),
-            request_timeout_ms: 30_000,
-            max_concurrent_requests: 100,
-        },
-        port: 8080,
-    };
-    let annotations: BTreeMap<String, String> = p.to_annotations();
+    let annotations = common::policy_annotations(env);
     format!("{POLICY_ANNOTATION}={}", annotations[POLICY_ANNOTATION])
 }
 
@@ -96,27 +86,6 @@ fn metric(c: &Containerd, id: &str, name: &str) -> Result<u64> {
                 .flatten()
         })
         .with_context(|| format!("{name} in\n{out}"))
-}
-
-/// Shim server processes of this containerd (not their guest children).
-fn shim_servers(c: &Containerd) -> Result<usize> {
-    let socket = c.socket().to_string_lossy().into_owned();
-    let mut n = 0;
-    for e in std::fs::read_dir("/proc")? {
-        let Ok(cmdline) = std::fs::read(e?.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let exe = args
-            .first()
-            .map(|a| a.ends_with(b"containerd-shim-wa8s-v1"))
-            .unwrap_or(false);
-        let ours = args.contains(&socket.as_bytes());
-        if exe && ours && args.get(1).map(|a| *a != b"guest").unwrap_or(true) {
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 #[test]
@@ -268,7 +237,7 @@ fn an_http_component_serves_in_the_sandbox_netns_confined_and_measured_and_stops
         );
     }
     let gone = eventually(Duration::from_secs(10), Duration::from_millis(50), || {
-        (shim_servers(&c).ok()? == 0).then_some(())
+        c.shim_servers().is_empty().then_some(())
     });
     if gone.is_none() {
         bail!("a shim process outlived its last task");
@@ -306,6 +275,6 @@ fn two_app_containers_of_one_pod_share_one_shim() -> Result<()> {
         })
         .with_context(|| format!("port {port}"))?;
     }
-    assert_eq!(shim_servers(&c)?, 1, "one shim per pod");
+    assert_eq!(c.shim_servers().len(), 1, "one shim per pod");
     Ok(())
 }

@@ -90,6 +90,11 @@ fn run() -> anyhow::Result<()> {
                         mirrors: vec![("ghcr.io".to_owned(), REGISTRY.to_owned())],
                         cluster_dns: None,
                         wa8s_runtime: !without_wa8s,
+                        // The tests' node runs it; the machine's one kube-proxy table
+                        // stays theirs, so both clusters can run at once.
+                        kube_proxy: false,
+                        // `kubectl top pods`, as the quickstart suggests.
+                        metrics_server: true,
                     })?;
                     Ok(())
                 })();

@@ -1,0 +1,288 @@
+//! containerd-shim-wa8s-v1 under containerd's CRI, driven with the real `crictl` the way the
+//! kubelet drives it: images pulled through the CRI with credentials only the CRI has (CNCF
+//! wasm artifacts from a real registry with basic auth, read back from containerd's content
+//! store), pods with their own network namespace and an address on a CNI bridge, logs and
+//! stats through the CRI. (`ctr run` cannot start a wasm artifact: its client refuses the
+//! `vnd.wasm.config` media type, so the ctr tests use layered images.)
+//!
+//! Each test has its own containerd and its own CNI network index (2, 3), so they run in
+//! parallel; the quickstart's node uses 0 and the scenarios' 1.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use wa8s_e2e::Registry;
+use wa8s_e2e::containerd::Containerd;
+use wa8s_e2e::process::eventually;
+use wa8s_test_components as guests;
+
+mod common;
+use common::policy_annotations;
+
+/// The runtime handler the wa8s RuntimeClass names.
+const HANDLER: &str = wa8s_api::contract::RUNTIME_HANDLER;
+
+fn cri(network: u8, registry: &Registry) -> Result<Containerd> {
+    let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-wa8s-v1"));
+    let dir = shim.parent().context("shim directory")?;
+    Ok(Containerd::start_cri(
+        dir,
+        network,
+        &[registry.addr().to_owned()],
+    )?)
+}
+
+/// The registry's only user: the CRI pulls with these credentials (as the kubelet does with
+/// a pod's imagePullSecrets); the shim has none.
+const USER: (&str, &str) = ("puller", "s3cret");
+
+fn private_registry() -> Result<Registry> {
+    Ok(Registry::start_with(wa8s_e2e::registry::Users(vec![(
+        USER.0.into(),
+        USER.1.into(),
+    )]))?)
+}
+
+/// Pushes `wasm` to `registry` as the CNCF wasm artifact `<registry>/cri/<name>:v1`;
+/// returns the reference and the layer's digest.
+fn push(registry: &Registry, name: &str, wasm: &[u8]) -> Result<(String, String)> {
+    let reference = format!("{}/cri/{name}:v1", registry.addr());
+    let client = wa8s_oci::Registry::new(wa8s_oci::RegistryOptions {
+        credentials: wa8s_oci::Credentials {
+            explicit: Some((USER.0.into(), USER.1.into())),
+            ..wa8s_oci::Credentials::default()
+        },
+        ..wa8s_oci::RegistryOptions::default()
+    });
+    let pushed = tokio::runtime::Runtime::new()?.block_on(client.push(wasm, &reference))?;
+    Ok((reference, pushed.layer_digest))
+}
+
+/// `crictl pull` with the registry's credentials.
+fn pull(c: &Containerd, image: &str) -> Result<()> {
+    c.crictl_ok(&["pull", "--creds", &format!("{}:{}", USER.0, USER.1), image])?;
+    Ok(())
+}
+
+/// Writes `value` as `<dir>/<name>.json` for crictl.
+fn config_file(c: &Containerd, name: &str, value: &Value) -> Result<String> {
+    let path = c.dir().join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(value)?)?;
+    Ok(path.display().to_string())
+}
+
+/// A pod sandbox config (as the kubelet writes it) with the grants in its annotations.
+fn pod(c: &Containerd, name: &str, grants: &BTreeMap<String, String>) -> Result<String> {
+    let logs = c.dir().join(format!("logs-{name}"));
+    std::fs::create_dir_all(&logs)?;
+    config_file(
+        c,
+        &format!("pod-{name}"),
+        &json!({
+            "metadata": { "name": name, "namespace": "cri-test", "uid": format!("uid-{name}"), "attempt": 0 },
+            "log_directory": logs,
+            "annotations": grants,
+            "linux": { "cgroup_parent": c.cgroup_parent(name) },
+        }),
+    )
+}
+
+/// A container config running `image`'s component (the operator's `command: ["/"]`).
+fn container(c: &Containerd, name: &str, image: &str, env: &[(&str, &str)]) -> Result<String> {
+    let envs: Vec<Value> = env
+        .iter()
+        .map(|(k, v)| json!({ "key": k, "value": v }))
+        .collect();
+    config_file(
+        c,
+        &format!("container-{name}"),
+        &json!({
+            "metadata": { "name": name, "attempt": 0 },
+            "image": { "image": image },
+            "command": [wa8s_api::contract::IMAGE_COMPONENT_COMMAND],
+            "envs": envs,
+            "log_path": format!("{name}.log"),
+            "linux": {},
+        }),
+    )
+}
+
+fn json_of(text: &str) -> Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("crictl printed no JSON: {text}"))
+}
+
+/// A CRI counter: protobuf's JSON writes 64-bit integers as strings.
+fn counter(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// `(cpu usage in ns, memory working set in bytes)` of container `id`, from ContainerStats.
+fn stats(c: &Containerd, id: &str) -> Result<(u64, u64)> {
+    let out = json_of(&c.crictl_ok(&["stats", "-o", "json", id])?)?;
+    let s = &out["stats"][0];
+    let cpu = counter(&s["cpu"]["usageCoreNanoSeconds"]["value"])
+        .with_context(|| format!("no CPU usage in {s}"))?;
+    let memory = counter(&s["memory"]["workingSetBytes"]["value"])
+        .with_context(|| format!("no working set in {s}"))?;
+    Ok((cpu, memory))
+}
+
+fn state(c: &Containerd, id: &str) -> Result<Value> {
+    Ok(json_of(&c.crictl_ok(&["inspect", "-o", "json", id])?)?["status"].clone())
+}
+
+/// Waits until container `id` has exited; returns its status.
+fn exited(c: &Containerd, id: &str) -> Result<Value> {
+    eventually(Duration::from_secs(60), Duration::from_millis(100), || {
+        state(c, id)
+            .ok()
+            .filter(|s| s["state"] == "CONTAINER_EXITED")
+    })
+    .with_context(|| format!("container {id} did not exit: {:?}", state(c, id)))
+}
+
+#[test]
+fn an_http_component_pulled_through_the_cri_answers_on_its_pod_ip_and_its_stats_move_under_load()
+-> Result<()> {
+    let registry = private_registry()?;
+    let (image, layer) = push(&registry, "http", guests::HTTP_COMPONENT)?;
+    let c = cri(2, &registry)?;
+    pull(&c, &image)?;
+    ensure!(registry.blob_fetches(&layer) == 1, "the CRI's pull");
+
+    let pod_config = pod(&c, "web", &policy_annotations(&[]))?;
+    let pod_id = c
+        .crictl_ok(&["runp", "--runtime", HANDLER, &pod_config])?
+        .trim()
+        .to_owned();
+    let id = c
+        .crictl_ok(&[
+            "create",
+            &pod_id,
+            &container(&c, "web", &image, &[])?,
+            &pod_config,
+        ])?
+        .trim()
+        .to_owned();
+    c.crictl_ok(&["start", &id])?;
+    // The component came from what the CRI pulled: the shim has no credentials for this
+    // registry, and the layer was downloaded once.
+    ensure!(
+        c.log().contains("read from containerd's content store"),
+        "the shim did not use what the CRI pulled:\n{}",
+        c.log()
+    );
+    ensure!(
+        registry.blob_fetches(&layer) == 1,
+        "the shim downloaded the layer again"
+    );
+
+    // The address the CNI gave the pod's network namespace, reached from the node.
+    let sandbox = json_of(&c.crictl_ok(&["inspectp", "-o", "json", &pod_id])?)?;
+    let ip = sandbox["status"]["network"]["ip"]
+        .as_str()
+        .filter(|ip| ip.starts_with("10.246."))
+        .with_context(|| format!("no pod IP on network 2 in {}", sandbox["status"]))?
+        .to_owned();
+    let addr = format!("{ip}:8080");
+    let body = eventually(Duration::from_secs(30), Duration::from_millis(100), || {
+        wa8s_e2e::http::get(&addr, "/", Duration::from_secs(5))
+            .ok()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body)
+    })
+    .with_context(|| format!("no answer on the pod IP {addr}:\n{}", c.log()))?;
+    assert_eq!(body.trim(), "hello from wasm");
+
+    let (cpu_before, memory) = stats(&c, &id)?;
+    ensure!(memory > 0, "ContainerStats reports no memory");
+    for _ in 0..300 {
+        let (status, _) = wa8s_e2e::http::get(&addr, "/", Duration::from_secs(5))?;
+        ensure!(status == 200);
+    }
+    let (cpu_after, _) = stats(&c, &id)?;
+    ensure!(
+        cpu_after > cpu_before,
+        "CPU usage did not move under load: {cpu_before} ns, then {cpu_after} ns"
+    );
+
+    // The kubelet's way down: stop (SIGTERM, drained), remove, stop and remove the pod.
+    c.crictl_ok(&["stop", "--timeout", "10", &id])?;
+    let status = state(&c, &id)?;
+    ensure!(
+        status["exitCode"] == 0,
+        "a drained HTTP component exits 0: {status}"
+    );
+    c.crictl_ok(&["rm", &id])?;
+    c.crictl_ok(&["stopp", &pod_id])?;
+    c.crictl_ok(&["rmp", &pod_id])?;
+    let gone = eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+        c.shim_servers().is_empty().then_some(())
+    });
+    ensure!(gone.is_some(), "the pod's shim is still running");
+    Ok(())
+}
+
+#[test]
+fn two_components_of_one_cri_pod_share_a_shim_a_crash_is_a_nonzero_exit_and_ungranted_env_stays_hidden()
+-> Result<()> {
+    let registry = private_registry()?;
+    let (env_image, _) = push(&registry, "env", guests::ENV_COMPONENT)?;
+    let (crash_image, _) = push(&registry, "crash", guests::RECURSE_COMPONENT)?;
+    let c = cri(3, &registry)?;
+    pull(&c, &env_image)?;
+    pull(&c, &crash_image)?;
+
+    let pod_config = pod(&c, "pair", &policy_annotations(&["GREETING"]))?;
+    let pod_id = c
+        .crictl_ok(&["runp", "--runtime", HANDLER, &pod_config])?
+        .trim()
+        .to_owned();
+    let mut ids = Vec::new();
+    for (name, image, env) in [
+        (
+            "env",
+            &env_image,
+            &[("GREETING", "hi"), ("SECRET", "leaked")][..],
+        ),
+        ("crash", &crash_image, &[][..]),
+    ] {
+        let id = c
+            .crictl_ok(&[
+                "create",
+                &pod_id,
+                &container(&c, name, image, env)?,
+                &pod_config,
+            ])?
+            .trim()
+            .to_owned();
+        c.crictl_ok(&["start", &id])?;
+        ids.push(id);
+    }
+    ensure!(
+        c.shim_servers().len() == 1,
+        "the pod's containers should share one shim"
+    );
+
+    let env_status = exited(&c, &ids[0])?;
+    ensure!(env_status["exitCode"] == 0, "{env_status}");
+    let env_log = c.crictl_ok(&["logs", &ids[0]])?;
+    ensure!(env_log.contains("GREETING=hi"), "{env_log}");
+    ensure!(
+        !env_log.contains("SECRET"),
+        "a variable the policy does not grant reached the component: {env_log}"
+    );
+
+    let crash = exited(&c, &ids[1])?;
+    let code = crash["exitCode"].as_i64().unwrap_or_default();
+    ensure!(code != 0, "a crashing component exited 0: {crash}");
+    let out = c.crictl(&["logs", &ids[1]])?;
+    let log = format!("{}{}", out.stdout, out.stderr);
+    if !log.to_lowercase().contains("stack") && !log.contains("wasm trap") {
+        bail!("the crash's log does not say what happened (exit {code}):\n{log}");
+    }
+    Ok(())
+}

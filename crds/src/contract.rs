@@ -39,6 +39,14 @@ pub const IMAGE_COMPONENT_COMMAND: &str = "/";
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Concurrent requests per pod when the object sets none.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 100;
+/// Seconds a terminating HTTP pod keeps serving before it gets SIGTERM (a `preStop` sleep,
+/// done by the kubelet): the time the node's proxies take to stop sending it requests.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+/// Seconds the shim lets in-flight requests finish after SIGTERM.
+pub const DRAIN_SECONDS: u64 = 25;
+/// The pods' termination grace period: the preStop sleep and the drain, with room to spare,
+/// so the kubelet's SIGKILL never cuts a drain short.
+pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_SLEEP_SECONDS + DRAIN_SECONDS as i64 + 5;
 
 /// Errors reading the contract.
 #[derive(Debug, thiserror::Error)]

@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use wa8s_api::{ServiceStatus, WebAssembly, WebAssemblyStatus};
@@ -91,7 +91,7 @@ pub struct Context {
     pub resolver: Arc<dyn Resolve>,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
-    recorder: Recorder,
+    reporter: Reporter,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -110,19 +110,16 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: settings.instance.clone(),
-            },
-        );
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: settings.instance.clone(),
+        };
         Context {
             client,
             resolver,
             settings,
             metrics,
-            recorder,
+            reporter,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -145,7 +142,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let owned =
         watcher::Config::default().labels(&format!("{}={MANAGER}", desired::MANAGED_BY_LABEL));
     let pods = watcher::Config::default().labels(OWNER_LABEL);
-    Controller::new(api::<WebAssembly>(&ctx, ns), watcher::Config::default())
+    // The cache holds every object; what reconcile never reads (managed fields, kubectl's
+    // last-applied copy of the whole object) is dropped as objects arrive.
+    let (reader, writer) = reflector::store();
+    let objects = watcher(api::<WebAssembly>(&ctx, ns), watcher::Config::default())
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(objects, reader)
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(ctx.settings.concurrency.max(1)),
@@ -168,6 +173,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
+}
+
+/// What the operator's cache keeps of an object: all but its managed fields and kubectl's
+/// last-applied annotation (often as large as the rest together).
+pub fn trim(obj: &mut WebAssembly) {
+    obj.managed_fields_mut().clear();
+    obj.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
 fn key(obj: &WebAssembly) -> String {
@@ -515,6 +528,10 @@ async fn publish_transitions(
     after: &WebAssemblyStatus,
 ) {
     let reference = obj.object_ref(&());
+    // A recorder per reconcile: kube's keeps every event it sent for six minutes to count
+    // repeats into a series, which for a burst of objects is most of the operator's memory.
+    // The cost: an object flapping between two states gets an Event per flip, not a series.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     for c in status::transitions(before, after) {
         let healthy = match c.type_.as_str() {
             status::DEGRADED | status::PROGRESSING => c.status == "False",
@@ -531,8 +548,41 @@ async fn publish_transitions(
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(e) = recorder.publish(&event, &reference).await {
             tracing::debug!("publishing an event failed: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_drops_managed_fields_and_the_last_applied_copy_and_keeps_the_rest() {
+        let mut obj: WebAssembly = serde_json::from_value(json!({
+            "apiVersion": "wa8s.reconciler.io/v1",
+            "kind": "WebAssembly",
+            "metadata": {
+                "name": "x",
+                "namespace": "ns",
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"big\":true}",
+                    "team": "platform",
+                },
+                "managedFields": [{ "manager": "kubectl", "operation": "Apply",
+                                     "fieldsType": "FieldsV1", "fieldsV1": { "f:spec": {} } }],
+            },
+            "spec": { "module": { "registry": "ghcr.io/a/b", "tag": "v1" } },
+            "status": { "observedGeneration": 3 },
+        }))
+        .expect("a valid object");
+        let spec = obj.spec.clone();
+        let status = obj.status.clone();
+        trim(&mut obj);
+        assert!(obj.managed_fields().is_empty());
+        assert_eq!(obj.annotations().keys().collect::<Vec<_>>(), vec!["team"]);
+        assert_eq!(obj.spec, spec);
+        assert_eq!(obj.status, status);
     }
 }

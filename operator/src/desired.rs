@@ -22,9 +22,6 @@ use kube::Resource;
 use wa8s_api::contract::{IMAGE_COMPONENT_COMMAND, Policy};
 use wa8s_api::{DEFAULT_PORT, WebAssembly};
 
-/// Seconds a terminating HTTP pod keeps serving before it is sent SIGTERM.
-pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
-
 /// Operator-wide settings that shape every object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -266,7 +263,7 @@ fn deployment(
         lifecycle: http.then(|| Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
-                    seconds: PRE_STOP_SLEEP_SECONDS,
+                    seconds: wa8s_api::contract::PRE_STOP_SLEEP_SECONDS,
                 }),
                 ..LifecycleHandler::default()
             }),
@@ -326,6 +323,10 @@ fn deployment(
                         .then(|| spec.node_selector.clone()),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
                     affinity: spec.affinity.clone(),
+                    // The preStop sleep and the shim's drain both fit before the SIGKILL.
+                    termination_grace_period_seconds: Some(
+                        wa8s_api::contract::TERMINATION_GRACE_SECONDS,
+                    ),
                     // A guest has no use for an API token or service-link variables.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),

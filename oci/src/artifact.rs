@@ -295,12 +295,17 @@ pub fn carrier(shape: &ManifestShape<'_>) -> Result<Carrier, String> {
 
 /// Finds the `.wasm` file in a layered image's tar layers (later layers win, as in a rootfs).
 /// `entrypoint` (from the image config) picks among several; otherwise there must be one.
+/// At most one file's bytes are held at a time, and no file over `max_bytes` is read.
 pub fn wasm_from_tars(
     layers: &[(Vec<u8>, bool)],
     entrypoint: Option<&str>,
     max_bytes: u64,
 ) -> Result<Vec<u8>, String> {
-    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+    let want = entrypoint.map(|e| e.trim_start_matches("./").trim_start_matches('/'));
+    // Every .wasm path seen (for the error that names them), and the bytes of the one that
+    // would be chosen so far: the entrypoint's, else the latest.
+    let mut names: Vec<String> = Vec::new();
+    let mut chosen: Option<(String, Vec<u8>)> = None;
     for (bytes, gzipped) in layers {
         let reader: Box<dyn Read> = if *gzipped {
             Box::new(flate2::read::GzDecoder::new(bytes.as_slice()))
@@ -326,6 +331,16 @@ pub fn wasm_from_tars(
             if !path.ends_with(".wasm") {
                 continue;
             }
+            if !names.contains(&path) {
+                names.push(path.clone());
+            }
+            // The entrypoint's file, once seen, is only replaced by a later copy of itself.
+            let holding_entrypoint = chosen
+                .as_ref()
+                .is_some_and(|(p, _)| want == Some(p.as_str()));
+            if holding_entrypoint && want != Some(path.as_str()) {
+                continue;
+            }
             if entry.size() > max_bytes {
                 return Err(format!(
                     "{path} is {} bytes, over the {max_bytes}-byte limit",
@@ -333,28 +348,26 @@ pub fn wasm_from_tars(
                 ));
             }
             let mut content = Vec::with_capacity(entry.size() as usize);
-            entry
+            // take(): the header's size is the tar's word; a gzip stream may say otherwise.
+            (&mut entry)
+                .take(max_bytes + 1)
                 .read_to_end(&mut content)
                 .map_err(|e| format!("unreadable tar entry {path}: {e}"))?;
-            found.retain(|(p, _)| *p != path);
-            found.push((path, content));
+            if content.len() as u64 > max_bytes {
+                return Err(format!("{path} is over the {max_bytes}-byte limit"));
+            }
+            chosen = Some((path, content));
         }
     }
-    if let Some(want) = entrypoint.map(|e| e.trim_start_matches("./").trim_start_matches('/'))
-        && let Some((_, bytes)) = found.iter().find(|(p, _)| p == want)
-    {
-        return Ok(bytes.clone());
-    }
-    match found.len() {
-        0 => Err("the image's layers hold no .wasm file".into()),
-        1 => Ok(found.remove(0).1),
+    // The entrypoint's file, else the image's only binary (whatever the entrypoint says).
+    let is_entrypoint = matches!((&chosen, want), (Some((p, _)), Some(w)) if p == w);
+    match (names.len(), chosen) {
+        (_, Some((_, bytes))) if is_entrypoint => Ok(bytes),
+        (0, _) => Err("the image's layers hold no .wasm file".into()),
+        (1, Some((_, bytes))) => Ok(bytes),
         _ => Err(format!(
             "the image holds several .wasm files ({}) and its entrypoint names none of them",
-            found
-                .iter()
-                .map(|(p, _)| p.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            names.join(", ")
         )),
     }
 }
@@ -366,6 +379,52 @@ pub fn is_wasm_platform(os: &str, architecture: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    fn tar(files: &[(&str, &[u8])]) -> (Vec<u8>, bool) {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, bytes) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, *bytes).expect("tar entry");
+        }
+        (b.into_inner().expect("tar"), false)
+    }
+
+    #[test]
+    fn the_binary_in_tar_layers_is_the_entrypoints_or_the_only_one_and_later_layers_win() {
+        use super::wasm_from_tars;
+        let one = [
+            tar(&[("app.wasm", b"v1"), ("readme.txt", b"x")]),
+            tar(&[("app.wasm", b"v2")]),
+        ];
+        assert_eq!(wasm_from_tars(&one, None, 10).as_deref(), Ok(&b"v2"[..]));
+        // The entrypoint names one of two; one that names neither is an error listing both.
+        let two = [tar(&[("a.wasm", b"a"), ("b.wasm", b"b")])];
+        assert_eq!(
+            wasm_from_tars(&two, Some("/b.wasm"), 10).as_deref(),
+            Ok(&b"b"[..])
+        );
+        assert_eq!(
+            wasm_from_tars(&two, Some("./a.wasm"), 10).as_deref(),
+            Ok(&b"a"[..])
+        );
+        let err = wasm_from_tars(&two, Some("c.wasm"), 10)
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("a.wasm, b.wasm"), "{err}");
+        // An entrypoint that is not there still finds the image's only binary.
+        assert_eq!(
+            wasm_from_tars(&one, Some("other.wasm"), 10).as_deref(),
+            Ok(&b"v2"[..])
+        );
+        // Over the limit: refused by the header's size, before reading.
+        let big = [tar(&[("big.wasm", &[0u8; 11])])];
+        let err = wasm_from_tars(&big, None, 10).err().unwrap_or_default();
+        assert!(err.contains("over the 10-byte limit"), "{err}");
+        assert!(wasm_from_tars(&[tar(&[("x.txt", b"x")])], None, 10).is_err());
+    }
+
     #[test]
     fn the_target_world_is_named_only_when_exports_and_imports_fit_it() {
         let v = |xs: &[&str]| xs.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();

@@ -26,7 +26,7 @@ pub enum DockerConfigSource {
 }
 
 /// Where credentials come from, in order of precedence.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Credentials {
     /// Used for every registry when set.
     pub explicit: Option<(String, String)>,
@@ -37,6 +37,27 @@ pub struct Credentials {
     /// A docker `config.json` (`auths`, `credHelpers`, `credsStore`). `None`: the default
     /// location (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`) if it exists.
     pub docker_config: DockerConfigSource,
+}
+
+// Not derived: a password or a pull secret's JSON must not reach a log line.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field(
+                "explicit",
+                &self.explicit.as_ref().map(|(user, _)| (user, "…")),
+            )
+            .field(
+                "pull_secrets",
+                &self
+                    .pull_secrets
+                    .iter()
+                    .map(|(origin, _)| origin)
+                    .collect::<Vec<_>>(),
+            )
+            .field("docker_config", &self.docker_config)
+            .finish()
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -239,6 +260,27 @@ mod tests {
             RegistryAuth::Anonymous
         ));
         Ok(())
+    }
+
+    #[test]
+    fn debug_output_names_where_credentials_come_from_but_not_the_secrets() {
+        let c = Credentials {
+            explicit: Some(("me".into(), "hunter2".into())),
+            pull_secrets: vec![(
+                "imagePullSecret ns/s".into(),
+                r#"{"auths":{"x":{"auth":"c2VjcmV0"}}}"#.into(),
+            )],
+            docker_config: DockerConfigSource::Ignored,
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("me") && shown.contains("imagePullSecret ns/s"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("c2VjcmV0"),
+            "{shown}"
+        );
     }
 
     #[test]

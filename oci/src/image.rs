@@ -57,9 +57,14 @@ impl Descriptor {
     }
 }
 
-/// Checks that `bytes` hash to `digest` (`sha256:…`).
+/// Checks that `bytes` hash to `digest` (`sha256:…` or `sha512:…`).
 pub fn verify_digest(what: &str, digest: &str, bytes: &[u8]) -> Result<(), Error> {
-    let actual = crate::sha256_digest(bytes);
+    let actual = if digest.starts_with("sha512:") {
+        use sha2::Digest as _;
+        format!("sha512:{:x}", sha2::Sha512::digest(bytes))
+    } else {
+        crate::sha256_digest(bytes)
+    };
     if actual != digest {
         return Err(Error::Digest {
             what: what.to_owned(),
@@ -132,12 +137,36 @@ pub struct Manifest {
     pub carrier: Carrier,
 }
 
+/// Whether `digest` is `sha256:` with 64 lower-case hex digits or `sha512:` with 128: digests
+/// from a manifest go into URLs, API calls and cache paths.
+fn well_formed(digest: &str) -> bool {
+    let hex = |h: &str, n: usize| {
+        h.len() == n
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match digest.split_once(':') {
+        Some(("sha256", h)) => hex(h, 64),
+        Some(("sha512", h)) => hex(h, 128),
+        _ => false,
+    }
+}
+
 /// Reads a manifest or index (`what` names it in errors). An index must have a wasm platform
 /// entry; a manifest must carry WebAssembly, or the error says precisely why not.
 pub fn parse(what: &str, raw: &[u8]) -> Result<Document, Error> {
     let artifact_error = |reason: String| Error::Artifact {
         reference: what.to_owned(),
         reason,
+    };
+    let checked = |digest: &str| {
+        if well_formed(digest) {
+            Ok(())
+        } else {
+            Err(artifact_error(format!(
+                "the manifest names a malformed digest {digest:?}"
+            )))
+        }
     };
     let manifest: RawManifest = serde_json::from_slice(raw)
         .map_err(|e| artifact_error(format!("the manifest is not valid JSON: {e}")))?;
@@ -153,9 +182,12 @@ pub fn parse(what: &str, raw: &[u8]) -> Result<Document, Error> {
                 .as_ref()
                 .is_some_and(|p| artifact::is_wasm_platform(&p.os, &p.architecture))
         }) {
-            Some(entry) => Ok(Document::Index {
-                wasm_manifest: entry.digest.clone(),
-            }),
+            Some(entry) => {
+                checked(&entry.digest)?;
+                Ok(Document::Index {
+                    wasm_manifest: entry.digest.clone(),
+                })
+            }
             None => {
                 let platforms: Vec<String> = entries
                     .iter()
@@ -178,6 +210,9 @@ pub fn parse(what: &str, raw: &[u8]) -> Result<Document, Error> {
         .config
         .ok_or_else(|| artifact_error("the manifest has no config".into()))?;
     let layers = manifest.layers.unwrap_or_default();
+    for d in std::iter::once(&config).chain(&layers) {
+        checked(&d.digest)?;
+    }
     let carrier = artifact::carrier(&ManifestShape {
         config_media_type: &config.media_type,
         layer_media_types: layers.iter().map(|l| l.media_type.as_str()).collect(),
@@ -202,16 +237,18 @@ pub struct Assembled {
 }
 
 /// Gets the binary out of `manifest`, fetching blobs with `fetch(descriptor, limit)`. The
-/// fetcher verifies what it returns (declared size within `limit`, digest).
-pub async fn assemble<F, Fut>(
+/// fetcher verifies what it returns (declared size within `limit`, digest); its errors (`E`,
+/// the store's own) pass through.
+pub async fn assemble<F, Fut, E>(
     what: &str,
     manifest: &Manifest,
     max_component_bytes: u64,
     fetch: F,
-) -> Result<Assembled, Error>
+) -> Result<Assembled, E>
 where
     F: Fn(Descriptor, u64) -> Fut,
-    Fut: Future<Output = Result<Vec<u8>, Error>>,
+    Fut: Future<Output = Result<Vec<u8>, E>>,
+    E: From<Error>,
 {
     match &manifest.carrier {
         Carrier::WasmLayer { index } => {
@@ -235,6 +272,19 @@ where
                     .flatten()
                     .find(|a| a.ends_with(".wasm"))
             });
+            // Declared sizes first: layers are held in memory while the binary is searched.
+            let declared: u64 = indexes
+                .iter()
+                .map(|i| u64::try_from(manifest.layers[*i].size).unwrap_or(u64::MAX))
+                .fold(0, u64::saturating_add);
+            if declared > max_component_bytes {
+                return Err(E::from(Error::Artifact {
+                    reference: what.to_owned(),
+                    reason: format!(
+                        "the image's file-system layers declare {declared} bytes together, over the {max_component_bytes}-byte limit"
+                    ),
+                }));
+            }
             let mut tars = Vec::new();
             for i in indexes {
                 let d = manifest.layers[*i].clone();
@@ -242,9 +292,11 @@ where
                 tars.push((fetch(d, max_component_bytes).await?, gz));
             }
             let bytes = artifact::wasm_from_tars(&tars, entrypoint.as_deref(), max_component_bytes)
-                .map_err(|reason| Error::Artifact {
-                    reference: what.to_owned(),
-                    reason,
+                .map_err(|reason| {
+                    E::from(Error::Artifact {
+                        reference: what.to_owned(),
+                        reason,
+                    })
                 })?;
             Ok(Assembled {
                 bytes,
@@ -269,13 +321,23 @@ mod tests {
 
     #[test]
     fn an_index_names_its_wasm_platform_manifest_or_lists_the_platforms_it_has() {
-        let index = br#"{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
-            {"digest":"sha256:aa","platform":{"os":"linux","architecture":"amd64"}},
-            {"digest":"sha256:bb","platform":{"os":"wasip2","architecture":"wasm"}}]}"#;
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let index = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {{"digest":"sha256:{a}","platform":{{"os":"linux","architecture":"amd64"}}}},
+            {{"digest":"sha256:{b}","platform":{{"os":"wasip2","architecture":"wasm"}}}}]}}"#
+        );
         assert!(matches!(
-            parse("x", index),
-            Ok(Document::Index { wasm_manifest }) if wasm_manifest == "sha256:bb"
+            parse("x", index.as_bytes()),
+            Ok(Document::Index { wasm_manifest }) if wasm_manifest == format!("sha256:{b}")
         ));
+        let malformed = br#"{"manifests":[{"digest":"sha256:../../etc","platform":{"os":"wasip2","architecture":"wasm"}}]}"#;
+        let err = parse("x", malformed).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("malformed digest")),
+            "{err:?}"
+        );
         let linux_only = br#"{"manifests":[{"digest":"sha256:aa","platform":{"os":"linux","architecture":"arm64"}}]}"#;
         let err = parse("x", linux_only).err().map(|e| e.to_string());
         assert!(
@@ -292,10 +354,13 @@ mod tests {
             e.as_deref().is_some_and(|e| e.contains("no config")),
             "{e:?}"
         );
-        let two = br#"{"config":{"mediaType":"application/vnd.wasm.config.v0+json","digest":"sha256:c","size":2},
-            "layers":[{"mediaType":"application/wasm","digest":"sha256:a","size":1},
-                      {"mediaType":"application/wasm","digest":"sha256:b","size":1}]}"#;
-        let e = parse("x", two).err().map(|e| e.to_string());
+        let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let two = format!(
+            r#"{{"config":{{"mediaType":"application/vnd.wasm.config.v0+json","digest":"sha256:{c}","size":2}},
+            "layers":[{{"mediaType":"application/wasm","digest":"sha256:{a}","size":1}},
+                      {{"mediaType":"application/wasm","digest":"sha256:{b}","size":1}}]}}"#
+        );
+        let e = parse("x", two.as_bytes()).err().map(|e| e.to_string());
         assert!(
             e.as_deref().is_some_and(|e| e.contains("2 layers")),
             "{e:?}"

@@ -245,10 +245,13 @@ impl Registry {
         }
     }
 
-    fn client(&self, registry: &str) -> Client {
+    /// The client for talking to `registry` on behalf of `source` (the registry a reference
+    /// names; a mirror's clients are per source): oci-client keeps the first credentials it
+    /// is given per host, so two sources mirrored to one host must not share a client.
+    fn client(&self, registry: &str, source: &str) -> Client {
         let mut clients = self.clients.0.lock().unwrap_or_else(|p| p.into_inner());
         clients
-            .entry(registry.to_owned())
+            .entry(format!("{registry} for {source}"))
             .or_insert_with(|| self.new_client(registry))
             .clone()
     }
@@ -383,7 +386,7 @@ impl Registry {
         manifest.media_type = Some(artifact::OCI_MANIFEST.to_owned());
         let registry = reference.resolve_registry().to_owned();
         let auth = self.options.credentials.for_registry(&registry)?;
-        let client = self.client(&registry);
+        let client = self.client(&registry, &registry);
         client
             .push(&reference, &layers, config, &auth, Some(manifest))
             .await
@@ -412,7 +415,7 @@ impl Registry {
     /// names (a mirror is presented the original registry's credentials).
     async fn authed_client(&self, parsed: &Reference, at: &Reference) -> Result<Client, Error> {
         let registry = at.resolve_registry().to_owned();
-        let client = self.client(&registry);
+        let client = self.client(&registry, parsed.resolve_registry());
         let auth = self
             .options
             .credentials
@@ -478,7 +481,7 @@ impl Registry {
             .options
             .credentials
             .for_registry(parsed.resolve_registry())?;
-        let client = self.client(&registry);
+        let client = self.client(&registry, parsed.resolve_registry());
         let mut current = target.clone();
         for _ in 0..2 {
             let (raw, digest) = client
@@ -531,6 +534,16 @@ impl Registry {
             size: d.size,
             ..OciDescriptor::default()
         };
+        // The registry sent other bytes than the digest names, or named a digest we cannot
+        // check: either way the blob is refused.
+        let digest_error = |err: &oci_client::errors::DigestError| Error::Digest {
+            what: format!("blob of {what}"),
+            expected: d.digest.clone(),
+            actual: match err {
+                oci_client::errors::DigestError::VerificationError { actual, .. } => actual.clone(),
+                other => format!("({other})"),
+            },
+        };
         let too_long = |got: u64| Error::Artifact {
             reference: what.clone(),
             reason: format!(
@@ -544,11 +557,7 @@ impl Registry {
             .pull_blob_stream(at, &desc)
             .await
             .map_err(|e| match e {
-                OciDistributionError::DigestError(err) => Error::Digest {
-                    what: format!("blob of {what}"),
-                    expected: d.digest.clone(),
-                    actual: err.to_string(),
-                },
+                OciDistributionError::DigestError(err) => digest_error(&err),
                 other => Error::Registry {
                     registry: registry(),
                     reason: error_chain(&other),
@@ -566,11 +575,7 @@ impl Registry {
                     .get_ref()
                     .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
                 {
-                    Some(err) => Error::Digest {
-                        what: format!("blob of {what}"),
-                        expected: d.digest.clone(),
-                        actual: err.to_string(),
-                    },
+                    Some(err) => digest_error(err),
                     None => Error::Registry {
                         registry: registry(),
                         reason: format!("reading blob {}: {}", d.digest, error_chain(&e)),
@@ -618,7 +623,7 @@ impl Registry {
                 }
             }
         };
-        let assembled = image::assemble(
+        let assembled = image::assemble::<_, _, Error>(
             &parsed.whole(),
             &manifest,
             self.options.max_component_bytes,

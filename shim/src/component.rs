@@ -143,7 +143,7 @@ pub async fn obtain(
     }
     if let Some(store) = containerd {
         match store
-            .component(id, wa8s_oci::DEFAULT_MAX_COMPONENT_BYTES)
+            .component(id, wa8s_oci::DEFAULT_MAX_COMPONENT_BYTES, blobs)
             .await
         {
             Ok(Some(found)) => {
@@ -152,10 +152,6 @@ pub async fn obtain(
                     found.digest,
                     found.image
                 );
-                let bytes = found.bytes;
-                blobs
-                    .get_or_fetch(&found.digest, || async { Ok(bytes) })
-                    .await?;
                 return Ok(found.digest);
             }
             Ok(None) => log::info!(

@@ -12,10 +12,13 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
+use wa8s_oci::BlobCache;
 use wa8s_oci::image::{self, Descriptor, Document};
 
 /// How long one call to containerd may take before the shim pulls from the registry instead.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long finding and reading a whole component may take (a stalled stream included).
+const COMPONENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Errors reading containerd's content store.
 #[derive(Debug, thiserror::Error)]
@@ -30,15 +33,21 @@ pub enum Error {
     /// What containerd holds is not a component wa8s can run (or does not verify).
     #[error(transparent)]
     Artifact(#[from] wa8s_oci::Error),
+    /// A blob the image needs is not in the content store (discarded after unpacking, or
+    /// never pulled): the registry may still have it.
+    #[error("{0} is not in containerd's content store")]
+    Missing(String),
+    /// The component's bytes could not be put in the node's blob cache.
+    #[error(transparent)]
+    Cache(wa8s_oci::Error),
 }
 
-/// A component found in the content store.
+/// A component found in the content store, now in the node's blob cache.
 #[derive(Debug)]
 pub struct Found {
     /// The image the container was created from.
     pub image: String,
-    pub bytes: Vec<u8>,
-    /// The binary's own digest (verified).
+    /// The binary's own digest (verified), its key in the blob cache.
     pub digest: String,
 }
 
@@ -46,7 +55,8 @@ pub struct Found {
 #[derive(Debug, Clone)]
 pub struct ContentStore {
     address: String,
-    namespace: String,
+    /// The containerd namespace every call is made in (`containerd-namespace` header).
+    namespace: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     channel: Channel,
 }
 
@@ -130,6 +140,10 @@ impl ContentStore {
             call: "connect",
             reason,
         };
+        let namespace: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            namespace.parse().map_err(|_| {
+                unavailable(format!("namespace {namespace:?} is not a header value"))
+            })?;
         // The URI is required by the API and ignored by the connector below.
         let channel = Endpoint::try_from("http://containerd.invalid")
             .map_err(|e| unavailable(e.to_string()))?
@@ -145,24 +159,27 @@ impl ContentStore {
             }));
         Ok(ContentStore {
             address: address.to_owned(),
-            namespace: namespace.to_owned(),
+            namespace,
             channel,
         })
     }
 
     fn request<M>(&self, message: M) -> tonic::Request<M> {
         let mut request = tonic::Request::new(message);
-        if let Ok(ns) = self.namespace.parse() {
-            request.metadata_mut().insert("containerd-namespace", ns);
-        }
+        request
+            .metadata_mut()
+            .insert("containerd-namespace", self.namespace.clone());
         request
     }
 
     fn unavailable(&self, call: &'static str, status: &tonic::Status) -> Error {
+        let cause = std::error::Error::source(status)
+            .map(|s| format!(" ({})", chain(s)))
+            .unwrap_or_default();
         Error::Unavailable {
             address: self.address.clone(),
             call,
-            reason: format!("{:?}: {}", status.code(), status.message()),
+            reason: format!("{:?}: {}{cause}", status.code(), status.message()),
         }
     }
 
@@ -181,7 +198,7 @@ impl ContentStore {
         grpc.ready().await.map_err(|e| Error::Unavailable {
             address: self.address.clone(),
             call,
-            reason: e.to_string(),
+            reason: chain(&e),
         })?;
         let path = http::uri::PathAndQuery::from_static(path);
         match grpc
@@ -235,8 +252,9 @@ impl ContentStore {
             }))
     }
 
-    /// The blob `digest`, at most `limit` bytes, verified against its digest; `None` when
-    /// the content store does not hold it.
+    /// The bytes of blob `digest`, at most `limit` of them; `None` when the content store
+    /// does not hold it. Not verified here: the caller checks them against the descriptor it
+    /// read `digest` from (once).
     pub async fn read(
         &self,
         what: &str,
@@ -248,7 +266,7 @@ impl ContentStore {
         grpc.ready().await.map_err(|e| Error::Unavailable {
             address: self.address.clone(),
             call,
-            reason: e.to_string(),
+            reason: chain(&e),
         })?;
         let request = self.request(pb::ReadContentRequest {
             digest: digest.to_owned(),
@@ -287,17 +305,38 @@ impl ContentStore {
                 Err(status) => return Err(self.unavailable(call, &status)),
             }
         }
-        image::verify_digest(
-            &format!("{what} (containerd's content store)"),
-            digest,
-            &out,
-        )?;
         Ok(Some(out))
     }
 
     /// The component of container `id`'s image, when containerd holds all of it: `None`
     /// when the container names no image or a blob is not in the store (the caller pulls).
-    pub async fn component(&self, id: &str, max_bytes: u64) -> Result<Option<Found>, Error> {
+    /// Layers go through `blobs` (a cached layer is not read again) and are verified once,
+    /// there.
+    pub async fn component(
+        &self,
+        id: &str,
+        max_bytes: u64,
+        blobs: &BlobCache,
+    ) -> Result<Option<Found>, Error> {
+        match tokio::time::timeout(COMPONENT_TIMEOUT, self.find_component(id, max_bytes, blobs))
+            .await
+        {
+            Ok(Err(Error::Missing(_))) => Ok(None),
+            Ok(found) => found,
+            Err(_) => Err(Error::Unavailable {
+                address: self.address.clone(),
+                call: "reading the image",
+                reason: format!("no answer within {COMPONENT_TIMEOUT:?}"),
+            }),
+        }
+    }
+
+    async fn find_component(
+        &self,
+        id: &str,
+        max_bytes: u64,
+        blobs: &BlobCache,
+    ) -> Result<Option<Found>, Error> {
         let Some(image_name) = self.container_image(id).await? else {
             return Ok(None);
         };
@@ -307,12 +346,11 @@ impl ContentStore {
         let what = image_name.clone();
         let mut manifest = None;
         for _ in 0..2 {
-            let Some(raw) = self
+            let raw = self
                 .read(&what, &target.digest, image::MAX_METADATA_BYTES)
                 .await?
-            else {
-                return Ok(None);
-            };
+                .ok_or_else(|| Error::Missing(format!("manifest {}", target.digest)))?;
+            image::verify_digest(&what, &target.digest, &raw)?;
             match image::parse(&what, &raw)? {
                 Document::Manifest(m) => {
                     manifest = Some(m);
@@ -333,52 +371,56 @@ impl ContentStore {
                 reason: "an image index points at another index".into(),
             }));
         };
-        let missing = |d: &Descriptor| wa8s_oci::Error::NotFound {
-            reference: format!("{what}: blob {} in containerd's content store", d.digest),
-        };
-        let unavailable = std::sync::Mutex::new(None);
         let fetch = |d: Descriptor, limit: u64| {
-            let (what, missing, unavailable) = (&what, &missing, &unavailable);
+            let what = &what;
             async move {
                 d.checked_size(what, limit)?;
-                match self.read(what, &d.digest, limit).await {
-                    Ok(Some(bytes)) => {
-                        d.verify(what, &bytes)?;
-                        Ok(bytes)
-                    }
-                    Ok(None) => Err(missing(&d)),
-                    Err(Error::Artifact(e)) => Err(e),
-                    Err(e) => {
-                        let reason = e.to_string();
-                        *unavailable.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                        Err(wa8s_oci::Error::Registry {
-                            registry: "containerd".into(),
-                            reason,
-                        })
-                    }
+                if let Some(bytes) = blobs.get(&d.digest).map_err(Error::Cache)? {
+                    return Ok(bytes);
                 }
+                let bytes = self
+                    .read(what, &d.digest, limit)
+                    .await?
+                    .ok_or_else(|| Error::Missing(format!("blob {}", d.digest)))?;
+                d.verify(what, &bytes)?;
+                // Verified: the cache's own check is the only other pass over the bytes.
+                blobs
+                    .get_or_fetch(&d.digest, || async { Ok(bytes) })
+                    .await
+                    .map_err(Error::Cache)
             }
         };
-        let assembled = image::assemble(&what, &manifest, max_bytes, fetch).await;
-        if let Some(e) = unavailable.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
-        let assembled = match assembled {
-            Ok(a) => a,
-            // Discarded layers (a layered image unpacked into its snapshot) or a partial
-            // pull: the registry has them.
-            Err(wa8s_oci::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let assembled = image::assemble(&what, &manifest, max_bytes, fetch).await?;
+        let digest = match assembled.layer_digest {
+            Some(d) => d,
+            // Out of a tar layer: the binary itself goes into the cache under its digest.
+            None => {
+                let digest = wa8s_oci::sha256_digest(&assembled.bytes);
+                let bytes = assembled.bytes.clone();
+                blobs
+                    .get_or_fetch(&digest, || async { Ok(bytes) })
+                    .await
+                    .map_err(Error::Cache)?;
+                digest
+            }
         };
-        let digest = assembled
-            .layer_digest
-            .unwrap_or_else(|| wa8s_oci::sha256_digest(&assembled.bytes));
         Ok(Some(Found {
             image: image_name,
-            bytes: assembled.bytes,
             digest,
         }))
     }
+}
+
+/// An error and its causes on one line (a transport error alone says only "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

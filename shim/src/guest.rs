@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use wa8s_host::{
     DirGrant, EngineConfig, Grants, HostEngine, Kind, NetworkPolicy, PrecompileCache, Program,
-    ServeOptions, Server, Stdio,
+    Server, Stdio,
 };
 
 use wa8s_api::contract::IMAGE_COMPONENT_COMMAND;
@@ -35,7 +35,7 @@ pub const NODE_ADDRESSES_ENV: &str = "WA8S_NODE_ADDRESSES";
 pub const EXIT_STARTUP: i32 = 2;
 /// How long in-flight requests may finish after SIGTERM; the kubelet's grace period
 /// (SIGKILL after it) is the outer bound.
-const DRAIN: Duration = Duration::from_secs(25);
+const DRAIN: Duration = Duration::from_secs(wa8s_api::contract::DRAIN_SECONDS);
 
 /// Entry point; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
@@ -53,14 +53,6 @@ pub fn main(args: &[String]) -> i32 {
     if let Err(message) = use_pod_name_files(&spec) {
         return fail(&mut status, &message);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&mut status, &format!("starting the async runtime: {e}")),
-    };
     let prepared = prepare(spec, digest);
     let (program, mut grants, spec) = match prepared {
         Ok(p) => p,
@@ -75,19 +67,26 @@ pub fn main(args: &[String]) -> i32 {
     // privileges go (so ports below 1024 work too): connections queue from the moment the
     // container is created and are served as soon as it starts.
     let server = match program.kind() {
-        Kind::Http => match runtime.block_on(Server::bind(
-            &program,
-            grants.clone(),
-            ServeOptions {
-                addr: SocketAddr::from(([0, 0, 0, 0], spec.policy.port)),
-                shutdown_grace: DRAIN,
-            },
-        )) {
-            Ok(server) => Some(server),
-            Err(e) => return fail(&mut status, &e.to_string()),
-        },
+        Kind::Http => {
+            let addr = SocketAddr::from(([0, 0, 0, 0], spec.policy.port));
+            let bound = std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("binding {addr}: {e}"))
+                .and_then(|l| {
+                    Server::on_listener(&program, grants.clone(), l, DRAIN)
+                        .map_err(|e| e.to_string())
+                });
+            match bound {
+                Ok(server) => Some(server),
+                Err(message) => return fail(&mut status, &message),
+            }
+        }
         _ => None,
     };
+    // Capabilities, the bounding set and no_new_privs are per thread: the drop must happen
+    // while this is the only one (threads made later inherit it).
+    if let Err(message) = only_thread() {
+        return fail(&mut status, &message);
+    }
     if let Err(e) = crate::sys::drop_privileges(spec.uid, spec.gid, &spec.additional_gids) {
         return fail(&mut status, &format!("dropping privileges: {e}"));
     }
@@ -101,7 +100,28 @@ pub fn main(args: &[String]) -> i32 {
         Some(Ok(1)) => {}
         _ => return EXIT_STARTUP,
     }
+    let runtime = match crate::async_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wa8s: starting the async runtime: {e}");
+            return EXIT_STARTUP;
+        }
+    };
     runtime.block_on(run(program, grants, server))
+}
+
+/// Fails unless this process has a single thread.
+fn only_thread() -> Result<(), String> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| format!("counting this process's threads: {e}"))?
+        .count();
+    if threads == 1 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{threads} threads before dropping privileges; all but one would keep theirs"
+        ))
+    }
 }
 
 /// The files the pod's resolver reads, which the kubelet mounts into each container.
@@ -221,9 +241,11 @@ impl Cached {
 /// The spec and the program, from the precompile cache (compiled now if it is missing).
 fn load_program(spec: ContainerSpec, digest: &str) -> Result<(ContainerSpec, Program), String> {
     let c = Cached::open(spec, digest)?;
-    let (program, _) = c
+    // The precompile process filled the cache just before; compiling here would run in the
+    // pod's cgroup (and start compiler threads before the privileges are dropped).
+    let program = c
         .precompiled
-        .load(&c.engine, digest, &c.bytes)
+        .load_recorded(&c.engine, digest, &c.bytes)
         .map_err(|e| e.to_string())?;
     Ok((c.spec, program))
 }

@@ -22,11 +22,7 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(guest::PRECOMPILE_SUBCOMMAND) {
         std::process::exit(guest::precompile_main(&args[2..]));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{RUNTIME_ID}: starting the async runtime: {e}");
@@ -36,4 +32,12 @@ fn main() {
     runtime.block_on(containerd_shim::asynchronous::run::<service::Service>(
         RUNTIME_ID, None,
     ));
+}
+
+/// The runtime the shim and each guest run on: two workers (one pod's work, a 2-core node).
+pub(crate) fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }

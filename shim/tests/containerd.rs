@@ -48,16 +48,6 @@ fn policy(env: &[&str]) -> String {
     format!("{POLICY_ANNOTATION}={}", annotations[POLICY_ANNOTATION])
 }
 
-fn status_field(pid: u32, field: &str) -> Result<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("{field}:"))
-                .map(|v| v.trim().to_owned())
-        })
-        .with_context(|| format!("{field} in /proc/{pid}/status"))
-}
-
 fn same_file(a: &Path, b: &Path) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let (a, b) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
@@ -186,8 +176,27 @@ fn an_http_component_serves_in_the_sandbox_netns_confined_and_measured_and_stops
     assert_eq!(body.trim_end(), "hello from wasm");
 
     let pid = task_pid(&c, "http-1")?;
-    assert_eq!(status_field(pid, "CapEff")?, "0000000000000000");
-    assert_eq!(status_field(pid, "NoNewPrivs")?, "1");
+    // Every thread (they run guest code), not just the first: capabilities, the bounding
+    // set and no_new_privs belong to threads.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    assert!(threads.len() > 1, "the server should run worker threads");
+    for tid in &threads {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
+        for (field, want) in [
+            ("CapEff", "0000000000000000"),
+            ("CapPrm", "0000000000000000"),
+            ("CapBnd", "0000000000000000"),
+            ("NoNewPrivs", "1"),
+        ] {
+            let got = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                .map(str::trim);
+            assert_eq!(got, Some(want), "{field} of thread {tid} of guest {pid}");
+        }
+    }
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let memory = cgroups
         .lines()

@@ -5,7 +5,7 @@
 //! stats through the CRI. (`ctr run` cannot start a wasm artifact: its client refuses the
 //! `vnd.wasm.config` media type, so the ctr tests use layered images.)
 //!
-//! Each test has its own containerd and its own CNI network index (2, 3), so they run in
+//! Each test has its own containerd and its own CNI network index (2, 3, 4), so they run in
 //! parallel; the quickstart's node uses 0 and the scenarios' 1.
 
 use std::collections::BTreeMap;
@@ -75,6 +75,28 @@ fn config_file(c: &Containerd, name: &str, value: &Value) -> Result<String> {
 }
 
 /// A pod sandbox config (as the kubelet writes it) with the grants in its annotations.
+/// Runs a pod sandbox with the wa8s handler; returns its id.
+fn run_pod(c: &Containerd, pod_config: &str) -> Result<String> {
+    Ok(c.crictl_ok(&["runp", "--runtime", HANDLER, pod_config])?
+        .trim()
+        .to_owned())
+}
+
+/// Creates and starts a container in a pod; returns its id.
+fn start_container(
+    c: &Containerd,
+    pod_id: &str,
+    pod_config: &str,
+    container_config: &str,
+) -> Result<String> {
+    let id = c
+        .crictl_ok(&["create", pod_id, container_config, pod_config])?
+        .trim()
+        .to_owned();
+    c.crictl_ok(&["start", &id])?;
+    Ok(id)
+}
+
 fn pod(c: &Containerd, name: &str, grants: &BTreeMap<String, String>) -> Result<String> {
     let logs = c.dir().join(format!("logs-{name}"));
     std::fs::create_dir_all(&logs)?;
@@ -154,20 +176,13 @@ fn an_http_component_pulled_through_the_cri_answers_on_its_pod_ip_and_its_stats_
     ensure!(registry.blob_fetches(&layer) == 1, "the CRI's pull");
 
     let pod_config = pod(&c, "web", &policy_annotations(&[]))?;
-    let pod_id = c
-        .crictl_ok(&["runp", "--runtime", HANDLER, &pod_config])?
-        .trim()
-        .to_owned();
-    let id = c
-        .crictl_ok(&[
-            "create",
-            &pod_id,
-            &container(&c, "web", &image, &[])?,
-            &pod_config,
-        ])?
-        .trim()
-        .to_owned();
-    c.crictl_ok(&["start", &id])?;
+    let pod_id = run_pod(&c, &pod_config)?;
+    let id = start_container(
+        &c,
+        &pod_id,
+        &pod_config,
+        &container(&c, "web", &image, &[])?,
+    )?;
     // The component came from what the CRI pulled: the shim has no credentials for this
     // registry, and the layer was downloaded once.
     ensure!(
@@ -237,10 +252,7 @@ fn two_components_of_one_cri_pod_share_a_shim_a_crash_is_a_nonzero_exit_and_ungr
     pull(&c, &crash_image)?;
 
     let pod_config = pod(&c, "pair", &policy_annotations(&["GREETING"]))?;
-    let pod_id = c
-        .crictl_ok(&["runp", "--runtime", HANDLER, &pod_config])?
-        .trim()
-        .to_owned();
+    let pod_id = run_pod(&c, &pod_config)?;
     let mut ids = Vec::new();
     for (name, image, env) in [
         (
@@ -250,16 +262,7 @@ fn two_components_of_one_cri_pod_share_a_shim_a_crash_is_a_nonzero_exit_and_ungr
         ),
         ("crash", &crash_image, &[][..]),
     ] {
-        let id = c
-            .crictl_ok(&[
-                "create",
-                &pod_id,
-                &container(&c, name, image, env)?,
-                &pod_config,
-            ])?
-            .trim()
-            .to_owned();
-        c.crictl_ok(&["start", &id])?;
+        let id = start_container(&c, &pod_id, &pod_config, &container(&c, name, image, env)?)?;
         ids.push(id);
     }
     ensure!(
@@ -284,5 +287,49 @@ fn two_components_of_one_cri_pod_share_a_shim_a_crash_is_a_nonzero_exit_and_ungr
     if !log.to_lowercase().contains("stack") && !log.contains("wasm trap") {
         bail!("the crash's log does not say what happened (exit {code}):\n{log}");
     }
+    Ok(())
+}
+
+#[test]
+fn when_containerd_no_longer_holds_the_layer_the_shim_pulls_the_component_itself() -> Result<()> {
+    // Anonymous this time: the shim's own pull needs no credentials.
+    let registry = Registry::start()?;
+    let reference = format!("{}/cri/fallback:v1", registry.addr());
+    let pushed = tokio::runtime::Runtime::new()?.block_on(
+        wa8s_oci::Registry::new(wa8s_oci::RegistryOptions::default())
+            .push(guests::HELLO_COMPONENT, &reference),
+    )?;
+    let c = cri(4, &registry)?;
+    c.crictl_ok(&["pull", &reference])?;
+    // The layer goes (as when something pruned the store); the image record stays.
+    let removed = c.ctr_cri(&["content", "rm", &pushed.layer_digest])?;
+    ensure!(
+        removed.code == Some(0),
+        "ctr content rm: {}",
+        removed.stderr
+    );
+
+    let pod_config = pod(&c, "fallback", &policy_annotations(&[]))?;
+    let pod_id = run_pod(&c, &pod_config)?;
+    let id = start_container(
+        &c,
+        &pod_id,
+        &pod_config,
+        &container(&c, "hello", &reference, &[])?,
+    )?;
+    let status = exited(&c, &id)?;
+    ensure!(status["exitCode"] == 0, "{status}\n{}", c.log());
+    let log = c.crictl_ok(&["logs", &id])?;
+    ensure!(log.contains("hello from wasm"), "{log}");
+    ensure!(
+        c.log()
+            .contains("containerd holds no complete wasm artifact"),
+        "the shim should say why it pulled:\n{}",
+        c.log()
+    );
+    ensure!(
+        registry.blob_fetches(&pushed.layer_digest) == 2,
+        "one fetch by the CRI, one by the shim"
+    );
     Ok(())
 }

@@ -34,11 +34,16 @@ impl Default for EngineConfig {
 }
 
 /// A Wasmtime engine with an epoch ticker. Cheap to clone.
+///
+/// The ticker thread starts with the first guest (see [`HostEngine::ensure_ticking`]), not
+/// with the engine: a process that loads its program and then gives up its privileges (the
+/// shim's guest) must have only one thread when it does, since capabilities, the bounding
+/// set and `no_new_privs` are per thread.
 #[derive(Clone)]
 pub struct HostEngine {
     pub(crate) engine: Engine,
     config: EngineConfig,
-    _ticker: Arc<Ticker>,
+    ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for HostEngine {
@@ -51,6 +56,7 @@ impl std::fmt::Debug for HostEngine {
 
 struct Ticker {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    started: std::sync::OnceLock<Result<(), String>>,
 }
 
 impl Drop for Ticker {
@@ -69,28 +75,40 @@ impl HostEngine {
             None => Engine::new(&wasm_config(config, None)),
         }
         .map_err(|e| Error::Engine(chain(&e)))?;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let weak = engine.weak();
-        let flag = stop.clone();
-        // One thread per engine advances the epoch; it holds only a weak reference so the
-        // engine can drop, and stops with it.
-        std::thread::Builder::new()
-            .name("wa8s-epoch".into())
-            .spawn(move || {
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(e) => e.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
-            .map_err(Error::Io)?;
         Ok(HostEngine {
             engine,
             config: config.clone(),
-            _ticker: Arc::new(Ticker { stop }),
+            ticker: Arc::new(Ticker {
+                stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                started: std::sync::OnceLock::new(),
+            }),
         })
+    }
+
+    /// Starts the thread that advances the epoch (deadlines, yields) unless it runs already;
+    /// every path that makes a store calls this first.
+    pub(crate) fn ensure_ticking(&self) -> Result<(), Error> {
+        let started = self.ticker.started.get_or_init(|| {
+            let weak = self.engine.weak();
+            let flag = self.ticker.stop.clone();
+            // It holds only a weak reference so the engine can drop, and stops with it.
+            std::thread::Builder::new()
+                .name("wa8s-epoch".into())
+                .spawn(move || {
+                    while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        match weak.upgrade() {
+                            Some(e) => e.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        started
+            .clone()
+            .map_err(|e| Error::Engine(format!("starting the epoch thread: {e}")))
     }
 
     /// Compiles a component or core module to native code for this engine, for the

@@ -86,6 +86,25 @@ impl PrecompileCache {
         Ok((program, Source::Compiled))
     }
 
+    /// The program for `wasm` from this cache's recorded artifact, never compiling: an error
+    /// when there is none (or it does not match its record). For a process that must not
+    /// compile (the shim's guest, which runs in the pod's cgroup and has one thread).
+    pub fn load_recorded(
+        &self,
+        engine: &HostEngine,
+        digest: &str,
+        wasm: &[u8],
+    ) -> Result<Program, Error> {
+        let (artifact, record) = self.paths(engine, digest, wasm)?;
+        let code = self.recorded_code(engine, &artifact, &record).ok_or_else(|| {
+            Error::Engine(format!(
+                "no recorded precompiled artifact for {digest} in {} (or it does not match its record)",
+                self.dir.display()
+            ))
+        })?;
+        engine.load_own_precompiled(&code)
+    }
+
     /// Makes sure the cache holds a recorded artifact for `wasm`, compiling it if not, without
     /// loading it (for a process that only warms the cache). Unlike [`PrecompileCache::load`],
     /// failing to write the cache is an error: the caller relies on the entry being there.

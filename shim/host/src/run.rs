@@ -30,6 +30,7 @@ impl Program {
     /// Runs a cli component or preview1 command to completion under `grants`.
     pub async fn run(&self, grants: &Grants) -> Result<ExitStatus, Error> {
         grants.validate()?;
+        self.engine.ensure_ticking()?;
         let timeout = grants.limits.timeout;
         let engine = &self.engine.engine;
         let result = match &self.inner {

@@ -40,7 +40,9 @@ pub struct ServeOptions {
 /// A bound HTTP server for one wasi:http program.
 #[derive(Debug)]
 pub struct Server {
-    listener: TcpListener,
+    // Kept as the std type until `run`, so a server can be made outside an async runtime
+    // (the shim's guest binds before it starts any thread).
+    listener: std::net::TcpListener,
     shared: Arc<Shared>,
     grace: Duration,
     // Set once the grace period is over: guests still running are stopped at their next
@@ -118,23 +120,31 @@ impl Server {
         grants: Grants,
         options: ServeOptions,
     ) -> Result<Self, Error> {
-        let Inner::Http(pre) = &program.inner else {
-            return Err(Error::WrongKind(
-                "this program does not export wasi:http/incoming-handler: run it without --listen"
-                    .into(),
-            ));
-        };
-        grants.validate()?;
-        // Resolve the bounds and build one store's state up front, so unusable grants fail
-        // now, not per request.
-        let quotas = crate::quota::Quotas::new(&grants)?;
-        GuestState::new(&grants, quotas.clone())?;
+        Self::check(program, &grants)?;
         let listener = TcpListener::bind(options.addr)
             .await
+            .and_then(|l| l.into_std())
             .map_err(|source| Error::Bind {
                 addr: options.addr,
                 source,
             })?;
+        Self::on_listener(program, grants, listener, options.shutdown_grace)
+    }
+
+    /// A server on `listener`, bound beforehand (for instance before the process gave up the
+    /// privileges a low port needs). Needs no async runtime until [`Server::run`].
+    pub fn on_listener(
+        program: &Program,
+        grants: Grants,
+        listener: std::net::TcpListener,
+        shutdown_grace: Duration,
+    ) -> Result<Self, Error> {
+        let pre = Self::check(program, &grants)?;
+        // Resolve the bounds and build one store's state up front, so unusable grants fail
+        // now, not per request.
+        let quotas = crate::quota::Quotas::new(&grants)?;
+        GuestState::new(&grants, quotas.clone())?;
+        listener.set_nonblocking(true)?;
         let max_concurrent = grants
             .limits
             .max_concurrent_requests
@@ -142,11 +152,11 @@ impl Server {
         let (kill, killed) = watch::channel(false);
         Ok(Server {
             listener,
-            grace: options.shutdown_grace,
+            grace: shutdown_grace,
             kill,
             shared: Arc::new(Shared {
                 stats: ServeStats::default(),
-                pre: pre.clone(),
+                pre,
                 engine: program.engine.clone(),
                 permits: Arc::new(Semaphore::new(max_concurrent as usize)),
                 max_concurrent,
@@ -155,6 +165,17 @@ impl Server {
                 quotas,
             }),
         })
+    }
+
+    fn check(program: &Program, grants: &Grants) -> Result<ProxyPre<GuestState>, Error> {
+        let Inner::Http(pre) = &program.inner else {
+            return Err(Error::WrongKind(
+                "this program does not export wasi:http/incoming-handler: run it without --listen"
+                    .into(),
+            ));
+        };
+        grants.validate()?;
+        Ok(pre.clone())
     }
 
     /// Counters that stay valid while the server runs.
@@ -170,13 +191,15 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
     /// for up to the grace period, and drops whatever is left.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        self.shared.engine.ensure_ticking()?;
+        let listener = TcpListener::from_std(self.listener)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                accepted = self.listener.accept() => {
+                accepted = listener.accept() => {
                     let (socket, _) = match accepted {
                         Ok(a) => a,
                         Err(e) => {
@@ -206,7 +229,7 @@ impl Server {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
-        drop(self.listener);
+        drop(listener);
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(self.grace, async {
             while connections.join_next().await.is_some() {}

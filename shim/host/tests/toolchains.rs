@@ -1,6 +1,7 @@
-//! Components built by toolchains users use — componentize-py (Python) and componentize-js
-//! (JavaScript) — served by the host, and the outbound policy enforced on a real guest's
-//! wasi:http requests. The toolchains are installed on first use by
+//! Components built by toolchains users use — componentize-py (Python), componentize-js
+//! (JavaScript) and Rust's wasm32-wasip2 target (the `examples/hello-rust` crate, when the
+//! target is installed) — served by the host, and the outbound policy enforced on a real
+//! guest's wasi:http requests. The Python and JS toolchains are installed on first use by
 //! `shim/test-components/guests/build.sh` (pinned versions, cached under ~/.cache/wa8s).
 
 use std::path::PathBuf;
@@ -142,5 +143,51 @@ async fn without_a_network_grant_nothing_leaves_the_guest() -> Result<()> {
         );
     }
     assert_eq!(hits.load(Ordering::SeqCst), 0);
+    server.shutdown().await
+}
+
+fn wasip2_target_installed() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == "wasm32-wasip2")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_example_serves_its_greeting_and_the_env_its_object_sets() -> Result<()> {
+    if !wasip2_target_installed() {
+        // Rust's wasm32 targets are not on every machine (e2e/scripts/prerequisites.sh adds
+        // it where rustup can download it).
+        eprintln!("skipped: the wasm32-wasip2 target is not installed");
+        return Ok(());
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-rust/build.sh");
+    let out = dir.join("hello-rust.wasm");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .env("CARGO_TARGET_DIR", dir.join("hello-rust-target"))
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        status.success(),
+        "building the Rust example failed ({status})"
+    );
+    let mut g = grants(&[])?;
+    g.env = vec![("CACHE_SIZE".into(), "100".into())];
+    let server = serve(&std::fs::read(&out)?, g, GRACE).await?;
+    assert_eq!(
+        get(server.addr, "/greet").await?,
+        (
+            200,
+            "hello from wa8s (rust) at /greet: CACHE_SIZE=100\n".into()
+        )
+    );
     server.shutdown().await
 }

@@ -21,6 +21,11 @@ if command -v rustup >/dev/null; then
   for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
   done
+  # The Rust example (examples/hello-rust) builds for wasm32-wasip2; where rustup cannot
+  # download the target, the test that builds it says it skipped.
+  rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 \
+    || timeout 300 rustup target add wasm32-wasip2 >/dev/null 2>&1 \
+    || log "the wasm32-wasip2 target could not be installed; the Rust example's test will skip"
 fi
 command -v flock >/dev/null || apt_install util-linux
 # Kubernetes 1.35 needs Go >= 1.25. Debian's golang-go is older, but any go binary can fetch a

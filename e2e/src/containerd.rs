@@ -276,10 +276,19 @@ impl Containerd {
 
     /// Runs `ctr -a SOCKET -n wa8s-test ARGS` (60 s limit).
     pub fn ctr(&self, args: &[&str]) -> Result<CtrOutput, Error> {
+        self.ctr_in(&self.namespace, args)
+    }
+
+    /// Runs `ctr` in the CRI's namespace (`k8s.io`), where images pulled through the CRI are.
+    pub fn ctr_cri(&self, args: &[&str]) -> Result<CtrOutput, Error> {
+        self.ctr_in("k8s.io", args)
+    }
+
+    fn ctr_in(&self, namespace: &str, args: &[&str]) -> Result<CtrOutput, Error> {
         let mut cmd = Command::new(&self.ctr);
         cmd.arg("-a")
             .arg(self.socket())
-            .args(["-n", &self.namespace])
+            .args(["-n", namespace])
             .args(args);
         let out = process::run_with_timeout(cmd, Duration::from_secs(60))
             .map_err(io(format!("running ctr {}", args.join(" "))))?;

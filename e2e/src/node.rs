@@ -60,7 +60,7 @@ impl NodeOptions {
     }
 }
 
-/// The pod subnet of network `n` (`10.24<4+n>.0.0/24`).
+/// The pod subnet of network `n` (`10.<244+n>.0.0/24`; the indexes in use are 0 to 3).
 pub(crate) fn pod_subnet(n: u8) -> String {
     format!("10.{}.0.0/24", 244 + u16::from(n))
 }

@@ -351,11 +351,9 @@ fn every_flag_the_chart_passes_is_one_its_binary_accepts() -> Result<()> {
                 .iter()
                 .map(|a| a.as_str().map(str::to_owned).context("a non-string arg"))
                 .collect::<Result<_>>()?;
-            let out = Command::new(built(binary)?)
-                .args(&args)
-                .arg("--help")
-                .env_clear()
-                .output()?;
+            let mut cmd = Command::new(built(binary)?);
+            cmd.args(&args).arg("--help").env_clear();
+            let out = wa8s_e2e::process::run_with_timeout(cmd, std::time::Duration::from_secs(30))?;
             ensure!(
                 out.status.success(),
                 "{kind} {name} runs {binary} with {args:?}, which it refuses:\n{}",

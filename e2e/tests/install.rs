@@ -278,8 +278,10 @@ fn install_run_uninstall(
 
 /// The tag the seed manifest names moves, so the operator rolls the Deployment to the new
 /// digest; its pod is deleted while the rollout is under way. The chart's Deployment starts
-/// another, which takes the Lease over and finishes: the status shows the new digest, the
-/// object is Ready, and it still has exactly one Deployment, Service and HPA.
+/// another, which takes the Lease over and finishes: the old pod is gone, the new one holds
+/// the Lease, the status says the rollout completed (a transition after the deletion) on
+/// the new digest and Ready, and the object still has exactly one Deployment, Service and
+/// HPA.
 fn the_operator_pod_deleted_in_the_middle_of_a_rollout_is_replaced_and_finishes_it(
     cluster: &Cluster,
     kubectl: &Kubectl,
@@ -307,6 +309,9 @@ fn the_operator_pod_deleted_in_the_middle_of_a_rollout_is_replaced_and_finishes_
             .filter(|image| image.ends_with(&v2))
         },
     )?;
+    // The rollout cannot finish within this moment (a new pod must start and be ready, the
+    // old ones must stop), so whatever reports it finished is the replacement.
+    let deleted_at = time::OffsetDateTime::now_utc();
     kubectl.ok(&[
         "delete",
         "pod",
@@ -317,16 +322,39 @@ fn the_operator_pod_deleted_in_the_middle_of_a_rollout_is_replaced_and_finishes_
     ])?;
     let converged = kubectl.eventually(
         Duration::from_secs(240),
-        "status on the new digest, Ready, from a new operator pod",
+        "the rollout reported finished by a new operator pod that holds the Lease",
         |k| {
             let now = operator_pods(k).ok()?;
+            let holder = k
+                .ok(&[
+                    "get",
+                    "lease/wa8s-operator",
+                    "-n",
+                    RELEASE_NAMESPACE,
+                    "-o",
+                    "jsonpath={.spec.holderIdentity}",
+                ])
+                .ok()?;
             let status = jsonpath(
                 k,
                 "webassembly/image-processor",
-                "{.status.module.digest} {.status.readyReplicas} {.status.conditions[?(@.type==\"Ready\")].status}",
+                "{.status.module.digest} {.status.readyReplicas} {.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Progressing\")].status}",
             )
             .ok()?;
-            (!now.is_empty() && now != before && status == format!("{v2} 2 True")).then_some(())
+            let progressing_since = jsonpath(
+                k,
+                "webassembly/image-processor",
+                "{.status.conditions[?(@.type==\"Progressing\")].lastTransitionTime}",
+            )
+            .ok()?;
+            let since = time::OffsetDateTime::parse(
+                &progressing_since,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()?;
+            let replaced = !now.is_empty() && !now.contains(before.trim()) && holder == now;
+            (replaced && status == format!("{v2} 2 True False") && since >= deleted_at.replace_nanosecond(0).ok()?)
+                .then_some(())
         },
     );
     if converged.is_err() {

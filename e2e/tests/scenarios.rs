@@ -343,8 +343,8 @@ fn kubectl_scale_changes_the_pods_and_kubectl_delete_removes_everything_promptly
         (ready == "3").then_some(())
     })?;
 
-    // A pod stops well inside its 30 s grace period: the shim ends the guest on SIGTERM
-    // (the kubelet would SIGKILL only after the grace period).
+    // A pod stops well inside its 35 s grace period: after the 5 s preStop sleep the shim
+    // ends the guest on SIGTERM (the kubelet would SIGKILL only after the grace period).
     let pod = k.ok(&[
         "get",
         "pods",
@@ -360,7 +360,7 @@ fn kubectl_scale_changes_the_pods_and_kubectl_delete_removes_everything_promptly
     let took = asked.elapsed();
     assert!(
         took < Duration::from_secs(15),
-        "pod {pod} took {took:?} to terminate (grace period 30s)"
+        "pod {pod} took {took:?} to terminate (grace period 35 s)"
     );
 
     // Delete: garbage collection removes the Deployment, Service and pods. (The collector

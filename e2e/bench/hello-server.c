@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 static const char reply[] =
@@ -22,13 +23,28 @@ int main(void) {
     if (s < 0 || bind(s, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(s, 128) < 0)
         return 1;
     char buf[4096];
+    struct timeval limit = {.tv_sec = 2};
     for (;;) {
         int c = accept(s, 0, 0);
         if (c < 0)
             continue;
-        /* One read holds a small GET; the answer does not depend on it. */
-        if (read(c, buf, sizeof buf) > 0)
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+        /* The whole request head first: closing with unread bytes would reset the
+         * connection (RST) and the client could lose the answer. */
+        size_t got = 0;
+        ssize_t n;
+        while (got < sizeof buf - 1 && (n = read(c, buf + got, sizeof buf - 1 - got)) > 0) {
+            got += (size_t)n;
+            buf[got] = 0;
+            if (strstr(buf, "\r\n\r\n"))
+                break;
+        }
+        if (got > 0) {
             write(c, reply, sizeof reply - 1);
+            shutdown(c, SHUT_WR);
+            while (read(c, buf, sizeof buf) > 0) {
+            }
+        }
         close(c);
     }
 }

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Both get 1 replica and a 32Mi limit and serve 200 requests before measuring; then
-//! `kubectl top pod --containers` is sampled SAMPLES times (default 3), 20 s apart
-//! (metrics-server's resolution is 15 s). Everything it creates is in namespace
+//! `kubectl top pod --containers` is sampled SAMPLES times (default 3), once per new
+//! metrics-server window (its resolution is 15 s). Everything it creates is in namespace
 //! `wa8s-bench-top`, deleted at the end.
 
 use std::process::Command;
@@ -118,6 +118,25 @@ fn pod_ip(k: &Kubectl, selector: &str) -> Result<String> {
     )
 }
 
+/// The time of the newest pod metrics in the namespace, once both pods have metrics.
+fn metrics_window(k: &Kubectl) -> Option<String> {
+    let raw = k
+        .ok(&[
+            "get",
+            "--raw",
+            &format!("/apis/metrics.k8s.io/v1beta1/namespaces/{NAMESPACE}/pods"),
+        ])
+        .ok()?;
+    let list: serde_json::Value = serde_json::from_str(&raw).ok()?;
+    let items = list["items"].as_array().filter(|i| i.len() >= 2)?;
+    // RFC 3339 times in one format order as strings.
+    items
+        .iter()
+        .filter_map(|i| i["timestamp"].as_str())
+        .max()
+        .map(str::to_owned)
+}
+
 fn serve_some(addr: &str) -> Result<()> {
     for _ in 0..200 {
         let (status, _) = wa8s_e2e::http::get(addr, "/", Duration::from_secs(5))
@@ -169,7 +188,16 @@ fn main() -> Result<()> {
         println!("| sample | pod | container | CPU | memory |");
         println!("|---|---|---|---|---|");
         let mut sample = 0;
+        let mut window: Option<String> = None;
         while sample < samples {
+            // Each sample is a new metrics-server window (its resolution is 15 s), not the
+            // previous one read again.
+            let newer = k.eventually(
+                Duration::from_secs(120),
+                "a new metrics window for both pods",
+                |k| metrics_window(k).filter(|w| Some(w) != window.as_ref()),
+            )?;
+            window = Some(newer);
             let top = k.eventually(Duration::from_secs(120), "both pods in kubectl top", |k| {
                 let out = k
                     .ok(&[
@@ -194,9 +222,6 @@ fn main() -> Result<()> {
                     };
                     println!("| {sample} | {kind}: {pod} | {container} | {cpu} | {memory} |");
                 }
-            }
-            if sample < samples {
-                std::thread::sleep(Duration::from_secs(20));
             }
         }
         Ok(())

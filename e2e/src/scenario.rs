@@ -512,9 +512,13 @@ pub fn variant(component: &[u8], tag: &str) -> Vec<u8> {
     wasm
 }
 
-/// A modest steady load: GETs `addr` every 50 ms on a thread (each on a new connection,
-/// with a 5 s deadline) until [`Load::finish`], which returns (requests, failures, each
-/// with the seconds since the start).
+/// The pause between a load's requests: ~20 requests/s (a rate, not a wait for something
+/// to happen).
+const LOAD_PACE: Duration = Duration::from_millis(50);
+
+/// A modest steady load: GETs `addr` every [`LOAD_PACE`] on a thread (each on a new
+/// connection, with a 5 s deadline) until [`Load::finish`], which returns (requests,
+/// failures, each with the seconds since the start).
 #[derive(Debug)]
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -542,7 +546,7 @@ impl Load {
                     Ok((status, body)) => failures.push(format!("at {at:.2} s: {status} {body}")),
                     Err(e) => failures.push(format!("at {at:.2} s: {e}")),
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(LOAD_PACE);
             }
             (sent, failures)
         });

@@ -12,13 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 duration="${1:-10}"
 conns="${2:-50}"
 cache="${WA8S_CACHE:-$HOME/.cache/wa8s}"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source shim/host/bench/common.sh
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 wasmtime="$cache/wasmtime-cli-48.0.8/bin/wasmtime"
@@ -30,7 +24,6 @@ cargo build --quiet --release -p wa8s-cli
 cargo run --quiet -p wa8s-test-components --example write-guests -- "$work" >/dev/null
 wa8s="target/release/wa8s"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Starts a server, records ms from spawn to the first 200, and leaves its PID in $server_pid.
 start() {
@@ -42,14 +35,8 @@ start() {
   taskset -c "${SERVER_CPUS:-0}" "$@" >"$work/server.log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")
-  for _ in $(seq 1 3000); do
-    if curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1; then
-      t1=$(date +%s%N); first_ms=$(( (t1 - t0) / 1000000 )); return 0
-    fi
-    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; return 1; }
-    sleep 0.005
-  done
-  echo "server on $port never answered" >&2; return 1
+  wait_http "http://127.0.0.1:$port/" 15 "$server_pid" || { cat "$work/server.log" >&2; return 1; }
+  t1=$(date +%s%N); first_ms=$(( (t1 - t0) / 1000000 ))
 }
 
 measure() {

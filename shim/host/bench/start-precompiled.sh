@@ -9,19 +9,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 rounds="${1:-10}"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source shim/host/bench/common.sh
 
 command -v docker-registry >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null; }
 cargo build --quiet --release -p wa8s-cli
 cargo run --quiet -p wa8s-test-components --example write-guests -- "$work" >/dev/null
 wa8s="target/release/wa8s"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 reg_port=$(free_port)
 cat >"$work/registry.yml" <<YML
@@ -33,8 +26,9 @@ http:
   addr: 127.0.0.1:$reg_port
 YML
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 1 500); do curl -fs "http://127.0.0.1:$reg_port/v2/" >/dev/null 2>&1 && break; sleep 0.01; done
+registry=$!
+pids+=("$registry")
+wait_http "http://127.0.0.1:$reg_port/v2/" 10 "$registry" || { cat "$work/registry.log" >&2; exit 1; }
 ref="127.0.0.1:$reg_port/bench/hello:v1"
 "$wa8s" push "$work/http.wasm" "$ref" >"$work/push.log" 2>&1 || { cat "$work/push.log" >&2; exit 1; }
 
@@ -46,10 +40,7 @@ for i in $(seq 0 "$rounds"); do
     >"$work/server.log" 2>&1 &
   server=$!
   pids+=("$server")
-  until curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1; do
-    kill -0 "$server" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
-    sleep 0.002
-  done
+  wait_http "http://127.0.0.1:$port/" 30 "$server" || { cat "$work/server.log" >&2; exit 1; }
   t1=$(date +%s%N)
   ms=$(( (t1 - t0) / 1000000 ))
   kill "$server"; wait "$server" 2>/dev/null || true

@@ -85,6 +85,39 @@ impl BlobCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, Error>>,
     {
+        self.fill(digest, fetch, true).await
+    }
+
+    /// [`Self::get_or_fetch`] for a `fetch` that verifies its bytes against `digest` itself
+    /// (as the registry download does while the bytes arrive): no second pass over them.
+    pub(crate) async fn get_or_fetch_verified<F, Fut>(
+        &self,
+        digest: &str,
+        fetch: F,
+    ) -> Result<Vec<u8>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, Error>>,
+    {
+        self.fill(digest, fetch, false).await
+    }
+
+    /// Stores `bytes` under their own digest, computed here (the one pass over them), and
+    /// returns it: for content no descriptor named (a file in a root filesystem, a binary
+    /// out of a tar layer).
+    pub async fn insert(&self, bytes: Vec<u8>) -> Result<String, Error> {
+        let digest = crate::sha256_digest(&bytes);
+        self.fill(&digest, || async { Ok(bytes) }, false).await?;
+        Ok(digest)
+    }
+
+    /// [`Self::get_or_fetch`]; `verify: false` when the bytes `fetch` returns are known to
+    /// hash to `digest` already.
+    async fn fill<F, Fut>(&self, digest: &str, fetch: F, verify: bool) -> Result<Vec<u8>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, Error>>,
+    {
         let hex = Self::hex(digest)?.to_owned();
         if let Some(bytes) = self.get(digest)? {
             return Ok(bytes);
@@ -108,13 +141,15 @@ impl BlobCache {
             return Ok(bytes);
         }
         let bytes = fetch().await?;
-        let actual = crate::sha256_digest(&bytes);
-        if actual != digest {
-            return Err(Error::Digest {
-                what: "fetched blob".into(),
-                expected: digest.into(),
-                actual,
-            });
+        if verify {
+            let actual = crate::sha256_digest(&bytes);
+            if actual != digest {
+                return Err(Error::Digest {
+                    what: "fetched blob".into(),
+                    expected: digest.into(),
+                    actual,
+                });
+            }
         }
         self.store(&hex, &bytes)?;
         drop(lock);
@@ -232,6 +267,19 @@ mod tests {
             .expect_err("refused");
         assert!(matches!(err, Error::Digest { .. }), "{err}");
         assert_eq!(cache.size(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn inserted_content_is_stored_under_its_own_digest() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(Error::io("tmp"))?;
+        let cache = BlobCache::new(dir.path(), 1 << 20)?;
+        let (digest, bytes) = blob(7, 100);
+        assert_eq!(cache.insert(bytes.clone()).await?, digest);
+        assert_eq!(cache.get(&digest)?, Some(bytes.clone()));
+        // Again: the same digest, one entry.
+        assert_eq!(cache.insert(bytes).await?, digest);
+        assert_eq!(cache.size(), 100);
         Ok(())
     }
 

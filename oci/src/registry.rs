@@ -589,17 +589,7 @@ impl Registry {
             }
             out.extend_from_slice(&chunk);
         }
-        if out.len() as u64 != size {
-            return Err(Error::Artifact {
-                reference: what,
-                reason: format!(
-                    "blob {} declares {} bytes but has {}",
-                    d.digest,
-                    d.size,
-                    out.len()
-                ),
-            });
-        }
+        d.verify_size(&what, &out)?;
         Ok(out)
     }
 
@@ -618,7 +608,8 @@ impl Registry {
             async move {
                 let get = || self.blob(client, parsed, at, &d, limit);
                 match cache {
-                    Some(c) => c.get_or_fetch(&d.digest, get).await,
+                    // `blob` verifies as it downloads; the cache need not hash again.
+                    Some(c) => c.get_or_fetch_verified(&d.digest, get).await,
                     None => get().await,
                 }
             }

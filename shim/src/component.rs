@@ -137,9 +137,7 @@ pub async fn obtain(
             path: path.clone(),
             source,
         })?;
-        let digest = wa8s_oci::sha256_digest(&bytes);
-        blobs.get_or_fetch(&digest, || async { Ok(bytes) }).await?;
-        return Ok(digest);
+        return Ok(blobs.insert(bytes).await?);
     }
     if let Some(store) = containerd {
         match store

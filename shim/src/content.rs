@@ -183,6 +183,17 @@ impl ContentStore {
         }
     }
 
+    /// A client on the shared channel, once the connection is ready.
+    async fn client(&self, call: &'static str) -> Result<tonic::client::Grpc<Channel>, Error> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready().await.map_err(|e| Error::Unavailable {
+            address: self.address.clone(),
+            call,
+            reason: chain(&e),
+        })?;
+        Ok(grpc)
+    }
+
     /// One unary call; `Ok(None)` when containerd says the object does not exist.
     async fn unary<Req, Resp>(
         &self,
@@ -194,12 +205,7 @@ impl ContentStore {
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready().await.map_err(|e| Error::Unavailable {
-            address: self.address.clone(),
-            call,
-            reason: chain(&e),
-        })?;
+        let mut grpc = self.client(call).await?;
         let path = http::uri::PathAndQuery::from_static(path);
         match grpc
             .unary(
@@ -261,13 +267,8 @@ impl ContentStore {
         digest: &str,
         limit: u64,
     ) -> Result<Option<Vec<u8>>, Error> {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         let call = "Content.Read";
-        grpc.ready().await.map_err(|e| Error::Unavailable {
-            address: self.address.clone(),
-            call,
-            reason: chain(&e),
-        })?;
+        let mut grpc = self.client(call).await?;
         let request = self.request(pb::ReadContentRequest {
             digest: digest.to_owned(),
             offset: 0,
@@ -382,27 +383,22 @@ impl ContentStore {
                     .read(what, &d.digest, limit)
                     .await?
                     .ok_or_else(|| Error::Missing(format!("blob {}", d.digest)))?;
-                d.verify(what, &bytes)?;
-                // Verified: the cache's own check is the only other pass over the bytes.
+                d.verify_size(what, &bytes)?;
+                // The cache checks the digest as it stores them: the one pass over the bytes.
                 blobs
                     .get_or_fetch(&d.digest, || async { Ok(bytes) })
                     .await
-                    .map_err(Error::Cache)
+                    .map_err(|e| match e {
+                        e @ wa8s_oci::Error::Digest { .. } => Error::Artifact(e),
+                        e => Error::Cache(e),
+                    })
             }
         };
         let assembled = image::assemble(&what, &manifest, max_bytes, fetch).await?;
         let digest = match assembled.layer_digest {
             Some(d) => d,
             // Out of a tar layer: the binary itself goes into the cache under its digest.
-            None => {
-                let digest = wa8s_oci::sha256_digest(&assembled.bytes);
-                let bytes = assembled.bytes.clone();
-                blobs
-                    .get_or_fetch(&digest, || async { Ok(bytes) })
-                    .await
-                    .map_err(Error::Cache)?;
-                digest
-            }
+            None => blobs.insert(assembled.bytes).await.map_err(Error::Cache)?,
         };
         Ok(Some(Found {
             image: image_name,

@@ -230,6 +230,16 @@ impl Containerd {
     /// PIDs of the wa8s shim servers serving this containerd (their command line names its
     /// socket; guest processes, `containerd-shim-wa8s-v1 guest …`, are not counted).
     pub fn shim_servers(&self) -> Vec<u32> {
+        self.wa8s_processes(false)
+    }
+
+    /// PIDs of this containerd's wa8s shim servers and of every wa8s guest process (guests
+    /// carry no socket argument).
+    pub fn shim_processes(&self) -> Vec<u32> {
+        self.wa8s_processes(true)
+    }
+
+    fn wa8s_processes(&self, with_guests: bool) -> Vec<u32> {
         let socket = self.socket().to_string_lossy().into_owned();
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Vec::new();
@@ -242,7 +252,8 @@ impl Containerd {
                 let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
                 let shim = args.first()?.ends_with(b"containerd-shim-wa8s-v1");
                 let guest = args.get(1).is_some_and(|a| *a == b"guest");
-                (shim && !guest && args.contains(&socket.as_bytes())).then_some(pid)
+                let server = !guest && args.contains(&socket.as_bytes());
+                (shim && (server || (with_guests && guest))).then_some(pid)
             })
             .collect()
     }

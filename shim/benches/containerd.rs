@@ -34,33 +34,6 @@ fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Shim servers and guest processes of this containerd.
-fn wa8s_pids(c: &Containerd) -> Vec<u32> {
-    let socket = c.socket().to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let ours = args
-            .first()
-            .is_some_and(|a| a.ends_with(b"containerd-shim-wa8s-v1"));
-        // Guests carry no socket argument; their parent shim does.
-        let guest = args.get(1).is_some_and(|a| *a == b"guest");
-        if ours && (guest || args.contains(&socket.as_bytes())) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -147,7 +120,7 @@ fn main() -> Result<()> {
         }
         namespaces.push(ns);
     }
-    let pids = wa8s_pids(&c);
+    let pids = c.shim_processes();
     let total: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
     println!(
         "{pods} idle HTTP pods: {} wa8s processes, PSS total {:.1} MiB, per pod {:.2} MiB",

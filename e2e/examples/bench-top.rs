@@ -12,7 +12,6 @@
 //! metrics-server window (its resolution is 15 s). Everything it creates is in namespace
 //! `wa8s-bench-top`, deleted at the end.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -73,27 +72,8 @@ spec:
 /// Builds the C server (static) and imports it as an image into the node's containerd.
 fn import_container_image(state_dir: &std::path::Path) -> Result<()> {
     let work = tempfile::tempdir()?;
-    let binary = work.path().join("hello-server");
-    let source = wa8s_e2e::repo_root().join("e2e/bench/hello-server.c");
-    let out = Command::new("gcc")
-        .args(["-static", "-Os", "-s", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "gcc {}: {}",
-        source.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bytes = std::fs::read(&binary)?;
-    let tarball = wa8s_e2e::image::linux(
-        CONTAINER_IMAGE,
-        &[("hello-server", &bytes, 0o755)],
-        &["/hello-server"],
-    )?;
     let path = work.path().join("hello-server.tar");
-    std::fs::write(&path, tarball)?;
+    std::fs::write(&path, wa8s_e2e::image::hello_server(CONTAINER_IMAGE)?)?;
     node::import_image(state_dir, &path)?;
     Ok(())
 }

@@ -55,6 +55,29 @@ pub fn linux(
     image(name, ("linux", arch), files, entrypoint)
 }
 
+/// The container twin of the hello wasm component, as a Linux image named `name`: the static
+/// C HTTP server `e2e/bench/hello-server.c`, compiled here with `gcc -static`. Benchmarks
+/// run it under runc beside the component.
+pub fn hello_server(name: &str) -> std::io::Result<Vec<u8>> {
+    let work = tempfile::tempdir()?;
+    let binary = work.path().join("hello-server");
+    let source = crate::repo_root().join("e2e/bench/hello-server.c");
+    let out = std::process::Command::new("gcc")
+        .args(["-static", "-Os", "-s", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "gcc {}: {}",
+            source.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let bytes = std::fs::read(&binary)?;
+    linux(name, &[("hello-server", &bytes, 0o755)], &["/hello-server"])
+}
+
 fn image(
     name: &str,
     (os, arch): (&str, &str),

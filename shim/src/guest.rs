@@ -31,6 +31,10 @@ pub const STATUS_FD: i32 = 4;
 /// Environment variable (of the guest process, not the component) listing the node's own
 /// addresses, comma-separated: blocked for the component unless listed literally.
 pub const NODE_ADDRESSES_ENV: &str = "WA8S_NODE_ADDRESSES";
+/// What the guest reports instead of `ok` when the node's precompile cache holds no recorded
+/// artifact for its component: the shim then compiles it and starts a new guest. A warm
+/// cache (the common case) so costs no extra process.
+pub const UNCOMPILED: &str = "uncompiled";
 /// Exit status when the guest could not be started (bad grant, unusable component).
 pub const EXIT_STARTUP: i32 = 2;
 /// How long in-flight requests may finish after SIGTERM; the kubelet's grace period
@@ -53,9 +57,20 @@ pub fn main(args: &[String]) -> i32 {
     if let Err(message) = use_pod_name_files(&spec) {
         return fail(&mut status, &message);
     }
-    let prepared = prepare(spec, digest);
-    let (program, mut grants, spec) = match prepared {
-        Ok(p) => p,
+    let (spec, program) = match load_program(spec, digest) {
+        Ok(Some(loaded)) => loaded,
+        // Not an error: the shim compiles it (outside the pod's cgroup) and starts another
+        // guest. Nothing goes to the container's streams.
+        Ok(None) => {
+            if let Some(s) = status.as_mut() {
+                let _ = writeln!(s, "{UNCOMPILED}");
+            }
+            return EXIT_STARTUP;
+        }
+        Err(message) => return fail(&mut status, &message),
+    };
+    let mut grants = match grants(&spec) {
+        Ok(g) => g,
         Err(message) => return fail(&mut status, &message),
     };
     // Held for the life of the process: the grants now name these open directories.
@@ -238,21 +253,23 @@ impl Cached {
     }
 }
 
-/// The spec and the program, from the precompile cache (compiled now if it is missing).
-fn load_program(spec: ContainerSpec, digest: &str) -> Result<(ContainerSpec, Program), String> {
+/// The spec and the program from the precompile cache's recorded artifact; `None` when it
+/// has none. Compiling here would run in the pod's cgroup (and start compiler threads
+/// before the privileges are dropped), so that is the shim's precompile process's job.
+fn load_program(
+    spec: ContainerSpec,
+    digest: &str,
+) -> Result<Option<(ContainerSpec, Program)>, String> {
     let c = Cached::open(spec, digest)?;
-    // The precompile process filled the cache just before; compiling here would run in the
-    // pod's cgroup (and start compiler threads before the privileges are dropped).
     let program = c
         .precompiled
         .load_recorded(&c.engine, digest, &c.bytes)
         .map_err(|e| e.to_string())?;
-    Ok((c.spec, program))
+    Ok(program.map(|p| (c.spec, p)))
 }
 
-/// Loads the program and builds the grants; every error is a sentence for the user.
-fn prepare(spec: ContainerSpec, digest: &str) -> Result<(Program, Grants, ContainerSpec), String> {
-    let (spec, program) = load_program(spec, digest)?;
+/// The grants of the pod contract; every error is a sentence for the user.
+fn grants(spec: &ContainerSpec) -> Result<Grants, String> {
     let policy = &spec.policy;
 
     let mut grants = Grants {
@@ -309,7 +326,7 @@ fn prepare(spec: ContainerSpec, digest: &str) -> Result<(Program, Grants, Contai
     grants.limits.timeout = Some(Duration::from_millis(policy.limits.request_timeout_ms));
     grants.limits.max_concurrent_requests = policy.limits.max_concurrent_requests as usize;
     grants.validate().map_err(|e| e.to_string())?;
-    Ok((program, grants, spec))
+    Ok(grants)
 }
 
 /// Serves (an HTTP component, bound at create) or runs the program to completion.

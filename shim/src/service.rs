@@ -83,13 +83,29 @@ struct Inner {
     socket: String,
     exit: Arc<ExitSignal>,
     containers: Mutex<HashMap<String, Container>>,
-    /// Exits that arrived before the pid was recorded.
-    early_exits: Mutex<HashMap<u32, Exited>>,
+    /// Exits of processes no container has (yet).
+    unclaimed: Mutex<Unclaimed>,
     publisher: Mutex<Option<RemotePublisher>>,
     /// Each sandbox's network namespace (`None`: the host's, for `hostNetwork` pods).
     sandbox_netns: Mutex<HashMap<String, Option<PathBuf>>>,
     /// containerd's API (content store), where images the kubelet pulled are read from.
     containerd: Option<ContentStore>,
+}
+
+/// Exits of processes no container has: guests that exited before their pid was recorded,
+/// and guests that were given up (their exit, whenever it comes, is nobody's, and must not be
+/// mistaken for that of a later process given the same pid). One lock for both.
+#[derive(Default)]
+struct Unclaimed {
+    early: HashMap<u32, Exited>,
+    discarded: std::collections::HashSet<u32>,
+}
+
+/// What a freshly forked guest process reported.
+enum Spawned {
+    Ready(u32),
+    /// The node's precompile cache holds no recorded artifact for the component.
+    Uncompiled(u32),
 }
 
 fn now() -> Timestamp {
@@ -137,7 +153,10 @@ impl Service {
                     event = Some((c.id.clone(), oom));
                 }
                 None => {
-                    self.inner.early_exits.lock().await.insert(pid, exited);
+                    let mut unclaimed = self.inner.unclaimed.lock().await;
+                    if !unclaimed.discarded.remove(&pid) {
+                        unclaimed.early.insert(pid, exited);
+                    }
                 }
             }
         }
@@ -156,6 +175,15 @@ impl Service {
             e.exited_at = MessageField::some(timestamp(exited.at));
             self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(e))
                 .await;
+        }
+    }
+
+    /// Gives up guest process `pid` (killed unless it has already exited).
+    async fn discard(&self, pid: u32) {
+        let mut unclaimed = self.inner.unclaimed.lock().await;
+        if unclaimed.early.remove(&pid).is_none() {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            unclaimed.discarded.insert(pid);
         }
     }
 
@@ -315,6 +343,7 @@ impl Service {
         container: &mut Container,
         rootfs: &Path,
     ) -> Result<u32, Error> {
+        let began = std::time::Instant::now();
         let node = NodeConfig::load()?;
         let blobs = node.blobs()?;
         let digest = component::obtain(
@@ -326,10 +355,55 @@ impl Service {
             self.inner.containerd.as_ref(),
         )
         .await?;
-        Self::precompile(&container.bundle, &digest).await?;
+        let obtained = began.elapsed();
         if let Some(path) = &spec.cgroups_path {
             container.cgroup = Some(Cgroup::create(path, &spec.limits)?);
         }
+        // Where a start's time goes, for whoever chases it (containerd's debug log).
+        let id = container.id.clone();
+        let ready = |how: &str| {
+            log::debug!(
+                "container {id}: component obtained in {obtained:.1?}, guest ready ({how}) after {:.1?}",
+                began.elapsed()
+            );
+        };
+        // Opened once for every guest this create forks: a FIFO's reader sees end-of-file
+        // when its last writer closes, so a guest given up must not be the only one.
+        let stdio = GuestStdio::open(container)?;
+        // The guest loads the precompiled artifact when the node has one (the common case);
+        // only when it says there is none is the component compiled, and a new guest started.
+        match self.spawn_guest(spec, container, &digest, &stdio).await? {
+            Spawned::Ready(pid) => {
+                ready("precompiled");
+                return Ok(pid);
+            }
+            Spawned::Uncompiled(pid) => self.discard(pid).await,
+        }
+        Self::precompile(&container.bundle, &digest).await?;
+        match self.spawn_guest(spec, container, &digest, &stdio).await? {
+            Spawned::Ready(pid) => {
+                ready("compiled now");
+                Ok(pid)
+            }
+            Spawned::Uncompiled(pid) => {
+                self.discard(pid).await;
+                Err(Error::Guest(format!(
+                    "the node's precompile cache does not hold {digest} right after compiling it"
+                )))
+            }
+        }
+    }
+
+    /// Forks the guest process (in the container's cgroup and network namespace), which
+    /// reports when it is ready to start, that the component is not compiled yet, or why it
+    /// cannot run.
+    async fn spawn_guest(
+        &self,
+        spec: &ContainerSpec,
+        container: &mut Container,
+        digest: &str,
+        stdio: &GuestStdio,
+    ) -> Result<Spawned, Error> {
         let netns = match &spec.netns {
             Some(p) => Some(OwnedFd::from(
                 std::fs::File::open(p).map_err(Error::io(format!("opening {}", p.display())))?,
@@ -342,12 +416,12 @@ impl Service {
         let mut cmd = std::process::Command::new(exe);
         cmd.arg(guest::SUBCOMMAND)
             .arg(&container.bundle)
-            .arg(&digest)
+            .arg(digest)
             .current_dir(&container.bundle)
             .env_clear()
             .stdin(std::process::Stdio::null())
-            .stdout(open_stdio(&container.stdout)?)
-            .stderr(open_stdio(&container.stderr)?);
+            .stdout(stdio.stdout()?)
+            .stderr(stdio.stderr()?);
         if let Ok(v) = std::env::var("WA8S_SHIM_CONFIG") {
             cmd.env("WA8S_SHIM_CONFIG", v);
         }
@@ -387,8 +461,6 @@ impl Service {
         let pid = child.id();
         // The library's reaper collects the exit; never wait on the Child here.
         drop(child);
-        container.pid = Some(pid);
-        container.start = Some(std::fs::File::from(OwnedFd::from(start_write)));
         let report = tokio::time::timeout(
             READY_TIMEOUT,
             tokio::task::spawn_blocking(move || {
@@ -402,16 +474,22 @@ impl Service {
         let text = match report {
             Ok(Ok(text)) => text,
             _ => {
-                let _ = sys::kill(pid, libc::SIGKILL);
+                self.discard(pid).await;
                 return Err(Error::Setup(format!(
                     "the guest process did not get ready within {READY_TIMEOUT:?}"
                 )));
             }
         };
-        if text.trim() == "ok" {
-            return Ok(pid);
+        match text.trim() {
+            "ok" => {
+                container.pid = Some(pid);
+                container.start = Some(std::fs::File::from(OwnedFd::from(start_write)));
+                return Ok(Spawned::Ready(pid));
+            }
+            guest::UNCOMPILED => return Ok(Spawned::Uncompiled(pid)),
+            _ => {}
         }
-        let _ = sys::kill(pid, libc::SIGKILL);
+        self.discard(pid).await;
         let why = text.trim().trim_start_matches("error: ");
         let stats = container.cgroup.as_ref().map(Cgroup::stats);
         Err(Error::Guest(match stats {
@@ -425,16 +503,47 @@ impl Service {
     }
 }
 
-/// Opens a container stdio FIFO (or /dev/null when containerd gives none).
-fn open_stdio(path: &str) -> Result<std::process::Stdio, Error> {
-    if path.is_empty() {
-        return Ok(std::process::Stdio::null());
+/// A container's stdout and stderr FIFOs (`None`: containerd gave none), open for writing.
+struct GuestStdio {
+    out: Option<std::fs::File>,
+    err: Option<std::fs::File>,
+}
+
+impl GuestStdio {
+    fn open(c: &Container) -> Result<Self, Error> {
+        Ok(GuestStdio {
+            out: open_fifo(&c.stdout)?,
+            err: open_fifo(&c.stderr)?,
+        })
     }
-    let file = std::fs::OpenOptions::new()
+
+    fn stdout(&self) -> Result<std::process::Stdio, Error> {
+        Self::share(self.out.as_ref())
+    }
+
+    fn stderr(&self) -> Result<std::process::Stdio, Error> {
+        Self::share(self.err.as_ref())
+    }
+
+    fn share(f: Option<&std::fs::File>) -> Result<std::process::Stdio, Error> {
+        match f {
+            Some(f) => Ok(std::process::Stdio::from(
+                f.try_clone().map_err(Error::io("sharing a stdio FIFO"))?,
+            )),
+            None => Ok(std::process::Stdio::null()),
+        }
+    }
+}
+
+fn open_fifo(path: &str) -> Result<Option<std::fs::File>, Error> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    std::fs::OpenOptions::new()
         .write(true)
         .open(path)
-        .map_err(Error::io(format!("opening {path}")))?;
-    Ok(std::process::Stdio::from(file))
+        .map(Some)
+        .map_err(Error::io(format!("opening {path}")))
 }
 
 /// Undoes what create did: rootfs mount and cgroup.
@@ -462,7 +571,7 @@ impl Shim for Service {
                 socket: args.socket.clone(),
                 exit: Arc::new(ExitSignal::default()),
                 containers: Mutex::new(HashMap::new()),
-                early_exits: Mutex::new(HashMap::new()),
+                unclaimed: Mutex::new(Unclaimed::default()),
                 publisher: Mutex::new(None),
                 sandbox_netns: Mutex::new(HashMap::new()),
                 containerd: match ContentStore::new(&args.address, &args.namespace) {
@@ -570,7 +679,7 @@ impl Task for Service {
             }
         };
         // An exit that raced ahead of bookkeeping.
-        if let Some(exited) = self.inner.early_exits.lock().await.remove(&pid) {
+        if let Some(exited) = self.inner.unclaimed.lock().await.early.remove(&pid) {
             self.exited(pid, i32::try_from(exited.code).unwrap_or(255))
                 .await;
         }
@@ -722,7 +831,7 @@ impl Task for Service {
         // A created-but-never-started guest is waiting on its start pipe; closing it ends
         // the process.
         if let (Phase::Created, Some(pid)) = (&c.phase, c.pid) {
-            let _ = sys::kill(pid, libc::SIGKILL);
+            self.discard(pid).await;
         }
         cleanup(&c);
         let (code, at) = match c.phase {

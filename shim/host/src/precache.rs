@@ -86,7 +86,7 @@ impl PrecompileCache {
         Ok((program, Source::Compiled))
     }
 
-    /// The program for `wasm` from this cache's recorded artifact, never compiling: an error
+    /// The program for `wasm` from this cache's recorded artifact, never compiling: `None`
     /// when there is none (or it does not match its record). For a process that must not
     /// compile (the shim's guest, which runs in the pod's cgroup and has one thread).
     pub fn load_recorded(
@@ -94,15 +94,12 @@ impl PrecompileCache {
         engine: &HostEngine,
         digest: &str,
         wasm: &[u8],
-    ) -> Result<Program, Error> {
+    ) -> Result<Option<Program>, Error> {
         let (artifact, record) = self.paths(engine, digest, wasm)?;
-        let code = self.recorded_code(engine, &artifact, &record).ok_or_else(|| {
-            Error::Engine(format!(
-                "no recorded precompiled artifact for {digest} in {} (or it does not match its record)",
-                self.dir.display()
-            ))
-        })?;
-        engine.load_own_precompiled(&code)
+        match self.recorded_code(engine, &artifact, &record) {
+            Some(code) => engine.load_own_precompiled(&code).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Makes sure the cache holds a recorded artifact for `wasm`, compiling it if not, without

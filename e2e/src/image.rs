@@ -47,12 +47,21 @@ pub fn linux(
     files: &[(&str, &[u8], u32)],
     entrypoint: &[&str],
 ) -> std::io::Result<Vec<u8>> {
-    let arch = match std::env::consts::ARCH {
+    image(name, ("linux", oci_arch()), files, entrypoint)
+}
+
+/// This machine's architecture in OCI's words (`amd64`, `arm64`).
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
-    };
-    image(name, ("linux", arch), files, entrypoint)
+    }
+}
+
+/// The platform [`linux`] images are for, as `ctr image import --platform` takes it.
+pub fn linux_platform() -> String {
+    format!("linux/{}", oci_arch())
 }
 
 /// The container twin of the hello wasm component, as a Linux image named `name`: the static

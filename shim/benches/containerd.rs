@@ -17,9 +17,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use wa8s_e2e::containerd::Containerd;
 use wa8s_e2e::netns::Netns;
+use wa8s_e2e::process::eventually;
 use wa8s_test_components as guests;
 
 const RUNTIME: &str = "io.containerd.wa8s.v1";
+/// How long a started pod may take to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Between probes: fine enough not to blur a start of tens of milliseconds.
+const POLL: Duration = Duration::from_millis(1);
 
 /// Whether `GET http://127.0.0.1:8080/` inside `ns` answers 200. The client is a thread of
 /// this process that joins the namespace, so no client process start (`ip netns exec curl`
@@ -74,14 +79,10 @@ fn start_to_200(
             &id,
         ])?;
         let returned = start.elapsed();
-        while !answers(&ns) {
-            ensure!(
-                start.elapsed() < Duration::from_secs(30),
-                "no 200 from {id}"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let answered = start.elapsed();
+        let answered = eventually(ANSWER_TIMEOUT, POLL, || {
+            answers(&ns).then(|| start.elapsed())
+        })
+        .with_context(|| format!("no 200 from {id} within {ANSWER_TIMEOUT:?}"))?;
         // The first run fills the precompile cache (wa8s) or the page cache (both).
         if i > 0 {
             times.push((returned, answered));
@@ -143,14 +144,9 @@ fn main() -> Result<()> {
     }
 
     let runc_image = "docker.io/wa8s-bench/c-server:latest";
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
     c.import(
         &wa8s_e2e::image::hello_server(runc_image)?,
-        &format!("linux/{arch}"),
+        &wa8s_e2e::image::linux_platform(),
     )?;
 
     // 1. Start to first 200 (the first run compiles and fills the precompile cache).
@@ -179,13 +175,8 @@ fn main() -> Result<()> {
             http,
             &id,
         ])?;
-        let start = Instant::now();
-        while !answers(&ns) {
-            ensure!(
-                start.elapsed() < Duration::from_secs(30),
-                "no 200 from {id}"
-            );
-        }
+        eventually(ANSWER_TIMEOUT, POLL, || answers(&ns).then_some(()))
+            .with_context(|| format!("no 200 from {id} within {ANSWER_TIMEOUT:?}"))?;
         namespaces.push(ns);
     }
     let pids = c.shim_processes();

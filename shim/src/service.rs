@@ -359,37 +359,38 @@ impl Service {
         if let Some(path) = &spec.cgroups_path {
             container.cgroup = Some(Cgroup::create(path, &spec.limits)?);
         }
-        // Where a start's time goes, for whoever chases it (containerd's debug log).
-        let id = container.id.clone();
-        let ready = |how: &str| {
-            log::debug!(
-                "container {id}: component obtained in {obtained:.1?}, guest ready ({how}) after {:.1?}",
-                began.elapsed()
-            );
-        };
         // Opened once for every guest this create forks: a FIFO's reader sees end-of-file
         // when its last writer closes, so a guest given up must not be the only one.
         let stdio = GuestStdio::open(container)?;
         // The guest loads the precompiled artifact when the node has one (the common case);
         // only when it says there is none is the component compiled, and a new guest started.
-        match self.spawn_guest(spec, container, &digest, &stdio).await? {
-            Spawned::Ready(pid) => {
-                ready("precompiled");
-                return Ok(pid);
-            }
-            Spawned::Uncompiled(pid) => self.discard(pid).await,
-        }
-        Self::precompile(&container.bundle, &digest).await?;
-        match self.spawn_guest(spec, container, &digest, &stdio).await? {
-            Spawned::Ready(pid) => {
-                ready("compiled now");
-                Ok(pid)
-            }
-            Spawned::Uncompiled(pid) => {
-                self.discard(pid).await;
-                Err(Error::Guest(format!(
-                    "the node's precompile cache does not hold {digest} right after compiling it"
-                )))
+        let mut compiled = false;
+        loop {
+            match self.spawn_guest(spec, container, &digest, &stdio).await? {
+                Spawned::Ready(pid) => {
+                    // Where a start's time goes, for whoever chases it (containerd's debug log).
+                    log::debug!(
+                        "container {}: component obtained in {obtained:.1?}, guest ready ({}) after {:.1?}",
+                        container.id,
+                        if compiled {
+                            "compiled now"
+                        } else {
+                            "precompiled"
+                        },
+                        began.elapsed()
+                    );
+                    return Ok(pid);
+                }
+                Spawned::Uncompiled(pid) => {
+                    self.discard(pid).await;
+                    if compiled {
+                        return Err(Error::Guest(format!(
+                            "the node's precompile cache does not hold {digest} right after compiling it"
+                        )));
+                    }
+                    Self::precompile(&container.bundle, &digest).await?;
+                    compiled = true;
+                }
             }
         }
     }
@@ -413,6 +414,7 @@ impl Service {
         let (start_read, start_write) = std::io::pipe().map_err(Error::io("creating a pipe"))?;
         let (status_read, status_write) = std::io::pipe().map_err(Error::io("creating a pipe"))?;
         let exe = std::env::current_exe().map_err(Error::io("finding the shim binary"))?;
+        let (out, err) = stdio.for_guest()?;
         let mut cmd = std::process::Command::new(exe);
         cmd.arg(guest::SUBCOMMAND)
             .arg(&container.bundle)
@@ -420,8 +422,8 @@ impl Service {
             .current_dir(&container.bundle)
             .env_clear()
             .stdin(std::process::Stdio::null())
-            .stdout(stdio.stdout()?)
-            .stderr(stdio.stderr()?);
+            .stdout(out)
+            .stderr(err);
         if let Ok(v) = std::env::var("WA8S_SHIM_CONFIG") {
             cmd.env("WA8S_SHIM_CONFIG", v);
         }
@@ -517,21 +519,16 @@ impl GuestStdio {
         })
     }
 
-    fn stdout(&self) -> Result<std::process::Stdio, Error> {
-        Self::share(self.out.as_ref())
-    }
-
-    fn stderr(&self) -> Result<std::process::Stdio, Error> {
-        Self::share(self.err.as_ref())
-    }
-
-    fn share(f: Option<&std::fs::File>) -> Result<std::process::Stdio, Error> {
-        match f {
-            Some(f) => Ok(std::process::Stdio::from(
-                f.try_clone().map_err(Error::io("sharing a stdio FIFO"))?,
-            )),
+    /// Stdout and stderr for one guest (its own descriptors of the same FIFOs).
+    fn for_guest(&self) -> Result<(std::process::Stdio, std::process::Stdio), Error> {
+        let share = |f: &Option<std::fs::File>| match f {
+            Some(f) => f
+                .try_clone()
+                .map(std::process::Stdio::from)
+                .map_err(Error::io("sharing a stdio FIFO")),
             None => Ok(std::process::Stdio::null()),
-        }
+        };
+        Ok((share(&self.out)?, share(&self.err)?))
     }
 }
 

@@ -15,33 +15,6 @@ use wa8s_host::{EngineConfig, HostEngine, PrecompileCache, Source};
 use wa8s_oci::{BlobCache, Registry, RegistryOptions, sha256_digest};
 use wa8s_test_components as guests;
 
-/// A valid component of at least `size` bytes: the HTTP component plus a custom section.
-fn padded(component: &[u8], size: usize) -> Vec<u8> {
-    let name = b"wa8s-bench-padding";
-    let payload_len = size.saturating_sub(component.len());
-    let mut body = leb128(name.len() as u64);
-    body.extend_from_slice(name);
-    body.resize(body.len() + payload_len, 0x5a);
-    let mut out = component.to_vec();
-    out.push(0); // custom section id
-    out.extend(leb128(body.len() as u64));
-    out.extend(body);
-    out
-}
-
-fn leb128(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 fn timed(mut cmd: Command) -> Result<Duration> {
     let start = Instant::now();
     let out = cmd.output().context("spawning")?;
@@ -73,7 +46,7 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
 
     // 1. Pull vs curl.
-    let big = padded(guests::HTTP_COMPONENT, 10 << 20);
+    let big = guests::padded(guests::HTTP_COMPONENT, 10 << 20);
     let reference = format!("{}/bench/big:v1", reg.addr());
     let registry = Registry::new(RegistryOptions::default());
     runtime.block_on(registry.push(&big, &reference))?;

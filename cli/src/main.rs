@@ -101,7 +101,15 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Registry commands do one transfer at a time: a single-threaded runtime spares every
+    // chunk a wake-up across threads. `run` serves requests on all cores.
+    let runtime = match &cli.command {
+        Command::Run(_) => tokio::runtime::Runtime::new(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");

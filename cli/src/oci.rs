@@ -168,30 +168,45 @@ pub async fn push(args: PushArgs) -> Result<()> {
 }
 
 pub async fn pull(args: PullArgs) -> Result<()> {
-    let cache = match &args.cache {
-        Some(dir) => Some(BlobCache::new(dir, u64::MAX)?),
-        None => None,
-    };
-    let pulled = args
-        .registry
-        .registry()?
-        .pull(&args.reference, cache.as_ref())
-        .await?;
+    let registry = args.registry.registry()?;
     let output = match &args.output {
         Some(o) => o.clone(),
         None => default_output(&args.reference),
     };
+    // Written next to the output and renamed over it only once verified: a failed pull
+    // leaves an earlier file as it was.
     let tmp = output.with_extension("wasm.partial");
-    std::fs::write(&tmp, &pulled.bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    let written = match &args.cache {
+        Some(dir) => {
+            let cache = BlobCache::new(dir, u64::MAX)?;
+            let pulled = registry.pull(&args.reference, Some(&cache)).await?;
+            std::fs::write(&tmp, &pulled.bytes)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            (pulled.resolved, pulled.info)
+        }
+        None => {
+            let mut file = std::fs::File::create(&tmp)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            match registry.pull_into(&args.reference, &mut file).await {
+                Ok(w) => (w.resolved, w.info),
+                Err(e) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
+            }
+        }
+    };
     std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
+    let (resolved, info) = written;
     eprintln!(
         "pulled {} to {} ({} bytes, {})",
         args.reference,
         output.display(),
-        pulled.bytes.len(),
-        pulled.info.kind.os()
+        info.size,
+        info.kind.os()
     );
-    println!("{}", pulled.resolved.digest);
+    println!("{}", resolved.digest);
     Ok(())
 }
 

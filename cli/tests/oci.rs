@@ -66,6 +66,51 @@ fn push_then_pull_gives_the_same_bytes_and_inspect_describes_them() {
     assert!(text.contains("kind: Component (wasip2)"), "{text}");
 }
 
+/// A registry holding `component` as `myorg/hello:v1` (pushed by `wa8s push` from a file in
+/// the returned directory), and that reference.
+fn pushed(component: &[u8]) -> (Registry, tempfile::TempDir, String) {
+    let reg = Registry::start().expect("registry");
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("component.wasm");
+    std::fs::write(&file, component).expect("write");
+    let reference = format!("{}/myorg/hello:v1", reg.addr());
+    ok(&["push", file.to_str().expect("utf8"), &reference]);
+    (reg, dir, reference)
+}
+
+#[test]
+fn a_refused_pull_leaves_the_earlier_output_as_it_was_and_no_partial_file() {
+    let (reg, dir, reference) = pushed(guests::HTTP_COMPONENT);
+    let output = dir.path().join("out.wasm");
+    ok(&["pull", &reference, "-o", output.to_str().expect("utf8")]);
+
+    let layer = reg.blob_path(&wa8s_oci::sha256_digest(guests::HTTP_COMPONENT));
+    let mut tampered = guests::HTTP_COMPONENT.to_vec();
+    tampered[100] ^= 0xff;
+    std::fs::write(layer, &tampered).expect("tamper");
+    let out = wa8s()
+        .args(["pull", &reference, "-o"])
+        .arg(&output)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("digest mismatch"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&output).expect("still there"),
+        guests::HTTP_COMPONENT
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        left.len(),
+        2,
+        "only the input and the earlier output: {left:?}"
+    );
+}
+
 #[test]
 fn registry_commands_name_what_went_wrong() {
     let reg = Registry::start().expect("registry");
@@ -214,12 +259,7 @@ fn a_tls_registry_is_used_with_registry_ca_and_a_bad_ca_file_is_named() {
 
 #[test]
 fn run_takes_a_registry_reference_and_reuses_its_cached_precompiled_form() {
-    let reg = Registry::start().expect("registry");
-    let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("hello.wasm");
-    std::fs::write(&file, guests::HELLO_COMPONENT).expect("write");
-    let reference = format!("{}/myorg/hello:v1", reg.addr());
-    ok(&["push", file.to_str().expect("utf8"), &reference]);
+    let (reg, dir, reference) = pushed(guests::HELLO_COMPONENT);
     let cache = dir.path().join("cache");
     let layer_digest = wa8s_oci::sha256_digest(guests::HELLO_COMPONENT);
 

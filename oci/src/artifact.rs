@@ -72,64 +72,266 @@ pub fn inspect(bytes: &[u8]) -> Result<WasmInfo, Error> {
 /// [`inspect`] for bytes whose digest is already known (verified on download), which saves
 /// hashing a large component a second time.
 pub(crate) fn inspect_with_digest(bytes: &[u8], digest: String) -> Result<WasmInfo, Error> {
-    let kind = if wasmparser::Parser::is_component(bytes) {
-        Kind::Component
-    } else if wasmparser::Parser::is_core_wasm(bytes) {
-        Kind::Module
-    } else {
-        return Err(Error::NotWasm(describe_start(bytes)));
-    };
-    let mut imports = Vec::new();
-    let mut exports = Vec::new();
-    // Nested modules and components have sections of their own; only depth 1 is the
-    // binary's own interface.
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        let payload = payload.map_err(|e| Error::NotWasm(format!("malformed binary: {e}")))?;
-        use wasmparser::Payload;
-        match payload {
-            Payload::Version { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentImportSection(r) if depth == 1 => {
-                for i in r {
-                    let i = i.map_err(|e| Error::NotWasm(format!("malformed import: {e}")))?;
-                    imports.push(i.name.name.to_owned());
+    let mut inspector = Inspector::default();
+    inspector.feed(bytes)?;
+    inspector.finish(digest)
+}
+
+/// [`inspect`] for a binary that arrives in pieces (a download): fed each piece as it comes,
+/// it keeps only the import and export sections, so a component of any size is inspected
+/// without being held in memory, and bytes that are not WebAssembly are refused at the
+/// first piece.
+///
+/// It walks the binary's own top-level sections and skips the rest unread: nested modules
+/// and components, code, data and custom sections are Wasmtime's to validate when it
+/// compiles the binary.
+#[derive(Debug, Default)]
+pub struct Inspector {
+    /// The 8-byte preamble (magic, version, layer) while it is incomplete.
+    preamble: Vec<u8>,
+    kind: Option<Kind>,
+    /// Bytes consumed so far: the offset of the next one.
+    offset: u64,
+    at: At,
+    imports: Vec<String>,
+    exports: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+enum At {
+    /// Between sections (or in the preamble, while `kind` is unset).
+    #[default]
+    Boundary,
+    /// In a section's size (an unsigned LEB128, at most 5 bytes).
+    Size {
+        id: u8,
+        start: u64,
+        value: u64,
+        shift: u32,
+    },
+    /// In a section this inspector reads: its contents so far.
+    Keep {
+        id: u8,
+        start: u64,
+        size: u64,
+        contents: Vec<u8>,
+    },
+    /// In a section this inspector skips: bytes left of it.
+    Skip { start: u64, size: u64, left: u64 },
+}
+
+/// A preamble is magic (4 bytes), version (2) and layer (2).
+const PREAMBLE: usize = 8;
+/// Top-level section ids, and the ones that hold the binary's interface.
+const COMPONENT_LAST_SECTION: u8 = 12;
+const COMPONENT_IMPORTS: u8 = 10;
+const COMPONENT_EXPORTS: u8 = 11;
+const MODULE_LAST_SECTION: u8 = 13;
+const MODULE_IMPORTS: u8 = 2;
+const MODULE_EXPORTS: u8 = 7;
+
+impl Inspector {
+    /// Takes the next piece of the binary.
+    pub fn feed(&mut self, mut piece: &[u8]) -> Result<(), Error> {
+        while !piece.is_empty() {
+            let used = match self.kind {
+                None => self.feed_preamble(piece)?,
+                Some(kind) => self.feed_sections(kind, piece)?,
+            };
+            piece = &piece[used..];
+            self.offset += used as u64;
+        }
+        Ok(())
+    }
+
+    fn feed_preamble(&mut self, piece: &[u8]) -> Result<usize, Error> {
+        let used = (PREAMBLE - self.preamble.len()).min(piece.len());
+        self.preamble.extend_from_slice(&piece[..used]);
+        // Refused as soon as the magic is wrong, not after the whole download.
+        let magic = &b"\0asm"[..self.preamble.len().min(4)];
+        if !self.preamble.starts_with(magic) {
+            return Err(Error::NotWasm(describe_start(&self.preamble)));
+        }
+        if self.preamble.len() == PREAMBLE {
+            self.kind = Some(if wasmparser::Parser::is_component(&self.preamble) {
+                Kind::Component
+            } else if wasmparser::Parser::is_core_wasm(&self.preamble) {
+                Kind::Module
+            } else {
+                let version: Vec<String> = self.preamble[4..]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                return Err(Error::NotWasm(format!(
+                    "version {} is neither a core module (01 00 00 00) nor a component (0d 00 01 00)",
+                    version.join(" ")
+                )));
+            });
+        }
+        Ok(used)
+    }
+
+    /// Consumes what it can of `piece` in the section state; returns how many bytes.
+    fn feed_sections(&mut self, kind: Kind, piece: &[u8]) -> Result<usize, Error> {
+        let offset = self.offset;
+        match &mut self.at {
+            At::Boundary => {
+                let id = piece[0];
+                let last = match kind {
+                    Kind::Component => COMPONENT_LAST_SECTION,
+                    Kind::Module => MODULE_LAST_SECTION,
+                };
+                if id > last {
+                    return Err(malformed(format!(
+                        "unknown section id {id} at offset {offset}"
+                    )));
                 }
+                self.at = At::Size {
+                    id,
+                    start: offset,
+                    value: 0,
+                    shift: 0,
+                };
+                Ok(1)
             }
-            Payload::ComponentExportSection(r) if depth == 1 => {
-                for e in r {
-                    let e = e.map_err(|e| Error::NotWasm(format!("malformed export: {e}")))?;
-                    exports.push(e.name.name.to_owned());
+            At::Size {
+                id,
+                start,
+                value,
+                shift,
+            } => {
+                let byte = piece[0];
+                *value |= u64::from(byte & 0x7f) << *shift;
+                *shift += 7;
+                if byte & 0x80 != 0 {
+                    if *shift >= 35 {
+                        return Err(malformed(format!(
+                            "the size of the section at offset {start} is not a 32-bit LEB128"
+                        )));
+                    }
+                    return Ok(1);
                 }
-            }
-            Payload::ImportSection(r) if depth == 1 && kind == Kind::Module => {
-                for i in r.into_imports() {
-                    let i = i.map_err(|e| Error::NotWasm(format!("malformed import: {e}")))?;
-                    imports.push(format!("{}::{}", i.module, i.name));
+                let size = u32::try_from(*value).map_err(|_| {
+                    malformed(format!(
+                        "the size of the section at offset {start} is not a 32-bit LEB128"
+                    ))
+                })?;
+                let (id, start, size) = (*id, *start, u64::from(size));
+                let keep = match kind {
+                    Kind::Component => matches!(id, COMPONENT_IMPORTS | COMPONENT_EXPORTS),
+                    Kind::Module => matches!(id, MODULE_IMPORTS | MODULE_EXPORTS),
+                };
+                self.at = if keep {
+                    // Grown as bytes arrive: the size is only what the binary claims.
+                    At::Keep {
+                        id,
+                        start,
+                        size,
+                        contents: Vec::new(),
+                    }
+                } else {
+                    At::Skip {
+                        start,
+                        size,
+                        left: size,
+                    }
+                };
+                if size == 0 {
+                    self.end_section(kind, offset + 1)?;
                 }
+                Ok(1)
             }
-            Payload::ExportSection(r) if depth == 1 && kind == Kind::Module => {
-                for e in r {
-                    let e = e.map_err(|e| Error::NotWasm(format!("malformed export: {e}")))?;
-                    exports.push(e.name.to_owned());
+            At::Skip { left, .. } => {
+                let used = (*left).min(piece.len() as u64);
+                *left -= used;
+                if *left == 0 {
+                    self.end_section(kind, offset + used)?;
                 }
+                Ok(used as usize)
             }
-            _ => {}
+            At::Keep { size, contents, .. } => {
+                let used = (*size - contents.len() as u64).min(piece.len() as u64) as usize;
+                contents.extend_from_slice(&piece[..used]);
+                if contents.len() as u64 == *size {
+                    self.end_section(kind, offset + used as u64)?;
+                }
+                Ok(used)
+            }
         }
     }
-    Ok(WasmInfo {
-        kind,
-        digest,
-        size: bytes.len() as u64,
-        imports,
-        exports,
-    })
+
+    /// A section ended at `end`: reads it if it was kept, and returns to a boundary.
+    fn end_section(&mut self, kind: Kind, end: u64) -> Result<(), Error> {
+        let At::Keep { id, contents, .. } = std::mem::take(&mut self.at) else {
+            return Ok(());
+        };
+        let reader = wasmparser::BinaryReader::new(&contents, end - contents.len() as u64);
+        let bad = |e: wasmparser::BinaryReaderError| malformed(e.to_string());
+        match (kind, id) {
+            (Kind::Component, COMPONENT_IMPORTS) => {
+                for i in wasmparser::ComponentImportSectionReader::new(reader).map_err(bad)? {
+                    self.imports.push(i.map_err(bad)?.name.name.to_owned());
+                }
+            }
+            (Kind::Component, _) => {
+                for e in wasmparser::ComponentExportSectionReader::new(reader).map_err(bad)? {
+                    self.exports.push(e.map_err(bad)?.name.name.to_owned());
+                }
+            }
+            (Kind::Module, MODULE_IMPORTS) => {
+                for i in wasmparser::ImportSectionReader::new(reader)
+                    .map_err(bad)?
+                    .into_imports()
+                {
+                    let i = i.map_err(bad)?;
+                    self.imports.push(format!("{}::{}", i.module, i.name));
+                }
+            }
+            (Kind::Module, _) => {
+                for e in wasmparser::ExportSectionReader::new(reader).map_err(bad)? {
+                    self.exports.push(e.map_err(bad)?.name.to_owned());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The binary ended: what it is, named by `digest` (which the caller verified).
+    pub fn finish(self, digest: String) -> Result<WasmInfo, Error> {
+        let Some(kind) = self.kind else {
+            return Err(Error::NotWasm(if self.preamble.is_empty() {
+                "it is empty".into()
+            } else {
+                format!(
+                    "it ends after {} bytes, inside the 8-byte preamble",
+                    self.preamble.len()
+                )
+            }));
+        };
+        let end = self.offset;
+        match self.at {
+            At::Boundary => Ok(WasmInfo {
+                kind,
+                digest,
+                size: end,
+                imports: self.imports,
+                exports: self.exports,
+            }),
+            At::Size { start, .. } => Err(malformed(format!(
+                "it ends at offset {end}, inside the size of the section at offset {start}"
+            ))),
+            At::Keep { start, size, .. } | At::Skip { start, size, .. } => Err(malformed(format!(
+                "the section at offset {start} declares {size} bytes, but the binary ends at offset {end}"
+            ))),
+        }
+    }
+}
+
+fn malformed(reason: String) -> Error {
+    Error::NotWasm(format!("malformed binary: {reason}"))
 }
 
 fn describe_start(bytes: &[u8]) -> String {
-    if bytes.is_empty() {
-        return "it is empty".into();
-    }
     let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!(
         "it starts with {} instead of the \\0asm magic",
@@ -379,6 +581,113 @@ pub fn is_wasm_platform(os: &str, architecture: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::{Inspector, Kind, WasmInfo};
+    use wa8s_test_components as guests;
+
+    fn fed_in_pieces(bytes: &[u8], piece: usize) -> Result<WasmInfo, crate::Error> {
+        let mut inspector = Inspector::default();
+        for p in bytes.chunks(piece) {
+            inspector.feed(p)?;
+        }
+        inspector.finish(crate::sha256_digest(bytes))
+    }
+
+    /// The interface as wasmparser's whole-binary parser reads it (depth 1 only).
+    fn parsed_whole(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
+        use wasmparser::Payload;
+        let (mut imports, mut exports, mut depth) = (Vec::new(), Vec::new(), 0);
+        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+            match payload.expect("test binaries parse") {
+                Payload::Version { .. } => depth += 1,
+                Payload::End(_) => depth -= 1,
+                Payload::ComponentImportSection(r) if depth == 1 => imports.extend(
+                    r.into_iter()
+                        .map(|i| i.expect("import").name.name.to_owned()),
+                ),
+                Payload::ComponentExportSection(r) if depth == 1 => exports.extend(
+                    r.into_iter()
+                        .map(|e| e.expect("export").name.name.to_owned()),
+                ),
+                Payload::ImportSection(r) if depth == 1 => imports.extend(
+                    r.into_imports()
+                        .map(|i| i.expect("import"))
+                        .map(|i| format!("{}::{}", i.module, i.name)),
+                ),
+                Payload::ExportSection(r) if depth == 1 => {
+                    exports.extend(r.into_iter().map(|e| e.expect("export").name.to_owned()))
+                }
+                _ => {}
+            }
+        }
+        (imports, exports)
+    }
+
+    #[test]
+    fn an_inspector_fed_in_any_pieces_reads_what_the_whole_binary_parser_reads() {
+        let binaries = [
+            (guests::HTTP_COMPONENT, Kind::Component),
+            (guests::HELLO_COMPONENT, Kind::Component),
+            (guests::HELLO_CORE, Kind::Module),
+        ];
+        for (bytes, kind) in binaries {
+            let (imports, exports) = parsed_whole(bytes);
+            assert!(!exports.is_empty());
+            for piece in [1, 3, 8, 4096, bytes.len()] {
+                let info = fed_in_pieces(bytes, piece).expect("inspects");
+                assert_eq!(info.kind, kind);
+                assert_eq!(info.size, bytes.len() as u64);
+                assert_eq!(
+                    (&info.imports, &info.exports),
+                    (&imports, &exports),
+                    "{piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_wasm_are_refused_at_the_first_piece() {
+        let mut inspector = Inspector::default();
+        let err = inspector.feed(b"{\"not\": \"wasm\"}").expect_err("refused");
+        assert!(err.to_string().contains("it starts with 7b"), "{err}");
+        let mut inspector = Inspector::default();
+        let err = inspector.feed(b"\0asm\x02\0\0\0").expect_err("refused");
+        assert!(err.to_string().contains("version 02 00 00 00"), "{err}");
+        let err = Inspector::default()
+            .finish(String::new())
+            .expect_err("empty");
+        assert!(err.to_string().contains("it is empty"), "{err}");
+    }
+
+    #[test]
+    fn a_truncated_or_misframed_binary_is_a_clear_error() {
+        let bytes = guests::HTTP_COMPONENT;
+        let err = fed_in_pieces(&bytes[..bytes.len() - 1], 4096).expect_err("truncated");
+        assert!(
+            err.to_string().contains("but the binary ends at offset"),
+            "{err}"
+        );
+        let err = fed_in_pieces(&bytes[..5], 4096).expect_err("truncated preamble");
+        assert!(
+            err.to_string().contains("inside the 8-byte preamble"),
+            "{err}"
+        );
+        // A section size of six LEB128 bytes.
+        let mut bad = guests::HELLO_CORE[..8].to_vec();
+        bad.extend([0, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        let err = fed_in_pieces(&bad, 2).expect_err("bad size");
+        assert!(err.to_string().contains("not a 32-bit LEB128"), "{err}");
+        // A section id no binary has.
+        let mut bad = guests::HELLO_CORE[..8].to_vec();
+        bad.extend([0x7f, 0]);
+        let err = fed_in_pieces(&bad, 9).expect_err("bad id");
+        assert!(
+            err.to_string()
+                .contains("unknown section id 127 at offset 8"),
+            "{err}"
+        );
+    }
+
     fn tar(files: &[(&str, &[u8])]) -> (Vec<u8>, bool) {
         let mut b = tar::Builder::new(Vec::new());
         for (path, bytes) in files {

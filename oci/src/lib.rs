@@ -22,6 +22,7 @@ pub use cache::BlobCache;
 pub use error::Error;
 pub use registry::{
     DEFAULT_MAX_COMPONENT_BYTES, Described, Pulled, Pushed, Registry, RegistryOptions, Resolved,
+    Written,
 };
 
 /// `sha256:<hex>` of `bytes`.

@@ -121,6 +121,39 @@ struct Shaped {
     manifest: image::Manifest,
 }
 
+/// A component pulled into a writer (see [`Registry::pull_into`]): everything but the bytes.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub resolved: Resolved,
+    pub info: WasmInfo,
+    /// How it was carried: `application/wasm`, the older v1 layer, or `tar`.
+    pub carrier: String,
+    pub config_media_type: String,
+}
+
+impl Written {
+    fn with_bytes(self, bytes: Vec<u8>) -> Pulled {
+        Pulled {
+            resolved: self.resolved,
+            bytes,
+            info: self.info,
+            carrier: self.carrier,
+            config_media_type: self.config_media_type,
+        }
+    }
+}
+
+impl Shaped {
+    /// Where this artifact's blobs come from, fetched with `client` for `parsed`.
+    fn blobs<'a>(&'a self, client: &'a Client, parsed: &'a Reference) -> Blobs<'a> {
+        Blobs {
+            client,
+            parsed,
+            at: &self.at,
+        }
+    }
+}
+
 /// A pulled component.
 #[derive(Debug, Clone)]
 pub struct Pulled {
@@ -434,6 +467,13 @@ impl Registry {
         })
     }
 
+    /// The manifest `parsed` names, and a client to fetch its blobs with.
+    async fn shaped_with_client(&self, parsed: &Reference) -> Result<(Shaped, Client), Error> {
+        let shaped = self.shaped(parsed).await?;
+        let client = self.authed_client(parsed, &shaped.at).await?;
+        Ok((shaped, client))
+    }
+
     /// What `reference` names, without downloading the component: the manifest digest, that
     /// it carries WebAssembly, and what a CNCF wasm config says about it. For the operator,
     /// which pins pods to the digest and needs to know whether to give them a Service.
@@ -448,9 +488,12 @@ impl Registry {
         let mut wasm_config = None;
         if config.media_type == artifact::WASM_CONFIG_V0 {
             let client = self.authed_client(&parsed, &at).await?;
-            let raw = self
-                .blob(&client, &parsed, &at, &config, image::MAX_METADATA_BYTES)
-                .await?;
+            let blobs = Blobs {
+                client: &client,
+                parsed: &parsed,
+                at: &at,
+            };
+            let raw = blobs.get(&config, image::MAX_METADATA_BYTES).await?;
             wasm_config =
                 Some(
                     serde_json::from_slice::<WasmConfig>(&raw).map_err(|e| Error::Artifact {
@@ -514,17 +557,131 @@ impl Registry {
         })
     }
 
-    /// Downloads blob `d` of the artifact at `at`: at most `limit` bytes (declared and
-    /// actual), verified against its digest as it arrives, in one pass over the bytes.
-    async fn blob(
+    /// Pulls the component `reference` names, through `cache` when given. Every blob is
+    /// verified against its digest; a mismatch is an error and nothing is cached.
+    pub async fn pull(&self, reference: &str, cache: Option<&BlobCache>) -> Result<Pulled, Error> {
+        let Some(cache) = cache else {
+            let mut bytes = Vec::new();
+            let written = self.pull_into(reference, &mut bytes).await?;
+            return Ok(written.with_bytes(bytes));
+        };
+        let parsed = parse_reference(reference)?;
+        let (shaped, client) = self.shaped_with_client(&parsed).await?;
+        let blobs = shaped.blobs(&client, &parsed);
+        let fetch = |d: Descriptor, limit: u64| async move {
+            // `blobs` verifies as it downloads; the cache need not hash again.
+            cache
+                .get_or_fetch_verified(&d.digest, || blobs.get(&d, limit))
+                .await
+        };
+        let (assembled, info) = self.assemble(&parsed, &shaped.manifest, fetch).await?;
+        let written = written(reference, shaped, info, assembled.carrier);
+        Ok(written.with_bytes(assembled.bytes))
+    }
+
+    /// Pulls the component `reference` names into `out`, verified like [`Registry::pull`]
+    /// but not cached. A component carried in a wasm layer streams into `out` as it
+    /// downloads (it is never held in memory whole); one in an image's tar layers is found
+    /// in memory first.
+    ///
+    /// On an error, `out` may hold part of the component, or all of it unverified: write to
+    /// a temporary file and keep it only on `Ok`. `out` is written synchronously as pieces
+    /// arrive, so it should not block for long (a file, a `Vec`).
+    pub async fn pull_into(
         &self,
-        client: &Client,
+        reference: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<Written, Error> {
+        let parsed = parse_reference(reference)?;
+        let (shaped, client) = self.shaped_with_client(&parsed).await?;
+        let blobs = shaped.blobs(&client, &parsed);
+        let writing = |e| Error::Io {
+            what: format!("writing {}", parsed.whole()),
+            source: e,
+        };
+        let (info, carrier) = match &shaped.manifest.carrier {
+            artifact::Carrier::WasmLayer { index } => {
+                let d = &shaped.manifest.layers[*index];
+                let mut inspector = artifact::Inspector::default();
+                let not_wasm = |e| not_wasm(&parsed, e);
+                let limit = self.options.max_component_bytes;
+                blobs
+                    .stream(d, limit, &mut |chunk| {
+                        // Bytes that are not WebAssembly stop the download at the first piece.
+                        inspector.feed(chunk).map_err(not_wasm)?;
+                        out.write_all(chunk).map_err(writing)
+                    })
+                    .await?;
+                // The layer was verified against its digest as it arrived.
+                let info = inspector.finish(d.digest.clone()).map_err(not_wasm)?;
+                (info, d.media_type.clone())
+            }
+            artifact::Carrier::TarLayers { .. } => {
+                let fetch = |d: Descriptor, limit: u64| async move { blobs.get(&d, limit).await };
+                let (assembled, info) = self.assemble(&parsed, &shaped.manifest, fetch).await?;
+                out.write_all(&assembled.bytes).map_err(writing)?;
+                (info, assembled.carrier)
+            }
+        };
+        Ok(written(reference, shaped, info, carrier))
+    }
+
+    /// The binary `manifest` carries, fetched with `fetch`, and what it is.
+    async fn assemble<F, Fut>(
+        &self,
         parsed: &Reference,
-        at: &Reference,
+        manifest: &image::Manifest,
+        fetch: F,
+    ) -> Result<(image::Assembled, WasmInfo), Error>
+    where
+        F: Fn(Descriptor, u64) -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, Error>>,
+    {
+        let max = self.options.max_component_bytes;
+        let assembled = image::assemble(&parsed.whole(), manifest, max, fetch).await?;
+        // A wasm layer was verified against its digest as it arrived.
+        let info = match &assembled.layer_digest {
+            Some(digest) => artifact::inspect_with_digest(&assembled.bytes, digest.clone()),
+            None => artifact::inspect(&assembled.bytes),
+        }
+        .map_err(|e| not_wasm(parsed, e))?;
+        Ok((assembled, info))
+    }
+}
+
+/// Where an artifact's blobs are fetched from: `at` (the registry or mirror holding it) with
+/// `client`, for the reference `parsed` (named in errors).
+#[derive(Clone, Copy)]
+struct Blobs<'a> {
+    client: &'a Client,
+    parsed: &'a Reference,
+    at: &'a Reference,
+}
+
+impl Blobs<'_> {
+    /// Downloads blob `d` into memory (see [`Blobs::stream`]).
+    async fn get(&self, d: &Descriptor, limit: u64) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::with_capacity(d.checked_size(&self.parsed.whole(), limit)? as usize);
+        self.stream(d, limit, &mut |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Downloads blob `d`, handing each piece to `sink` as it arrives: at most `limit` bytes
+    /// (declared and actual), verified against the digest in one pass over the bytes. The
+    /// last piece is followed by the verdict: `sink` has seen bytes that were not verified
+    /// until this returns `Ok`.
+    async fn stream(
+        &self,
         d: &Descriptor,
         limit: u64,
-    ) -> Result<Vec<u8>, Error> {
+        sink: &mut (dyn FnMut(&[u8]) -> Result<(), Error> + Send),
+    ) -> Result<(), Error> {
         use futures_util::TryStreamExt as _;
+        let Blobs { client, parsed, at } = *self;
         let what = parsed.whole();
         let size = d.checked_size(&what, limit)?;
         let registry = || at.resolve_registry().to_owned();
@@ -568,7 +725,7 @@ impl Registry {
         {
             return Err(too_long(len));
         }
-        let mut out = Vec::with_capacity(size as usize);
+        let mut received = 0u64;
         loop {
             let chunk = stream.stream.try_next().await.map_err(|e| {
                 match e
@@ -583,63 +740,42 @@ impl Registry {
                 }
             })?;
             let Some(chunk) = chunk else { break };
+            received += chunk.len() as u64;
             // A registry that sends more than it declared is cut off, not buffered.
-            if (out.len() + chunk.len()) as u64 > size {
-                return Err(too_long((out.len() + chunk.len()) as u64));
+            if received > size {
+                return Err(too_long(received));
             }
-            out.extend_from_slice(&chunk);
+            sink(&chunk)?;
         }
-        d.verify_size(&what, &out)?;
-        Ok(out)
+        if received != size {
+            return Err(Error::Artifact {
+                reference: what,
+                reason: format!(
+                    "blob {} declares {} bytes but has {received}",
+                    d.digest, d.size
+                ),
+            });
+        }
+        Ok(())
     }
+}
 
-    /// Pulls the component `reference` names, through `cache` when given. Every blob is
-    /// verified against its digest; a mismatch is an error and nothing is cached.
-    pub async fn pull(&self, reference: &str, cache: Option<&BlobCache>) -> Result<Pulled, Error> {
-        let parsed = parse_reference(reference)?;
-        let Shaped {
-            digest,
-            at,
-            manifest,
-        } = self.shaped(&parsed).await?;
-        let client = self.authed_client(&parsed, &at).await?;
-        let fetch = |d: Descriptor, limit: u64| {
-            let (client, at, parsed) = (&client, &at, &parsed);
-            async move {
-                let get = || self.blob(client, parsed, at, &d, limit);
-                match cache {
-                    // `blob` verifies as it downloads; the cache need not hash again.
-                    Some(c) => c.get_or_fetch_verified(&d.digest, get).await,
-                    None => get().await,
-                }
-            }
-        };
-        let assembled = image::assemble::<_, _, Error>(
-            &parsed.whole(),
-            &manifest,
-            self.options.max_component_bytes,
-            fetch,
-        )
-        .await?;
-        // A wasm layer was verified against its digest as it arrived.
-        let info = match assembled.layer_digest {
-            Some(digest) => artifact::inspect_with_digest(&assembled.bytes, digest),
-            None => artifact::inspect(&assembled.bytes),
-        }
-        .map_err(|e| Error::Artifact {
-            reference: parsed.whole(),
-            reason: format!("the layer is not WebAssembly: {e}"),
-        })?;
-        Ok(Pulled {
-            resolved: Resolved {
-                reference: reference.to_owned(),
-                digest,
-            },
-            bytes: assembled.bytes,
-            info,
-            carrier: assembled.carrier,
-            config_media_type: manifest.config.media_type,
-        })
+fn not_wasm(parsed: &Reference, e: Error) -> Error {
+    Error::Artifact {
+        reference: parsed.whole(),
+        reason: format!("the layer is not WebAssembly: {e}"),
+    }
+}
+
+fn written(reference: &str, shaped: Shaped, info: WasmInfo, carrier: String) -> Written {
+    Written {
+        resolved: Resolved {
+            reference: reference.to_owned(),
+            digest: shaped.digest,
+        },
+        info,
+        carrier,
+        config_media_type: shaped.manifest.config.media_type,
     }
 }
 

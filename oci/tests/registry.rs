@@ -113,6 +113,35 @@ async fn a_tampered_blob_is_refused_and_nothing_is_cached() -> Result<()> {
     assert!(matches!(err, Error::Digest { .. }), "{err}");
     assert!(err.to_string().contains("digest mismatch"), "{err}");
     assert_eq!(cache.size(), 0, "nothing cached");
+    // Uncached, streaming into a writer: the same refusal, after the last byte.
+    let mut out = Vec::new();
+    let err = wa8s
+        .pull_into(&reference, &mut out)
+        .await
+        .expect_err("tampered content refused");
+    assert!(matches!(err, Error::Digest { .. }), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_component_streams_into_a_writer_byte_for_byte() -> Result<()> {
+    let reg = TestRegistry::start()?;
+    let wa8s = anonymous();
+    // Many network reads; the inspector keeps the interface sections and skips the padding.
+    let big = guests::padded(guests::HTTP_COMPONENT, 12 << 20);
+    let reference = format!("{}/myorg/big:v1", reg.addr());
+    let pushed = wa8s.push(&big, &reference).await?;
+    let mut out = Vec::new();
+    let written = wa8s.pull_into(&reference, &mut out).await?;
+    assert!(out == big, "the streamed bytes differ from the pushed ones");
+    assert_eq!(written.resolved.digest, pushed.digest);
+    assert_eq!(written.info.size, big.len() as u64);
+    assert_eq!(written.info, {
+        let mut small = artifact::inspect(guests::HTTP_COMPONENT)?;
+        small.digest = wa8s_oci::sha256_digest(&big);
+        small.size = big.len() as u64;
+        small
+    });
     Ok(())
 }
 

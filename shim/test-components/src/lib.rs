@@ -55,3 +55,29 @@ pub const NEEDS_KEYVALUE_WAT: &str = r#"(component
   (func $run (result (result)) (canon lift (core func $i "run")))
   (instance $inst (export "run" (func $run)))
   (export "wasi:cli/run@0.2.0" (instance $inst)))"#;
+
+/// `component` grown to at least `size` bytes by a custom section (`wa8s-padding`), still a
+/// valid component that runs as before: a large binary for transfer tests and benchmarks.
+pub fn padded(component: &[u8], size: usize) -> Vec<u8> {
+    fn leb128(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"wa8s-padding";
+    let mut body = Vec::new();
+    leb128(name.len() as u64, &mut body);
+    body.extend_from_slice(name);
+    body.resize(body.len() + size.saturating_sub(component.len()), 0x5a);
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    leb128(body.len() as u64, &mut out);
+    out.extend(body);
+    out
+}

@@ -173,32 +173,34 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         Some(o) => o.clone(),
         None => default_output(&args.reference),
     };
-    // Written next to the output and renamed over it only once verified: a failed pull
-    // leaves an earlier file as it was.
-    let tmp = output.with_extension("wasm.partial");
-    let written = match &args.cache {
+    let mut partial = Partial {
+        path: output.with_extension("wasm.partial"),
+        renamed: false,
+    };
+    let (resolved, info) = match &args.cache {
         Some(dir) => {
             let cache = BlobCache::new(dir, u64::MAX)?;
             let pulled = registry.pull(&args.reference, Some(&cache)).await?;
-            std::fs::write(&tmp, &pulled.bytes)
-                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::write(&partial.path, &pulled.bytes)
+                .with_context(|| format!("writing {}", partial.path.display()))?;
             (pulled.resolved, pulled.info)
         }
         None => {
-            let mut file = std::fs::File::create(&tmp)
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            match registry.pull_into(&args.reference, &mut file).await {
-                Ok(w) => (w.resolved, w.info),
-                Err(e) => {
-                    drop(file);
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e.into());
-                }
-            }
+            let mut file = std::fs::File::create(&partial.path)
+                .with_context(|| format!("writing {}", partial.path.display()))?;
+            let written = registry
+                .pull_into(&args.reference, &mut file)
+                .await
+                .map_err(|e| match e {
+                    wa8s_oci::Error::Io { source, .. } => {
+                        anyhow!(source).context(format!("writing {}", partial.path.display()))
+                    }
+                    e => e.into(),
+                })?;
+            (written.resolved, written.info)
         }
     };
-    std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
-    let (resolved, info) = written;
+    partial.rename_to(&output)?;
     eprintln!(
         "pulled {} to {} ({} bytes, {})",
         args.reference,
@@ -208,6 +210,31 @@ pub async fn pull(args: PullArgs) -> Result<()> {
     );
     println!("{}", resolved.digest);
     Ok(())
+}
+
+/// A file written next to its destination and renamed over it only when complete. Dropped
+/// without [`Partial::rename_to`], on any error, it is removed: a failed pull leaves an
+/// earlier file as it was and nothing beside it.
+struct Partial {
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl Partial {
+    fn rename_to(&mut self, output: &Path) -> Result<()> {
+        std::fs::rename(&self.path, output)
+            .with_context(|| format!("writing {}", output.display()))?;
+        self.renamed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn default_output(reference: &str) -> PathBuf {

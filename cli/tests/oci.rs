@@ -84,17 +84,10 @@ fn a_refused_pull_leaves_the_earlier_output_as_it_was_and_no_partial_file() {
     let output = dir.path().join("out.wasm");
     ok(&["pull", &reference, "-o", output.to_str().expect("utf8")]);
 
-    let layer = reg.blob_path(&wa8s_oci::sha256_digest(guests::HTTP_COMPONENT));
     let mut tampered = guests::HTTP_COMPONENT.to_vec();
     tampered[100] ^= 0xff;
-    std::fs::write(layer, &tampered).expect("tamper");
-    let out = wa8s()
-        .args(["pull", &reference, "-o"])
-        .arg(&output)
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    std::fs::write(layer_of(&reg), &tampered).expect("tamper");
+    let stderr = pull_fails(&reference, &output);
     assert!(stderr.contains("digest mismatch"), "{stderr}");
     assert_eq!(
         std::fs::read(&output).expect("still there"),
@@ -109,6 +102,33 @@ fn a_refused_pull_leaves_the_earlier_output_as_it_was_and_no_partial_file() {
         2,
         "only the input and the earlier output: {left:?}"
     );
+
+    // An output that cannot be replaced (a directory): the error names it, nothing is left.
+    std::fs::write(layer_of(&reg), guests::HTTP_COMPONENT).expect("untamper");
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir(&blocked).expect("dir");
+    let stderr = pull_fails(&reference, &blocked);
+    assert!(
+        stderr.contains(&format!("writing {}", blocked.display())),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("blocked.wasm.partial").exists());
+}
+
+/// `wa8s pull REFERENCE -o OUTPUT`, which must exit 1; returns its stderr.
+fn pull_fails(reference: &str, output: &std::path::Path) -> String {
+    let out = wa8s()
+        .args(["pull", reference, "-o"])
+        .arg(output)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+fn layer_of(reg: &Registry) -> std::path::PathBuf {
+    reg.blob_path(&wa8s_oci::sha256_digest(guests::HTTP_COMPONENT))
 }
 
 #[test]
@@ -219,6 +239,64 @@ fn credentials_come_from_a_docker_credential_helper_named_in_the_config() {
         stderr.contains("docker-credential-wa8stest"),
         "the error should name the missing helper: {stderr}"
     );
+}
+
+#[test]
+fn trust_roots_are_read_only_when_a_tls_registry_is_contacted() {
+    let plain = Registry::start().expect("registry");
+    let tls = || {
+        Registry::start_with_options(wa8s_e2e::registry::Options {
+            auth: wa8s_e2e::registry::Auth::Anonymous,
+            tls: true,
+        })
+        .expect("registry")
+    };
+    let (secure, other) = (tls(), tls());
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("http.wasm");
+    std::fs::write(&file, guests::HTTP_COMPONENT).expect("write");
+    let ca_of = |reg: &Registry, name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, reg.ca_pem().expect("ca")).expect("ca");
+        format!("{}={}", secure.addr(), path.display())
+    };
+    let (trust, wrong) = (ca_of(&secure, "ca.crt"), ca_of(&other, "other.crt"));
+    let on_plain = format!("{}/myorg/hello:v1", plain.addr());
+    let on_secure = format!("{}/secure/hello:v1", secure.addr());
+    ok(&["push", file.to_str().expect("utf8"), &on_plain]);
+    ok(&[
+        "push",
+        file.to_str().expect("utf8"),
+        &on_secure,
+        "--registry-ca",
+        &trust,
+    ]);
+    // A machine whose system trust store is empty: no roots can be loaded.
+    std::fs::create_dir(dir.path().join("no-certs")).expect("dir");
+    let pull = |args: &[&str]| {
+        let out = wa8s()
+            .env("SSL_CERT_FILE", dir.path().join("no-certs/none.pem"))
+            .env("SSL_CERT_DIR", dir.path().join("no-certs"))
+            .arg("pull")
+            .args(args)
+            .arg("-o")
+            .arg(dir.path().join("out.wasm"))
+            .output()
+            .expect("runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Plain HTTP never needs them; a loaded-up-front store would fail here.
+    let (pulled, stderr) = pull(&[&on_plain]);
+    assert!(pulled, "{stderr}");
+    // TLS with the registry's own CA needs only that CA.
+    let (pulled, stderr) = pull(&[&on_secure, "--registry-ca", &trust]);
+    assert!(pulled, "{stderr}");
+    // A CA that did not sign the registry's certificate is refused by name.
+    let (pulled, stderr) = pull(&[&on_secure, "--registry-ca", &wrong]);
+    assert!(!pulled && stderr.contains("certificate"), "{stderr}");
 }
 
 #[test]

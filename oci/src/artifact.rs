@@ -84,9 +84,12 @@ pub(crate) fn inspect_with_digest(bytes: &[u8], digest: String) -> Result<WasmIn
 ///
 /// It walks the binary's own top-level sections and skips the rest unread: nested modules
 /// and components, code, data and custom sections are Wasmtime's to validate when it
-/// compiles the binary.
+/// compiles the binary. Section ids no binary format defines are refused, and so are
+/// interface sections over [`MAX_INTERFACE_SECTION`] bytes (they are the only bytes held).
+/// After an error it refuses everything, so a caller cannot go on past bad bytes.
 #[derive(Debug, Default)]
 pub struct Inspector {
+    failed: bool,
     /// The 8-byte preamble (magic, version, layer) while it is incomplete.
     preamble: Vec<u8>,
     kind: Option<Kind>,
@@ -120,6 +123,9 @@ enum At {
     Skip { start: u64, size: u64, left: u64 },
 }
 
+/// Largest import or export section an [`Inspector`] holds. Real ones are kilobytes; the
+/// bound keeps a crafted binary from making inspection buffer the whole download.
+pub const MAX_INTERFACE_SECTION: u64 = 16 << 20;
 /// A preamble is magic (4 bytes), version (2) and layer (2).
 const PREAMBLE: usize = 8;
 /// Top-level section ids, and the ones that hold the binary's interface.
@@ -132,7 +138,16 @@ const MODULE_EXPORTS: u8 = 7;
 
 impl Inspector {
     /// Takes the next piece of the binary.
-    pub fn feed(&mut self, mut piece: &[u8]) -> Result<(), Error> {
+    pub fn feed(&mut self, piece: &[u8]) -> Result<(), Error> {
+        if self.failed {
+            return Err(Error::NotWasm("the binary was already refused".into()));
+        }
+        let fed = self.feed_all(piece);
+        self.failed = fed.is_err();
+        fed
+    }
+
+    fn feed_all(&mut self, mut piece: &[u8]) -> Result<(), Error> {
         while !piece.is_empty() {
             let used = match self.kind {
                 None => self.feed_preamble(piece)?,
@@ -221,6 +236,11 @@ impl Inspector {
                     Kind::Component => matches!(id, COMPONENT_IMPORTS | COMPONENT_EXPORTS),
                     Kind::Module => matches!(id, MODULE_IMPORTS | MODULE_EXPORTS),
                 };
+                if keep && size > MAX_INTERFACE_SECTION {
+                    return Err(malformed(format!(
+                        "the section at offset {start} declares {size} bytes of imports or exports, over the {MAX_INTERFACE_SECTION}-byte limit"
+                    )));
+                }
                 self.at = if keep {
                     // Grown as bytes arrive: the size is only what the binary claims.
                     At::Keep {
@@ -298,6 +318,9 @@ impl Inspector {
 
     /// The binary ended: what it is, named by `digest` (which the caller verified).
     pub fn finish(self, digest: String) -> Result<WasmInfo, Error> {
+        if self.failed {
+            return Err(Error::NotWasm("the binary was already refused".into()));
+        }
         let Some(kind) = self.kind else {
             return Err(Error::NotWasm(if self.preamble.is_empty() {
                 "it is empty".into()
@@ -686,6 +709,34 @@ mod tests {
                 .contains("unknown section id 127 at offset 8"),
             "{err}"
         );
+        // After an error, nothing more is taken.
+        let mut inspector = Inspector::default();
+        assert!(inspector.feed(&bad).is_err());
+        let err = inspector.feed(b"\0asm").expect_err("fused");
+        assert!(err.to_string().contains("already refused"), "{err}");
+    }
+
+    #[test]
+    fn empty_sections_are_skipped_and_an_oversized_interface_section_is_refused() {
+        let preamble = &guests::HELLO_CORE[..8];
+        // An empty custom section, then an export section holding zero exports.
+        let mut empty = preamble.to_vec();
+        empty.extend([0, 0, 7, 1, 0]);
+        let info = fed_in_pieces(&empty, 1).expect("inspects");
+        assert!(info.imports.is_empty() && info.exports.is_empty());
+        // An import section claiming 16 MiB + 1: refused from its header, before any buffering.
+        let mut huge = preamble.to_vec();
+        huge.extend([2, 0x81, 0x80, 0x80, 0x08]);
+        let mut inspector = Inspector::default();
+        let err = inspector.feed(&huge).expect_err("refused");
+        assert!(
+            err.to_string().contains("over the 16777216-byte limit"),
+            "{err}"
+        );
+        // The same size in a custom section is only skipped.
+        huge[8] = 0;
+        let mut inspector = Inspector::default();
+        inspector.feed(&huge).expect("skipped, not held");
     }
 
     fn tar(files: &[(&str, &[u8])]) -> (Vec<u8>, bool) {

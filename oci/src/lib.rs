@@ -16,6 +16,7 @@ mod cache;
 mod error;
 pub mod image;
 mod registry;
+mod tls;
 
 pub use auth::{Credentials, DockerConfigSource};
 pub use cache::BlobCache;

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::artifact::{self, WasmConfig, WasmInfo};
 use crate::image::{self, Descriptor, Document};
 use crate::{BlobCache, Credentials, Error};
-use oci_client::client::{
-    Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer,
-};
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::{Client, Reference};
@@ -281,37 +279,39 @@ impl Registry {
     /// The client for talking to `registry` on behalf of `source` (the registry a reference
     /// names; a mirror's clients are per source): oci-client keeps the first credentials it
     /// is given per host, so two sources mirrored to one host must not share a client.
-    fn client(&self, registry: &str, source: &str) -> Client {
+    fn client(&self, registry: &str, source: &str) -> Result<Client, Error> {
         let mut clients = self.clients.0.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(format!("{registry} for {source}"))
-            .or_insert_with(|| self.new_client(registry))
-            .clone()
+        let key = format!("{registry} for {source}");
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = self.new_client(registry)?;
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 
-    fn new_client(&self, registry: &str) -> Client {
+    fn new_client(&self, registry: &str) -> Result<Client, Error> {
         let mut insecure = self.options.insecure.clone();
         let ca = self.options.ca_certificates.get(registry);
         if is_loopback(registry) && ca.is_none() {
             insecure.push(registry.to_owned());
         }
         // Only this registry's CA: a private CA is trusted for the registry it was given for.
-        let extra_root_certificates = ca
-            .map(|pem| Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: pem.clone(),
-            })
-            .into_iter()
-            .collect();
-        Client::new(ClientConfig {
+        // The roots load at the first TLS handshake, so a plain-HTTP registry never reads them.
+        let rustls_config = crate::tls::client_config(registry, ca.map(Vec::as_slice))?;
+        Client::try_from(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure),
-            extra_root_certificates,
+            rustls_config: Some(rustls_config),
             // Indexes are resolved here (to a wasm platform), not by the client.
             platform_resolver: None,
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(60)),
             user_agent: concat!("wa8s/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
+        })
+        .map_err(|e| Error::Registry {
+            registry: registry.to_owned(),
+            reason: format!("making a client: {}", error_chain(&e)),
         })
     }
 
@@ -419,7 +419,7 @@ impl Registry {
         manifest.media_type = Some(artifact::OCI_MANIFEST.to_owned());
         let registry = reference.resolve_registry().to_owned();
         let auth = self.options.credentials.for_registry(&registry)?;
-        let client = self.client(&registry, &registry);
+        let client = self.client(&registry, &registry)?;
         client
             .push(&reference, &layers, config, &auth, Some(manifest))
             .await
@@ -448,7 +448,7 @@ impl Registry {
     /// names (a mirror is presented the original registry's credentials).
     async fn authed_client(&self, parsed: &Reference, at: &Reference) -> Result<Client, Error> {
         let registry = at.resolve_registry().to_owned();
-        let client = self.client(&registry, parsed.resolve_registry());
+        let client = self.client(&registry, parsed.resolve_registry())?;
         let auth = self
             .options
             .credentials
@@ -524,7 +524,7 @@ impl Registry {
             .options
             .credentials
             .for_registry(parsed.resolve_registry())?;
-        let client = self.client(&registry, parsed.resolve_registry());
+        let client = self.client(&registry, parsed.resolve_registry())?;
         let mut current = target.clone();
         for _ in 0..2 {
             let (raw, digest) = client
@@ -560,19 +560,18 @@ impl Registry {
     /// Pulls the component `reference` names, through `cache` when given. Every blob is
     /// verified against its digest; a mismatch is an error and nothing is cached.
     pub async fn pull(&self, reference: &str, cache: Option<&BlobCache>) -> Result<Pulled, Error> {
-        let Some(cache) = cache else {
-            let mut bytes = Vec::new();
-            let written = self.pull_into(reference, &mut bytes).await?;
-            return Ok(written.with_bytes(bytes));
-        };
         let parsed = parse_reference(reference)?;
         let (shaped, client) = self.shaped_with_client(&parsed).await?;
         let blobs = shaped.blobs(&client, &parsed);
         let fetch = |d: Descriptor, limit: u64| async move {
-            // `blobs` verifies as it downloads; the cache need not hash again.
-            cache
-                .get_or_fetch_verified(&d.digest, || blobs.get(&d, limit))
-                .await
+            match cache {
+                // `blobs` verifies as it downloads; the cache need not hash again.
+                Some(c) => {
+                    c.get_or_fetch_verified(&d.digest, || blobs.get(&d, limit))
+                        .await
+                }
+                None => blobs.get(&d, limit).await,
+            }
         };
         let (assembled, info) = self.assemble(&parsed, &shaped.manifest, fetch).await?;
         let written = written(reference, shaped, info, assembled.carrier);
@@ -596,24 +595,34 @@ impl Registry {
         let (shaped, client) = self.shaped_with_client(&parsed).await?;
         let blobs = shaped.blobs(&client, &parsed);
         let writing = |e| Error::Io {
-            what: format!("writing {}", parsed.whole()),
+            what: "writing the pulled component".into(),
             source: e,
         };
         let (info, carrier) = match &shaped.manifest.carrier {
             artifact::Carrier::WasmLayer { index } => {
                 let d = &shaped.manifest.layers[*index];
                 let mut inspector = artifact::Inspector::default();
-                let not_wasm = |e| not_wasm(&parsed, e);
                 let limit = self.options.max_component_bytes;
+                let mut received = 0u64;
                 blobs
                     .stream(d, limit, &mut |chunk| {
-                        // Bytes that are not WebAssembly stop the download at the first piece.
-                        inspector.feed(chunk).map_err(not_wasm)?;
+                        received += chunk.len() as u64;
+                        // Bytes that are not WebAssembly stop the download where they are
+                        // seen, before the digest can be checked: the error says so.
+                        inspector.feed(chunk).map_err(|e| Error::Artifact {
+                            reference: parsed.whole(),
+                            reason: format!(
+                                "the layer is not WebAssembly (seen in its first {received} of {} bytes, before its digest was checked): {e}",
+                                d.size
+                            ),
+                        })?;
                         out.write_all(chunk).map_err(writing)
                     })
                     .await?;
                 // The layer was verified against its digest as it arrived.
-                let info = inspector.finish(d.digest.clone()).map_err(not_wasm)?;
+                let info = inspector
+                    .finish(d.digest.clone())
+                    .map_err(|e| not_wasm(&parsed, e))?;
                 (info, d.media_type.clone())
             }
             artifact::Carrier::TarLayers { .. } => {

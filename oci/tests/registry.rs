@@ -136,6 +136,15 @@ async fn a_large_component_streams_into_a_writer_byte_for_byte() -> Result<()> {
     assert!(out == big, "the streamed bytes differ from the pushed ones");
     assert_eq!(written.resolved.digest, pushed.digest);
     assert_eq!(written.info.size, big.len() as u64);
+    assert!(
+        written
+            .info
+            .exports
+            .iter()
+            .any(|e| e.starts_with("wasi:http/incoming-handler@")),
+        "{:?}",
+        written.info
+    );
     assert_eq!(written.info, {
         let mut small = artifact::inspect(guests::HTTP_COMPONENT)?;
         small.digest = wa8s_oci::sha256_digest(&big);

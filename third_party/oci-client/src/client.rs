@@ -328,7 +328,9 @@ pub trait ClientConfigSource {
 impl TryFrom<ClientConfig> for Client {
     type Error = OciDistributionError;
 
-    fn try_from(config: ClientConfig) -> std::result::Result<Self, Self::Error> {
+    fn try_from(
+        #[allow(unused_mut)] mut config: ClientConfig,
+    ) -> std::result::Result<Self, Self::Error> {
         #[allow(unused_mut)]
         let mut client_builder = reqwest::Client::builder();
         #[cfg(not(target_arch = "wasm32"))]
@@ -350,6 +352,12 @@ impl TryFrom<ClientConfig> for Client {
             }
             client_builder = client_builder
                 .tls_certs_merge(convert_certificates(&config.extra_root_certificates)?);
+        }
+        // wa8s patch: the caller's rustls configuration, e.g. one whose verifier loads the
+        // system's trust roots only when a TLS connection first needs them.
+        #[cfg(all(feature = "rustls-tls", not(target_arch = "wasm32")))]
+        if let Some(tls) = config.rustls_config.take() {
+            client_builder = client_builder.tls_backend_preconfigured(tls);
         }
 
         if let Some(timeout) = config.read_timeout {
@@ -2511,6 +2519,11 @@ pub struct ClientConfig {
     /// to servers using self-signed certificates
     pub extra_root_certificates: Vec<Certificate>,
 
+    /// wa8s patch: a complete rustls configuration (reqwest's
+    /// `tls_backend_preconfigured`). When set, the TLS options above are not used.
+    #[cfg(feature = "rustls-tls")]
+    pub rustls_config: Option<rustls::ClientConfig>,
+
     /// A function that defines the client's behaviour if an Image Index Manifest
     /// (i.e Manifest List) is encountered when pulling an image.
     /// Defaults to [current_platform_resolver],
@@ -2578,6 +2591,8 @@ impl Default for ClientConfig {
             accept_invalid_certificates: false,
             use_monolithic_push: false,
             tls_certs_only: Vec::new(),
+            #[cfg(feature = "rustls-tls")]
+            rustls_config: None,
             extra_root_certificates: Vec::new(),
             platform_resolver: Some(Box::new(current_platform_resolver)),
             max_concurrent_upload: DEFAULT_MAX_CONCURRENT_UPLOAD,

@@ -57,9 +57,8 @@ impl RegistryArgs {
                 .ok_or_else(|| anyhow!("--registry-ca {c:?}: expected REGISTRY=FILE"))?;
             let pem = std::fs::read(file)
                 .with_context(|| format!("--registry-ca {registry}: reading {file}"))?;
-            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                bail!("--registry-ca {registry}: {file} holds no PEM certificate");
-            }
+            wa8s_oci::check_registry_ca(registry, &pem)
+                .with_context(|| format!("--registry-ca {file}"))?;
             ca_certificates.insert(registry.to_owned(), pem);
         }
         Ok(Registry::new(RegistryOptions {

@@ -25,6 +25,7 @@ pub use registry::{
     DEFAULT_MAX_COMPONENT_BYTES, Described, Pulled, Pushed, Registry, RegistryOptions, Resolved,
     Written,
 };
+pub use tls::check_registry_ca;
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {

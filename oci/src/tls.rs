@@ -13,24 +13,34 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::Error;
 
+/// Checks the CA certificates (PEM) given for `registry`: at least one, all parseable. The
+/// CLI and the operator call it at startup, so a bad file is named there and then.
+pub fn check_registry_ca(registry: &str, pem: &[u8]) -> Result<(), Error> {
+    ca_certificates(registry, pem).map(drop)
+}
+
+fn ca_certificates(registry: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let bad = |reason: &str| Error::Registry {
+        registry: registry.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&format!("its CA certificates do not parse: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("its CA file holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
 /// The rustls configuration for a registry client: the system's trust roots plus
 /// `extra_roots_pem` (a private CA given for this registry), both loaded on first use.
 pub(crate) fn client_config(
     registry: &str,
     extra_roots_pem: Option<&[u8]>,
 ) -> Result<rustls::ClientConfig, Error> {
-    let bad = |reason: String| Error::Registry {
-        registry: registry.to_owned(),
-        reason,
-    };
     let extra = match extra_roots_pem {
-        Some(pem) => CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                bad(format!(
-                    "the CA certificates given for it do not parse: {e}"
-                ))
-            })?,
+        Some(pem) => ca_certificates(registry, pem)?,
         None => Vec::new(),
     };
     // The provider reqwest itself would pick.
@@ -44,7 +54,10 @@ pub(crate) fn client_config(
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad(format!("TLS setup: {e}")))?
+        .map_err(|e| Error::Registry {
+            registry: registry.to_owned(),
+            reason: format!("TLS setup: {e}"),
+        })?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
@@ -59,21 +72,21 @@ pub(crate) fn client_config(
 struct LazyRoots {
     extra: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
-    verifier: OnceLock<Result<Arc<rustls_platform_verifier::Verifier>, rustls::Error>>,
+    verifier: OnceLock<rustls_platform_verifier::Verifier>,
 }
 
 impl LazyRoots {
     fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
-        self.verifier
-            .get_or_init(|| {
-                rustls_platform_verifier::Verifier::new_with_extra_roots(
-                    self.extra.iter().cloned(),
-                    self.provider.clone(),
-                )
-                .map(Arc::new)
-            })
-            .as_deref()
-            .map_err(Clone::clone)
+        if let Some(verifier) = self.verifier.get() {
+            return Ok(verifier);
+        }
+        // A failure is not kept: a long-running operator recovers once the node's CA
+        // certificates appear, without a restart.
+        let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(
+            self.extra.iter().cloned(),
+            self.provider.clone(),
+        )?;
+        Ok(self.verifier.get_or_init(|| verifier))
     }
 }
 
@@ -136,12 +149,14 @@ mod tests {
     fn making_a_config_reads_no_trust_roots_and_bad_extra_roots_are_named() {
         let config = super::client_config("r.example", None).expect("config");
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
-        let err = super::client_config(
-            "r.example",
-            Some(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"),
-        )
-        .expect_err("refused");
+        let garbled = b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
+        let err = super::client_config("r.example", Some(garbled)).expect_err("refused");
         assert!(err.to_string().contains("r.example"), "{err}");
         assert!(err.to_string().contains("do not parse"), "{err}");
+        let err = super::check_registry_ca("r.example", b"hello").expect_err("refused");
+        assert!(
+            err.to_string().contains("holds no PEM certificate"),
+            "{err}"
+        );
     }
 }

@@ -114,6 +114,8 @@ async fn run(args: Args) -> Result<()> {
     let mut ca_certificates = BTreeMap::new();
     for (registry, file) in pairs("registry-ca", &args.registry_ca)? {
         let pem = std::fs::read(&file).with_context(|| format!("--registry-ca: reading {file}"))?;
+        wa8s_oci::check_registry_ca(&registry, &pem)
+            .with_context(|| format!("--registry-ca {file}"))?;
         ca_certificates.insert(registry, pem);
     }
     let resolver = OciResolver::new(RegistryConfig {

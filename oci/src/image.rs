@@ -49,14 +49,17 @@ impl Descriptor {
     /// `bytes` are as many as the descriptor declares (the digest is checked elsewhere,
     /// e.g. by the blob cache that stores them).
     pub fn verify_size(&self, what: &str, bytes: &[u8]) -> Result<(), Error> {
-        if i64::try_from(bytes.len()).ok() != Some(self.size) {
+        self.verify_len(what, bytes.len() as u64)
+    }
+
+    /// A blob of `len` bytes is as long as the descriptor declares.
+    pub fn verify_len(&self, what: &str, len: u64) -> Result<(), Error> {
+        if i64::try_from(len).ok() != Some(self.size) {
             return Err(Error::Artifact {
                 reference: what.to_owned(),
                 reason: format!(
-                    "blob {} declares {} bytes but has {}",
-                    self.digest,
-                    self.size,
-                    bytes.len()
+                    "blob {} declares {} bytes but has {len}",
+                    self.digest, self.size
                 ),
             });
         }

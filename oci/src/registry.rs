@@ -479,21 +479,13 @@ impl Registry {
     /// which pins pods to the digest and needs to know whether to give them a Service.
     pub async fn describe(&self, reference: &str) -> Result<Described, Error> {
         let parsed = parse_reference(reference)?;
-        let Shaped {
-            digest,
-            at,
-            manifest,
-        } = self.shaped(&parsed).await?;
-        let config = manifest.config;
+        let shaped = self.shaped(&parsed).await?;
+        let config = &shaped.manifest.config;
         let mut wasm_config = None;
         if config.media_type == artifact::WASM_CONFIG_V0 {
-            let client = self.authed_client(&parsed, &at).await?;
-            let blobs = Blobs {
-                client: &client,
-                parsed: &parsed,
-                at: &at,
-            };
-            let raw = blobs.get(&config, image::MAX_METADATA_BYTES).await?;
+            let client = self.authed_client(&parsed, &shaped.at).await?;
+            let blobs = shaped.blobs(&client, &parsed);
+            let raw = blobs.get(config, image::MAX_METADATA_BYTES).await?;
             wasm_config =
                 Some(
                     serde_json::from_slice::<WasmConfig>(&raw).map_err(|e| Error::Artifact {
@@ -503,11 +495,11 @@ impl Registry {
                 );
         }
         Ok(Described {
+            config_media_type: config.media_type.clone(),
             resolved: Resolved {
                 reference: reference.to_owned(),
-                digest,
+                digest: shaped.digest,
             },
-            config_media_type: config.media_type,
             config: wasm_config,
         })
     }
@@ -756,16 +748,7 @@ impl Blobs<'_> {
             }
             sink(&chunk)?;
         }
-        if received != size {
-            return Err(Error::Artifact {
-                reference: what,
-                reason: format!(
-                    "blob {} declares {} bytes but has {received}",
-                    d.digest, d.size
-                ),
-            });
-        }
-        Ok(())
+        d.verify_len(&what, received)
     }
 }
 

@@ -200,3 +200,21 @@ fn shared_libraries(binary: &std::path::Path) -> std::io::Result<Vec<String>> {
     }
     Ok(libs)
 }
+
+/// The wa8s image tarballs `e2e/scripts/images.sh` writes to `target/images/` (operator,
+/// node installer), or an error saying how to build them.
+pub fn wa8s_tarballs() -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let dir = crate::repo_root().join("target/images");
+    let tarballs: Vec<std::path::PathBuf> = ["wa8s-operator.tar", "wa8s-node-installer.tar"]
+        .iter()
+        .map(|n| dir.join(n))
+        .collect();
+    for t in &tarballs {
+        anyhow::ensure!(
+            t.is_file(),
+            "{} is missing: build the images first (e2e/scripts/images.sh; the test script does)",
+            t.display()
+        );
+    }
+    Ok(tarballs)
+}

@@ -296,3 +296,26 @@ fn free_port() -> Result<u16, Error> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
     Ok(l.local_addr().map_err(io("finding a free port"))?.port())
 }
+
+/// Pushes `wasm` with the `wa8s` CLI at `wa8s` as `reference`; returns the manifest digest it
+/// printed.
+pub fn push_with_cli(wa8s: &Path, wasm: &[u8], reference: &str) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("component.wasm");
+    std::fs::write(&file, wasm)?;
+    let mut cmd = Command::new(wa8s);
+    cmd.arg("push").arg(&file).arg(reference);
+    let out = process::run_with_timeout(cmd, Duration::from_secs(60))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "wa8s push {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("sha256:"))
+        .map(|l| l.trim().to_owned())
+        .ok_or_else(|| anyhow::anyhow!("wa8s push printed no digest: {stdout}"))
+}

@@ -290,30 +290,11 @@ impl Cluster {
     /// Pushes `wasm` with the `wa8s` CLI as `<registry>/<repository>:<tag>`, i.e. as
     /// `ghcr.io/<repository>:<tag>` for the cluster. Returns the manifest digest.
     pub fn push(&self, wasm: &[u8], repository_tag: &str) -> anyhow::Result<String> {
-        let dir = tempfile::tempdir()?;
-        let file = dir.path().join("component.wasm");
-        std::fs::write(&file, wasm)?;
-        let reference = format!("{}/{repository_tag}", self.registry);
-        let out = crate::process::run_with_timeout(
-            {
-                let mut c = Command::new(self.bin_dir.join("wa8s"));
-                c.arg("push").arg(&file).arg(&reference);
-                c
-            },
-            Duration::from_secs(60),
-        )?;
-        anyhow::ensure!(
-            out.status.success(),
-            "wa8s push {reference}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("sha256:"))
-            .map(|l| l.trim().to_owned())
-            .ok_or_else(|| anyhow::anyhow!("wa8s push printed no digest: {stdout}"))
+        crate::registry::push_with_cli(
+            &self.bin_dir.join("wa8s"),
+            wasm,
+            &format!("{}/{repository_tag}", self.registry),
+        )
     }
 }
 

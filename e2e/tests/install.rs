@@ -23,19 +23,7 @@ const RELEASE_NAMESPACE: &str = "wa8s-system";
 
 /// The image tarballs `e2e/scripts/images.sh` wrote.
 fn images() -> Result<Vec<PathBuf>> {
-    let dir = wa8s_e2e::repo_root().join("target/images");
-    let tarballs: Vec<PathBuf> = ["wa8s-operator.tar", "wa8s-node-installer.tar"]
-        .iter()
-        .map(|n| dir.join(n))
-        .collect();
-    for t in &tarballs {
-        ensure!(
-            t.is_file(),
-            "{} is missing: build the images first (e2e/scripts/images.sh; the test script does)",
-            t.display()
-        );
-    }
-    Ok(tarballs)
+    wa8s_e2e::image::wa8s_tarballs()
 }
 
 /// The values this cluster needs (see `wa8s_e2e::node::chart_values`), and a longer wait

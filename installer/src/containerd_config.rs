@@ -38,6 +38,11 @@ pub struct Runtime {
     pub handler: String,
     pub runtime_type: String,
     pub pod_annotations: Vec<String>,
+    /// `options.SystemdCgroup`, copied from the node's runc runtime so both runtimes agree on
+    /// the cgroup driver (containerd hands the options to the shim; the kubelet's driver
+    /// decides the `cgroupsPath` form the shim gets). `None`: not set. [`add_runtime`] reads it
+    /// from the file it edits; a drop-in gets it from [`runc_systemd_cgroup`] of the main file.
+    pub systemd_cgroup: Option<bool>,
 }
 
 impl Default for Runtime {
@@ -46,6 +51,7 @@ impl Default for Runtime {
             handler: RUNTIME_HANDLER.to_owned(),
             runtime_type: RUNTIME_TYPE.to_owned(),
             pod_annotations: POD_ANNOTATIONS.iter().map(|a| (*a).to_owned()).collect(),
+            systemd_cgroup: None,
         }
     }
 }
@@ -113,6 +119,23 @@ pub fn drop_in_dir(text: &str, path: &str) -> Result<Option<PathBuf>, Error> {
         .find_map(|i| i.strip_suffix("/*.toml").map(PathBuf::from)))
 }
 
+/// The runc runtime's `options.SystemdCgroup` in a configuration, if it sets one.
+pub fn runc_systemd_cgroup(text: &str, path: &str) -> Result<Option<bool>, Error> {
+    let (doc, version) = parse(text, path)?;
+    Ok(systemd_cgroup_of(&doc, version, "runc"))
+}
+
+fn systemd_cgroup_of(doc: &DocumentMut, version: i64, handler: &str) -> Option<bool> {
+    let mut item = doc.as_item();
+    for part in runtimes_path(version) {
+        item = item.get(part)?;
+    }
+    item.get(handler)?
+        .get("options")?
+        .get("SystemdCgroup")?
+        .as_bool()
+}
+
 /// The runtime's table alone, as TOML for a configuration of `version`.
 pub fn runtime_table(version: i64, runtime: &Runtime) -> String {
     let [plugins, cri, containerd, runtimes] = runtimes_path(version);
@@ -121,12 +144,19 @@ pub fn runtime_table(version: i64, runtime: &Runtime) -> String {
         .iter()
         .map(|a| format!("{a:?}"))
         .collect();
-    format!(
+    let mut table = format!(
         "[{plugins}.\"{cri}\".{containerd}.{runtimes}.{handler}]\n  runtime_type = {rt:?}\n  pod_annotations = [{ann}]\n",
         handler = runtime.handler,
         rt = runtime.runtime_type,
         ann = annotations.join(", "),
-    )
+    );
+    if let Some(systemd) = runtime.systemd_cgroup {
+        table.push_str(&format!(
+            "[{plugins}.\"{cri}\".{containerd}.{runtimes}.{handler}.options]\n  SystemdCgroup = {systemd}\n",
+            handler = runtime.handler,
+        ));
+    }
+    table
 }
 
 /// A drop-in file holding only the runtime, for a configuration of `version`.
@@ -140,6 +170,7 @@ pub fn drop_in(version: i64, runtime: &Runtime) -> String {
 /// Adds the runtime to a `config.toml` (or brings an existing entry up to date).
 pub fn add_runtime(text: &str, path: &str, runtime: &Runtime) -> Result<Change, Error> {
     let (mut doc, version) = parse(text, path)?;
+    let systemd_cgroup = systemd_cgroup_of(&doc, version, "runc").or(runtime.systemd_cgroup);
     let mut table = doc.as_table_mut();
     let mut key = String::new();
     for part in runtimes_path(version) {
@@ -173,13 +204,28 @@ pub fn add_runtime(text: &str, path: &str, runtime: &Runtime) -> Result<Change, 
         .and_then(Item::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect());
     let wanted: Vec<&str> = runtime.pod_annotations.iter().map(String::as_str).collect();
+    let current_systemd = entry
+        .get("options")
+        .and_then(|o| o.get("SystemdCgroup"))
+        .and_then(Item::as_bool);
     if current_type == Some(runtime.runtime_type.as_str())
         && current_annotations.as_deref() == Some(wanted.as_slice())
+        && (systemd_cgroup.is_none() || current_systemd == systemd_cgroup)
     {
         return Ok(Change::Unchanged);
     }
     entry.insert("runtime_type", toml_edit::value(&runtime.runtime_type));
     entry.insert("pod_annotations", toml_edit::value(annotations));
+    if let Some(systemd) = systemd_cgroup {
+        let options = entry
+            .entry("options")
+            .or_insert_with(|| Item::Table(Table::new()));
+        let options = options.as_table_mut().ok_or_else(|| Error::NotATable {
+            path: path.to_owned(),
+            key: format!("{key}.{}.options", runtime.handler),
+        })?;
+        options.insert("SystemdCgroup", toml_edit::value(systemd));
+    }
     Ok(Change::Write(doc.to_string()))
 }
 

@@ -138,8 +138,13 @@ impl Options {
 pub enum Layout {
     /// Into containerd's `config.toml` itself (created if there is none).
     File { path: PathBuf, version: i64 },
-    /// Into a file of its own in the directory `config.toml` imports (`conf.d/*.toml`).
-    DropIn { path: PathBuf, version: i64 },
+    /// Into a file of its own in the directory `config.toml` imports (`conf.d/*.toml`), with
+    /// the main file's runc `SystemdCgroup` (the drop-in's runtime copies it).
+    DropIn {
+        path: PathBuf,
+        version: i64,
+        systemd_cgroup: Option<bool>,
+    },
     /// Into k3s's template (`config-v3.toml.tmpl` or `config.toml.tmpl`), created if needed.
     K3sTemplate { path: PathBuf, version: i64 },
 }
@@ -220,6 +225,7 @@ pub fn detect(o: &Options) -> Result<Layout, Error> {
                         .join(dir)
                         .join(DROP_IN_NAME),
                     version,
+                    systemd_cgroup: containerd_config::runc_systemd_cgroup(&text, &shown)?,
                 }),
                 None => Ok(Layout::File {
                     path: config,
@@ -383,8 +389,27 @@ pub fn install(o: &Options) -> Result<Outcome, Error> {
         (Layout::File { .. }, Some(text)) => {
             containerd_config::add_runtime(text, &shown, &o.runtime)?
         }
-        (Layout::File { version, .. } | Layout::DropIn { version, .. }, current) => {
+        (Layout::File { version, .. }, current) => {
             let wanted = containerd_config::drop_in(*version, &o.runtime);
+            if current == Some(wanted.as_str()) {
+                Change::Unchanged
+            } else {
+                Change::Write(wanted)
+            }
+        }
+        (
+            Layout::DropIn {
+                version,
+                systemd_cgroup,
+                ..
+            },
+            current,
+        ) => {
+            let runtime = containerd_config::Runtime {
+                systemd_cgroup: systemd_cgroup.or(o.runtime.systemd_cgroup),
+                ..o.runtime.clone()
+            };
+            let wanted = containerd_config::drop_in(*version, &runtime);
             if current == Some(wanted.as_str()) {
                 Change::Unchanged
             } else {
@@ -506,15 +531,55 @@ pub fn resolve(o: &Options, k3s: bool) -> Result<Restart, Error> {
     Ok(Restart::Systemd("containerd".to_owned()))
 }
 
-/// A command run in the node's root: chrooted there unless this process already runs in it.
+/// A command run in the node's root, unless this process already runs in it: in the node's
+/// own mount namespace when the node's PID 1 is visible (the chart's `hostPID`) and its root
+/// is the one mounted at `root`, else chrooted there. A chroot is not enough for systemd:
+/// `systemctl` run in one answers "Running in chroot, ignoring request" and exits 0 without
+/// restarting anything (`SYSTEMD_IGNORE_CHROOT` is set for that fallback).
 fn on_node_command(root: &Path, program: &str, args: &[&str]) -> Result<Command, Error> {
     let mut cmd = Command::new(program);
     cmd.args(args);
     let same_root = std::fs::canonicalize(root).is_ok_and(|r| r == Path::new("/"));
-    if !same_root {
+    if same_root {
+        return Ok(cmd);
+    }
+    if same_file(Path::new("/proc/1/root"), root) {
+        let ns = std::fs::File::open("/proc/1/ns/mnt").map_err(|e| Error::Io {
+            what: "opening the node's mount namespace",
+            path: PathBuf::from("/proc/1/ns/mnt"),
+            source: e,
+        })?;
+        enter_mount_namespace_before_exec(&mut cmd, ns);
+    } else {
+        cmd.env("SYSTEMD_IGNORE_CHROOT", "1");
         chroot_before_exec(&mut cmd, root)?;
     }
     Ok(cmd)
+}
+
+/// Whether two paths are the same directory (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[allow(unsafe_code)]
+fn enter_mount_namespace_before_exec(cmd: &mut Command, ns: std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns and chdir are async-signal-safe; the forked child is single-threaded, which
+    // setns(CLONE_NEWNS) requires. `ns` lives in the closure until the command is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) != 0
+                || libc::chdir(c"/".as_ptr()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 #[allow(unsafe_code)]

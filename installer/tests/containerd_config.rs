@@ -259,3 +259,62 @@ fn a_k3s_template_gets_a_marked_block_that_uninstall_takes_out_exactly() -> Resu
     assert_eq!(cc::remove_from_template(&made), None);
     Ok(())
 }
+
+#[test]
+fn the_runtime_takes_the_cgroup_driver_of_the_nodes_runc() -> Result<()> {
+    // kind's node file: runc uses the systemd driver, so wa8s does too, and a real containerd
+    // reads the option under the wa8s runtime.
+    let (path, original, patched) = patched("kind-v0.33.0.toml")?;
+    let p = path.display().to_string();
+    assert_eq!(cc::runc_systemd_cgroup(&original, &p)?, Some(true));
+    assert_eq!(cc::runc_systemd_cgroup(&patched, &p)?, Some(true));
+    let doc: toml_edit::DocumentMut = patched.parse()?;
+    let wa8s = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["wa8s"];
+    assert_eq!(
+        wa8s["options"]["SystemdCgroup"].as_bool(),
+        Some(true),
+        "{patched}"
+    );
+    assert_eq!(
+        add_runtime(&patched, &p, &Runtime::default())?,
+        Change::Unchanged
+    );
+    let dump = containerd_dump(&patched)?;
+    let runtime = dump
+        .split("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wa8s.options]")
+        .nth(1)
+        .context("the wa8s runtime's options in containerd's dump")?;
+    assert!(
+        runtime.trim_start().starts_with("SystemdCgroup = true"),
+        "{runtime}"
+    );
+    // Uninstall gives back kind's file byte for byte.
+    let installed = Installed {
+        path: path.clone(),
+        original: Some(original.clone()),
+        written: patched.clone(),
+    };
+    assert_eq!(installed.undo(&patched, "wa8s")?, Some(original));
+
+    // containerd's defaults say cgroupfs: so does the drop-in made for them.
+    let (path, original) = fixture("containerd-2.2.9-default.toml")?;
+    let p = path.display().to_string();
+    assert_eq!(cc::runc_systemd_cgroup(&original, &p)?, Some(false));
+    let drop_in = cc::drop_in(
+        3,
+        &Runtime {
+            systemd_cgroup: Some(false),
+            ..Runtime::default()
+        },
+    );
+    assert!(drop_in.contains("SystemdCgroup = false"), "{drop_in}");
+    assert!(containerd_dump(&drop_in)?.contains("io.containerd.wa8s.v1"));
+
+    // A file whose runc sets nothing gets no option either.
+    let (path, original) = fixture("kind-style-v2.toml")?;
+    let p = path.display().to_string();
+    assert_eq!(cc::runc_systemd_cgroup(&original, &p)?, None);
+    let patched = written(add_runtime(&original, &p, &Runtime::default())?)?;
+    assert!(!patched.contains("SystemdCgroup"), "{patched}");
+    Ok(())
+}

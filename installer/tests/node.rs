@@ -60,7 +60,8 @@ fn the_layout_is_found_for_plain_drop_in_k3s_and_missing_configurations() -> Res
         node::detect(&o)?,
         Layout::DropIn {
             path: "/etc/containerd/conf.d/wa8s.toml".into(),
-            version: 3
+            version: 3,
+            systemd_cgroup: Some(false),
         }
     );
 

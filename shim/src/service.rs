@@ -414,34 +414,37 @@ impl Service {
         let (start_read, start_write) = std::io::pipe().map_err(Error::io("creating a pipe"))?;
         let (status_read, status_write) = std::io::pipe().map_err(Error::io("creating a pipe"))?;
         let exe = std::env::current_exe().map_err(Error::io("finding the shim binary"))?;
-        let (out, err) = stdio.for_guest()?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg(guest::SUBCOMMAND)
-            .arg(&container.bundle)
-            .arg(digest)
-            .current_dir(&container.bundle)
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        let (stdout, stderr) = stdio.for_guest()?;
+        let mut env = Vec::new();
         if let Ok(v) = std::env::var("WA8S_SHIM_CONFIG") {
-            cmd.env("WA8S_SHIM_CONFIG", v);
+            env.push(("WA8S_SHIM_CONFIG".to_owned(), v));
         }
         // Read here, in the node's network namespace; the guest runs in the pod's.
         let node_addresses =
             sys::interface_addresses().map_err(Error::io("listing the node's addresses"))?;
-        cmd.env(
-            guest::NODE_ADDRESSES_ENV,
+        env.push((
+            guest::NODE_ADDRESSES_ENV.to_owned(),
             node_addresses
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
-        );
+        ));
+        let exec = sys::Exec {
+            program: exe,
+            args: vec![
+                guest::SUBCOMMAND.into(),
+                container.bundle.clone().into_os_string(),
+                digest.into(),
+            ],
+            env,
+            cwd: container.bundle.clone(),
+            stdout,
+            stderr,
+        };
+        let cgroup = container.cgroup.as_ref();
         let confinement = Confinement {
-            cgroup_procs: container
-                .cgroup
-                .as_ref()
+            cgroup_procs: cgroup
                 .map(|c| c.procs_files())
                 .unwrap_or_default()
                 .into_iter()
@@ -455,14 +458,9 @@ impl Service {
                 (OwnedFd::from(status_write), guest::STATUS_FD),
             ],
         };
-        let keep = confinement.apply(&mut cmd);
-        let child = cmd
-            .spawn()
+        // The library's reaper collects the exit; nothing here waits on the child.
+        let pid = sys::spawn(&exec, confinement, cgroup.and_then(Cgroup::v2_dir))
             .map_err(Error::io("starting the guest process"))?;
-        drop(keep);
-        let pid = child.id();
-        // The library's reaper collects the exit; never wait on the Child here.
-        drop(child);
         let report = tokio::time::timeout(
             READY_TIMEOUT,
             tokio::task::spawn_blocking(move || {
@@ -520,13 +518,12 @@ impl GuestStdio {
     }
 
     /// Stdout and stderr for one guest (its own descriptors of the same FIFOs).
-    fn for_guest(&self) -> Result<(std::process::Stdio, std::process::Stdio), Error> {
-        let share = |f: &Option<std::fs::File>| match f {
-            Some(f) => f
-                .try_clone()
-                .map(std::process::Stdio::from)
-                .map_err(Error::io("sharing a stdio FIFO")),
-            None => Ok(std::process::Stdio::null()),
+    fn for_guest(&self) -> Result<(Option<std::fs::File>, Option<std::fs::File>), Error> {
+        let share = |f: &Option<std::fs::File>| {
+            f.as_ref()
+                .map(std::fs::File::try_clone)
+                .transpose()
+                .map_err(Error::io("sharing a stdio FIFO"))
         };
         Ok((share(&self.out)?, share(&self.err)?))
     }
@@ -541,6 +538,69 @@ fn open_fifo(path: &str) -> Result<Option<std::fs::File>, Error> {
         .open(path)
         .map(Some)
         .map_err(Error::io(format!("opening {path}")))
+}
+
+/// Cgroup usage in the message containerd decodes for the cgroup version it was read from
+/// (the CRI's working set is usage minus inactive file pages in both).
+fn metrics(
+    stats: &crate::cgroup::Stats,
+) -> Result<
+    containerd_shim::protos::protobuf::well_known_types::any::Any,
+    containerd_shim::protos::protobuf::Error,
+> {
+    let mut any = containerd_shim::protos::protobuf::well_known_types::any::Any::new();
+    if stats.v2 {
+        use containerd_shim::protos::cgroups_v2::metrics::{
+            CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+        };
+        let mut m = Metrics::new();
+        let mut mem = MemoryStat::new();
+        mem.usage = stats.memory_usage;
+        mem.usage_limit = stats.memory_limit;
+        mem.max_usage = stats.memory_max_usage;
+        mem.inactive_file = stats.inactive_file;
+        m.memory = MessageField::some(mem);
+        let mut events = MemoryEvents::new();
+        events.oom_kill = stats.oom_kills;
+        m.memory_events = MessageField::some(events);
+        let mut cpu = CPUStat::new();
+        cpu.usage_usec = stats.cpu_usage_ns / 1000;
+        cpu.user_usec = stats.cpu_user_ns / 1000;
+        cpu.system_usec = stats.cpu_system_ns / 1000;
+        m.cpu = MessageField::some(cpu);
+        let mut pids = PidsStat::new();
+        pids.current = stats.pids;
+        m.pids = MessageField::some(pids);
+        any.type_url = "io.containerd.cgroups.v2.Metrics".into();
+        any.value = m.write_to_bytes()?;
+        return Ok(any);
+    }
+    use containerd_shim::protos::cgroups::metrics::{
+        CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+    };
+    let mut m = Metrics::new();
+    let mut mem = MemoryStat::new();
+    let mut usage = MemoryEntry::new();
+    usage.usage = stats.memory_usage;
+    usage.limit = stats.memory_limit;
+    usage.max = stats.memory_max_usage;
+    mem.usage = MessageField::some(usage);
+    mem.rss = stats.memory_usage.saturating_sub(stats.inactive_file);
+    mem.total_inactive_file = stats.inactive_file;
+    m.memory = MessageField::some(mem);
+    let mut cpu = CPUStat::new();
+    let mut cu = CPUUsage::new();
+    cu.total = stats.cpu_usage_ns;
+    cu.user = stats.cpu_user_ns;
+    cu.kernel = stats.cpu_system_ns;
+    cpu.usage = MessageField::some(cu);
+    m.cpu = MessageField::some(cpu);
+    let mut pids = PidsStat::new();
+    pids.current = stats.pids;
+    m.pids = MessageField::some(pids);
+    any.type_url = "io.containerd.cgroups.v1.Metrics".into();
+    any.value = m.write_to_bytes()?;
+    Ok(any)
 }
 
 /// Undoes what create did: rootfs mount and cgroup.
@@ -874,9 +934,6 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        use containerd_shim::protos::cgroups::metrics::{
-            CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
-        };
         let stats = {
             let containers = self.inner.containers.lock().await;
             let c = containers
@@ -884,28 +941,8 @@ impl Task for Service {
                 .ok_or_else(|| ttrpc(Error::NotFound(req.id.clone())))?;
             c.cgroup.as_ref().map(Cgroup::stats).unwrap_or_default()
         };
-        let mut m = Metrics::new();
-        let mut mem = MemoryStat::new();
-        let mut usage = MemoryEntry::new();
-        usage.usage = stats.memory_usage;
-        usage.limit = stats.memory_limit;
-        usage.max = stats.memory_max_usage;
-        mem.usage = MessageField::some(usage);
-        mem.rss = stats.memory_usage;
-        m.memory = MessageField::some(mem);
-        let mut cpu = CPUStat::new();
-        let mut cu = CPUUsage::new();
-        cu.total = stats.cpu_usage_ns;
-        cpu.usage = MessageField::some(cu);
-        m.cpu = MessageField::some(cpu);
-        let mut pids = PidsStat::new();
-        pids.current = stats.pids;
-        m.pids = MessageField::some(pids);
-        let mut any = containerd_shim::protos::protobuf::well_known_types::any::Any::new();
-        any.type_url = "io.containerd.cgroups.v1.Metrics".into();
-        any.value = m
-            .write_to_bytes()
-            .map_err(|e| ttrpc(Error::Setup(format!("encoding metrics: {e}"))))?;
+        let any =
+            metrics(&stats).map_err(|e| ttrpc(Error::Setup(format!("encoding metrics: {e}"))))?;
         let mut resp = api::StatsResponse::new();
         resp.stats = MessageField::some(any);
         Ok(resp)

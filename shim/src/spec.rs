@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use wa8s_api::contract::{self, Policy};
 
-use crate::cgroup::Limits;
+use crate::cgroup::{CgroupsPath, Limits};
 
 /// CRI annotations.
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -22,6 +22,8 @@ pub enum Error {
     Read { path: PathBuf, reason: String },
     #[error(transparent)]
     Contract(#[from] contract::Error),
+    #[error(transparent)]
+    CgroupsPath(#[from] crate::cgroup::Error),
 }
 
 /// A pod's sandbox ("pause") container, or an application container.
@@ -40,7 +42,7 @@ pub struct ContainerSpec {
     pub policy: Policy,
     /// `None`: the host's network namespace.
     pub netns: Option<PathBuf>,
-    pub cgroups_path: Option<String>,
+    pub cgroups_path: Option<CgroupsPath>,
     pub limits: Limits,
     pub args: Vec<String>,
     /// `NAME=value` as the runtime would set them.
@@ -138,7 +140,8 @@ impl ContainerSpec {
             cgroups_path: linux
                 .cgroups_path()
                 .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
+                .map(|p| CgroupsPath::parse(&p.to_string_lossy()))
+                .transpose()?,
             limits,
             args: process.args().clone().unwrap_or_default(),
             env,

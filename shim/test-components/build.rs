@@ -11,7 +11,7 @@ use wasi_preview1_component_adapter_provider::{
 };
 
 const COMMANDS: &[&str] = &[
-    "hello", "exit3", "env", "fsprobe", "loop", "grow", "recurse",
+    "hello", "exit3", "env", "fsprobe", "loop", "grow", "hog", "recurse",
 ];
 /// Components built from a core module and one of the worlds in wit/world.wit.
 const WITH_WORLD: &[(&str, &str)] = &[("http", "http-guest"), ("sockprobe", "socket-guest")];

@@ -333,3 +333,92 @@ fn when_containerd_no_longer_holds_the_layer_the_shim_pulls_the_component_itself
     );
     Ok(())
 }
+
+#[test]
+fn a_pod_under_a_systemd_slice_runs_its_guest_in_a_scope_of_that_slice_with_its_limits()
+-> Result<()> {
+    // The kubelet's systemd cgroup driver (kind's and kubeadm's default) gives pods a slice as
+    // cgroup parent; containerd then hands the shim `slice:cri-containerd:<id>`. This machine
+    // has no systemd, so the shim makes the slice's directories itself (and removes them).
+    let registry = private_registry()?;
+    let (image, _) = push(&registry, "sliced", guests::HTTP_COMPONENT)?;
+    let c = cri(5, &registry)?;
+    pull(&c, &image)?;
+    let unique: String = c
+        .namespace()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let slice = format!("wa8stest-pod{unique}.slice");
+    let logs = c.dir().join("logs-sliced");
+    std::fs::create_dir_all(&logs)?;
+    let pod_config = config_file(
+        &c,
+        "pod-sliced",
+        &json!({
+            "metadata": { "name": "sliced", "namespace": "cri-test", "uid": "uid-sliced", "attempt": 0 },
+            "log_directory": logs,
+            "annotations": policy_annotations(&[]),
+            "linux": { "cgroup_parent": slice },
+        }),
+    )?;
+    let pod_id = run_pod(&c, &pod_config)?;
+    let container_config = config_file(
+        &c,
+        "container-sliced",
+        &json!({
+            "metadata": { "name": "sliced", "attempt": 0 },
+            "image": { "image": image },
+            "command": [wa8s_api::contract::IMAGE_COMPONENT_COMMAND],
+            "log_path": "sliced.log",
+            "linux": { "resources": { "memory_limit_in_bytes": 64 << 20, "cpu_quota": 50000, "cpu_period": 100000 } },
+        }),
+    )?;
+    let id = start_container(&c, &pod_id, &pod_config, &container_config)?;
+
+    let relative = format!("wa8stest.slice/{slice}/cri-containerd-{id}.scope");
+    let memory = PathBuf::from("/sys/fs/cgroup/memory").join(&relative);
+    let read = |p: PathBuf| std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()));
+    ensure!(
+        read(memory.join("memory.limit_in_bytes"))?.trim() == (64u64 << 20).to_string(),
+        "the memory limit is not on the scope in the pod's slice"
+    );
+    let cpu = PathBuf::from("/sys/fs/cgroup/cpu").join(&relative);
+    ensure!(read(cpu.join("cpu.cfs_quota_us"))?.trim() == "50000");
+    let pid = json_of(&c.crictl_ok(&["inspect", "-o", "json", &id])?)?["info"]["pid"]
+        .as_u64()
+        .context("the container's pid")?;
+    let procs = read(memory.join("cgroup.procs"))?;
+    ensure!(
+        procs.lines().any(|l| l == pid.to_string()),
+        "the guest {pid} is not in its scope: {procs:?}"
+    );
+    // Where systemd would look for it too: the name=systemd hierarchy and the v2 mount.
+    let membership = read(PathBuf::from(format!("/proc/{pid}/cgroup")))?;
+    for line in membership.lines() {
+        let (_, rest) = line.split_once(':').context("a cgroup line")?;
+        let (controllers, path) = rest.split_once(':').context("a cgroup line")?;
+        if ["memory", "cpu", "name=systemd", ""].contains(&controllers)
+            || controllers.split(',').any(|c| c == "memory")
+        {
+            ensure!(
+                path == format!("/{relative}"),
+                "{controllers:?} puts the guest at {path}, not in its scope:\n{membership}"
+            );
+        }
+    }
+    let (_, working_set) = stats(&c, &id)?;
+    ensure!(working_set > 0, "ContainerStats reports no memory");
+
+    c.crictl_ok(&["stop", "--timeout", "10", &id])?;
+    c.crictl_ok(&["rm", &id])?;
+    c.crictl_ok(&["stopp", &pod_id])?;
+    c.crictl_ok(&["rmp", &pod_id])?;
+    // Nothing is left: not the scope, nor the slices the shim had to make.
+    let top = PathBuf::from("/sys/fs/cgroup/memory/wa8stest.slice").join(&slice);
+    let gone = eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+        (!memory.exists() && !top.exists()).then_some(())
+    });
+    ensure!(gone.is_some(), "{} is still there", memory.display());
+    Ok(())
+}

@@ -40,8 +40,9 @@ impl Program {
                     GuestState::new(grants, crate::quota::Quotas::new(grants)?)?,
                 );
                 store.limiter(|s: &mut GuestState| &mut s.limits);
+                let refused = store.data().limits.refused.clone();
                 yield_every_tick(&mut store);
-                within(timeout, async move {
+                within(timeout, &refused, async move {
                     let cmd = pre.instantiate_async(&mut store).await?;
                     match cmd.wasi_cli_run().call_run(&mut store).await? {
                         Ok(()) => Ok(0),
@@ -62,8 +63,9 @@ impl Program {
                 }
                 let mut store = Store::new(engine, P1State::new(grants)?);
                 store.limiter(|s: &mut P1State| &mut s.limits);
+                let refused = store.data().limits.refused.clone();
                 yield_every_tick(&mut store);
-                within(timeout, async move {
+                within(timeout, &refused, async move {
                     let instance = pre.instantiate_async(&mut store).await?;
                     let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                     start.call_async(&mut store, ()).await.map(|()| 0)
@@ -92,6 +94,7 @@ pub(crate) fn yield_every_tick<T>(store: &mut Store<T>) {
 /// running Wasm yields at every epoch tick, and host calls are ordinary futures.
 pub(crate) async fn within(
     timeout: Option<Duration>,
+    memory: &crate::state::MemoryRefusal,
     fut: impl Future<Output = wasmtime::Result<i32>>,
 ) -> Result<i32, Error> {
     let outcome = match timeout {
@@ -105,6 +108,6 @@ pub(crate) async fn within(
     // here is either the guest's own exit or a trap.
     outcome.or_else(|e| match e.downcast_ref::<I32Exit>() {
         Some(I32Exit(code)) => Ok(*code),
-        None => Err(Error::Trap(chain(&e))),
+        None => Err(Error::Trap(memory.explain(chain(&e)))),
     })
 }

@@ -293,6 +293,7 @@ async fn serve_one(
         GuestState::new(&shared.grants, shared.quotas.clone()).map_err(internal)?,
     );
     store.limiter(|s: &mut GuestState| &mut s.limits);
+    let refused = store.data().limits.refused.clone();
     yield_every_tick(&mut store);
     let (tx, rx) = oneshot::channel();
     let wasm_err = |e: wasmtime::Error| (500, chain(&e));
@@ -319,7 +320,7 @@ async fn serve_one(
         let _permit = permit;
         let _alive = alive;
         let _ticking = engine;
-        let guest = crate::run::within(timeout, async move {
+        let guest = crate::run::within(timeout, &refused, async move {
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()

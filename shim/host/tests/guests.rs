@@ -287,6 +287,28 @@ async fn a_memory_bomb_is_capped() {
 }
 
 #[tokio::test]
+async fn a_guest_stopped_at_its_memory_limit_is_reported_as_out_of_memory() {
+    for wasm in [guests::HOG_CORE, guests::HOG_COMPONENT] {
+        let mut grants = Grants::default();
+        grants.limits.memory_bytes = Some(8 << 20);
+        let err = run(wasm, grants).await.status.expect_err("stopped");
+        let text = err.to_string();
+        assert!(
+            text.contains("ran out of memory") && text.contains("the limit is 8388608 bytes"),
+            "{text}"
+        );
+        // The trap itself is still named.
+        assert!(text.contains("unreachable"), "{text}");
+    }
+    // A trap with no refused growth says nothing about memory.
+    let err = run(guests::RECURSE_COMPONENT, Grants::default())
+        .await
+        .status
+        .expect_err("traps");
+    assert!(!err.to_string().contains("memory"), "{err}");
+}
+
+#[tokio::test]
 async fn unbounded_recursion_traps_with_stack_exhaustion() {
     for wasm in [guests::RECURSE_CORE, guests::RECURSE_COMPONENT] {
         let err = run(wasm, Grants::default())

@@ -13,6 +13,7 @@ fn main() -> std::io::Result<()> {
         ("fsprobe.wasm", g::FSPROBE_COMPONENT),
         ("loop.wasm", g::LOOP_COMPONENT),
         ("grow.wasm", g::GROW_COMPONENT),
+        ("hog.wasm", g::HOG_COMPONENT),
         ("http.wasm", g::HTTP_COMPONENT),
     ] {
         std::fs::write(dir.join(name), bytes)?;

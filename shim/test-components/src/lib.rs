@@ -35,6 +35,10 @@ guest!(/// Grows memory until refused; prints "grow refused after N MiB".
     GROW_CORE = "grow.core.wasm");
 guest!(/// [`GROW_CORE`] as a component.
     GROW_COMPONENT = "grow.component.wasm");
+guest!(/// Allocates and touches memory 1 MiB at a time; traps when an allocation is refused.
+    HOG_CORE = "hog.core.wasm");
+guest!(/// [`HOG_CORE`] as a component.
+    HOG_COMPONENT = "hog.component.wasm");
 guest!(/// Recurses without bound.
     RECURSE_CORE = "recurse.core.wasm");
 guest!(/// [`RECURSE_CORE`] as a component.

@@ -68,21 +68,7 @@ measure() {
   for i in $(seq 1 "$rounds"); do
     name="bench-$(date +%s)-$i"
     # A custom section (id 0) with a unique name: a valid component with a digest never seen.
-    python3 - "$guest" "$state/$name.wasm" "$name" <<'PY'
-import sys
-src, dst, tag = sys.argv[1], sys.argv[2], sys.argv[3].encode()
-def leb(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-name = b"wa8s-bench"
-payload = leb(len(name)) + name + tag
-open(dst, "wb").write(open(src, "rb").read() + b"\x00" + leb(len(payload)) + payload)
-PY
+    python3 e2e/scripts/lib/unique-wasm.py "$guest" "$state/$name.wasm" "$name"
     target/debug/wa8s push "$state/$name.wasm" "127.0.0.1:5000/myorg/bench:$name" >/dev/null 2>&1
     start="$(now)"
     manifest "$name" "$memory" | k apply --server-side -n "$ns" -f - >/dev/null

@@ -4,7 +4,7 @@
 #
 #   build-binaries.sh [etcd] [kube-apiserver] [kube-controller-manager] [kube-scheduler] [kubelet]
 #                     [kube-proxy] [containerd] [ctr] [containerd-shim-runc-v2] [crictl] [helm]
-#                     [metrics-server]
+#                     [metrics-server] [kubeadm] [kind] [coredns] [kindnetd]
 #
 # With no arguments it builds etcd and kube-apiserver (what the operator tests need).
 # Prints one `name=/path/to/binary` line per requested binary on stdout; logs go to stderr.
@@ -146,7 +146,7 @@ containerd_pkg() {
 for w in "${want[@]}"; do
   case "$w" in
     etcd) build_etcd; echo "etcd=$(etcd_bin_dir)/etcd" ;;
-    kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl)
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl | kubeadm)
       build_kube "$w"; echo "$w=$(kube_bin_dir)/$w" ;;
     containerd | ctr | containerd-shim-runc-v2)
       # No btrfs/devmapper/zfs snapshotters: they need cgo and headers, and overlayfs/native do.
@@ -172,6 +172,32 @@ for w in "${want[@]}"; do
     metrics-server)
       go_install metrics-server "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION" "$(metrics_server_bin_dir)"
       echo "metrics-server=$(metrics_server_bin_dir)/metrics-server" ;;
-    *) log "unknown binary '$w' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl helm metrics-server)"; exit 2 ;;
+    kind)
+      # The kind CLI (e2e/scripts/kind.sh); its node image is built by kind-node-image.sh.
+      go_install kind "sigs.k8s.io/kind@$KIND_VERSION" "$(kind_bin_dir)"
+      echo "kind=$(kind_bin_dir)/kind" ;;
+    coredns)
+      # The cluster DNS of the kind node image, at the version kubeadm expects.
+      go_install coredns "github.com/coredns/coredns@$COREDNS_VERSION" "$(coredns_bin_dir)"
+      echo "coredns=$(coredns_bin_dir)/coredns" ;;
+    kindnetd)
+      # kind's CNI daemon, vendored in third_party/kindnetd (not a module of its own on the
+      # proxy); its dependencies come from the module proxy, pinned by its go.sum, except the
+      # one raised below.
+      if [ ! -x "$(kindnetd_bin_dir)/kindnetd" ]; then
+        src="$WA8S_CACHE/build/kindnetd-$KINDNETD_VERSION"
+        rm -rf "$src"; mkdir -p "$src" "$(kindnetd_bin_dir)"
+        cp -r "$here/../../third_party/kindnetd/." "$src/"
+        # Its go.mod pins kube-network-policies at a pseudo-version (commit f67f0fb, 2026-05-28)
+        # that the module proxy here does not serve (403); the next release does and builds.
+        (cd "$src" && go mod edit -require="sigs.k8s.io/kube-network-policies@$KINDNETD_KUBE_NETWORK_POLICIES")
+        log "building kindnetd $KINDNETD_VERSION (cold: a few minutes)"
+        (cd "$src" && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "-s -w" -o "$src/kindnetd" ./cmd/kindnetd)
+        mv "$src/kindnetd" "$(kindnetd_bin_dir)/kindnetd.tmp" && mv "$(kindnetd_bin_dir)/kindnetd.tmp" "$(kindnetd_bin_dir)/kindnetd"
+      else
+        log "kindnetd cached at $(kindnetd_bin_dir)/kindnetd"
+      fi
+      echo "kindnetd=$(kindnetd_bin_dir)/kindnetd" ;;
+    *) log "unknown binary '$w' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl kubeadm containerd ctr containerd-shim-runc-v2 crictl helm metrics-server kind coredns kindnetd)"; exit 2 ;;
   esac
 done

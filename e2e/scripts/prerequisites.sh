@@ -3,18 +3,10 @@
 # already there: the Rust components (rustfmt, clippy), Go (for the upstream Kubernetes
 # binaries), flock. Safe to run repeatedly.
 set -euo pipefail
-log() { printf '[prerequisites] %s\n' "$*" >&2; }
-
-apt_install() {
-  if ! command -v apt-get >/dev/null; then
-    log "need $*, and apt-get is not available: install them and re-run"; exit 1
-  fi
-  log "installing $* with apt-get"
-  if [ ! -f /var/lib/apt/lists/.wa8s-updated ] ; then
-    apt-get update -qq && touch /var/lib/apt/lists/.wa8s-updated
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+# shellcheck disable=SC2034 # read by log() in lib/common.sh
+LOG_PREFIX=prerequisites
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 command -v cargo >/dev/null || { log "cargo is missing: install Rust (https://rustup.rs) and re-run"; exit 1; }
 if command -v rustup >/dev/null; then

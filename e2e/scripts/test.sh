@@ -10,6 +10,13 @@ source e2e/scripts/prerequisites.sh
 bash e2e/scripts/build-binaries.sh etcd kube-apiserver kube-controller-manager kube-scheduler \
   kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl helm metrics-server >/dev/null
 
+# The kind node image (a Debian rootfs, kubeadm, coredns, kindnetd, ...; cached by version)
+# builds in the background while cargo works; the kind scenarios need it.
+mkdir -p target
+kind_image_log="$(pwd)/target/kind-node-image.log"
+bash e2e/scripts/kind-node-image.sh >"$kind_image_log" 2>&1 &
+kind_image_pid=$!
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
@@ -18,6 +25,13 @@ echo "== cargo build (the binaries the end-to-end scenarios run: shim, operator,
 build_wa8s_binaries
 echo "== container images (the chart's install test imports them)"
 bash e2e/scripts/images.sh
+echo "== kind node image (built in the background)"
+if ! wait "$kind_image_pid"; then
+  tail -40 "$kind_image_log" >&2
+  echo "error: building the kind node image failed (log: $kind_image_log)" >&2
+  exit 1
+fi
+tail -1 "$kind_image_log"
 echo "== cargo test"
 # Every test binary runs under a time limit (see test-runner.sh).
 runner="$(pwd)/e2e/scripts/test-runner.sh"

@@ -21,3 +21,18 @@ containerd_bin_dir() { echo "$WA8S_CACHE/bin/containerd-$CONTAINERD_VERSION"; }
 cri_tools_bin_dir() { echo "$WA8S_CACHE/bin/cri-tools-$CRI_TOOLS_VERSION"; }
 helm_bin_dir() { echo "$WA8S_CACHE/bin/helm-$HELM_VERSION"; }
 metrics_server_bin_dir() { echo "$WA8S_CACHE/bin/metrics-server-$METRICS_SERVER_VERSION"; }
+
+# The multi-node kind cluster (e2e/scripts/kind.sh, kind-node-image.sh).
+KIND_VERSION="${KIND_VERSION:-v0.33.0}"
+kind_bin_dir() { echo "$WA8S_CACHE/bin/kind-$KIND_VERSION"; }
+# The cluster DNS at the version kubeadm $KUBE_VERSION deploys (`kubeadm config images list`).
+COREDNS_VERSION="${COREDNS_VERSION:-v1.13.1}"
+coredns_bin_dir() { echo "$WA8S_CACHE/bin/coredns-$COREDNS_VERSION"; }
+# kind's CNI daemon, vendored in third_party/kindnetd at the kind commit its image tag names.
+KINDNETD_VERSION="${KINDNETD_VERSION:-v20260820-69b56db7}"
+# Its go.mod wants sigs.k8s.io/kube-network-policies v1.0.1-0.20260528073847-f67f0fb35e2b, which
+# the module proxy here does not serve; v1.1.0 (2026-06-28, after that commit) does and builds.
+KINDNETD_KUBE_NETWORK_POLICIES="${KINDNETD_KUBE_NETWORK_POLICIES:-v1.1.0}"
+kindnetd_bin_dir() { echo "$WA8S_CACHE/bin/kindnetd-$KINDNETD_VERSION-knp-$KINDNETD_KUBE_NETWORK_POLICIES"; }
+# The node image's root file system: Debian's packages (debootstrap from the apt mirror).
+KIND_NODE_DEBIAN_SUITE="${KIND_NODE_DEBIAN_SUITE:-bookworm}"

@@ -12,6 +12,7 @@ pub mod dns;
 pub mod helm;
 pub mod http;
 pub mod image;
+pub mod kind;
 pub mod kubectl;
 pub mod netns;
 pub mod node;

@@ -72,5 +72,10 @@ k wait -n wa8s-demo --for=condition=Ready --timeout=180s webassembly/image-proce
 k get pods -n wa8s-demo -o wide
 ip="$(k get svc -n wa8s-demo image-processor -o jsonpath='{.spec.clusterIP}')"
 echo "== GET http://$ip/ (the Service, from the control-plane node):"
-podman exec "$name-control-plane" curl -sS -m 10 "http://$ip/"
+# kube-proxy programs a new Service a moment after its endpoints are ready.
+deadline=$((SECONDS + 30))
+until podman exec "$name-control-plane" curl -sS -m 5 "http://$ip/" 2>/dev/null; do
+  [ $SECONDS -lt $deadline ] || { echo "the Service did not answer within 30 s" >&2; exit 1; }
+  sleep 0.5
+done
 echo "kubeconfig: $kubeconfig    stop and remove it: e2e/scripts/kind-quickstart.sh down --name $name"

@@ -108,14 +108,25 @@ fn running_pods(k: &Kubectl, ns: &str, name: &str) -> Result<BTreeMap<String, St
         .collect())
 }
 
-/// GET `url` from inside node container `node`; the hello component's answer, or an error.
+/// GET `url` from inside node container `node` until the hello component answers (kube-proxy
+/// programs a Service a moment after its endpoints are ready), for up to 30 s.
 fn hello_from(c: &KindCluster, node: &str, url: &str) -> Result<()> {
-    let answer = c.exec(node, &["curl", "-sS", "-m", "10", url])?;
-    ensure!(
-        answer.trim() == "hello from wasm",
-        "{url} from {node}: {answer}"
-    );
-    Ok(())
+    let mut last = String::new();
+    let answered =
+        wa8s_e2e::process::eventually(Duration::from_secs(30), Duration::from_millis(500), || {
+            match c.exec(node, &["curl", "-sS", "-m", "5", url]) {
+                Ok(answer) if answer.trim() == "hello from wasm" => Some(()),
+                Ok(answer) => {
+                    last = answer;
+                    None
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    None
+                }
+            }
+        });
+    answered.with_context(|| format!("{url} from {node}: {last}"))
 }
 
 /// `jsonpath` over the Service's EndpointSlices.
@@ -184,18 +195,33 @@ fn install_metrics_server(c: &KindCluster) -> Result<()> {
     let manifest =
         std::fs::read_to_string(wa8s_e2e::repo_root().join("e2e/kind/metrics-server.yaml"))?
             .replace("METRICS_SERVER_VERSION", &version);
-    let out = c.kubectl().run_with_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=wa8s-e2e",
-            "-f",
-            "-",
-        ],
-        Some(&manifest),
-    )?;
-    ensure!(out.success, "metrics-server manifest: {}", out.stderr);
-    Ok(())
+    let apply = |manifest: &str| -> Result<()> {
+        let out = c.kubectl().run_with_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=wa8s-e2e",
+                "-f",
+                "-",
+            ],
+            Some(manifest),
+        )?;
+        ensure!(out.success, "metrics-server manifest: {}", out.stderr);
+        Ok(())
+    };
+    apply(&manifest)?;
+    // The metrics API only once metrics-server serves (see metrics-apiservice.yaml).
+    c.kubectl().ok(&[
+        "rollout",
+        "status",
+        "-n",
+        "kube-system",
+        "deployment/metrics-server",
+        "--timeout=240s",
+    ])?;
+    apply(&std::fs::read_to_string(
+        wa8s_e2e::repo_root().join("e2e/kind/metrics-apiservice.yaml"),
+    )?)
 }
 
 #[test]

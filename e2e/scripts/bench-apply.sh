@@ -43,24 +43,8 @@ first_200() {
   k get webassembly,pods -n "$ns" -o wide >&2
   return 1
 }
-# manifest NAME MEMORY
-manifest() {
-  cat <<YAML
-apiVersion: wa8s.reconciler.io/v1
-kind: WebAssembly
-metadata:
-  name: $1
-spec:
-  module:
-    registry: ghcr.io/myorg/bench
-    tag: $1
-  resources: { memory: "$2", cpu: "250m" }
-YAML
-}
-delete_and_wait() {
-  k delete webassembly -n "$ns" "$1" --wait=true >/dev/null
-  k wait pods -n "$ns" -l "wa8s.reconciler.io/webassembly=$1" --for=delete --timeout=120s >/dev/null 2>&1 || true
-}
+# shellcheck source=lib/bench.sh
+source e2e/scripts/lib/bench.sh
 
 # measure LABEL GUEST MEMORY
 measure() {
@@ -71,11 +55,11 @@ measure() {
     python3 e2e/scripts/lib/unique-wasm.py "$guest" "$state/$name.wasm" "$name"
     target/debug/wa8s push "$state/$name.wasm" "127.0.0.1:5000/myorg/bench:$name" >/dev/null 2>&1
     start="$(now)"
-    manifest "$name" "$memory" | k apply --server-side -n "$ns" -f - >/dev/null
+    bench_manifest "$name" "$memory" | k apply --server-side -n "$ns" -f - >/dev/null
     echo "$label round $i uncached: $(first_200 "$start" "$name") s"
     delete_and_wait "$name"
     start="$(now)"
-    manifest "$name" "$memory" | k apply --server-side -n "$ns" -f - >/dev/null
+    bench_manifest "$name" "$memory" | k apply --server-side -n "$ns" -f - >/dev/null
     echo "$label round $i cached:   $(first_200 "$start" "$name") s"
     delete_and_wait "$name"
     rm -f "$state/$name.wasm"

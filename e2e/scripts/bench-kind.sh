@@ -33,19 +33,8 @@ guests="$(mktemp -d)"
 cargo run --quiet --locked -p wa8s-test-components --example write-guests -- "$guests" >/dev/null
 ns=wa8s-bench
 k create namespace "$ns" >/dev/null
-manifest() {
-  cat <<YAML
-apiVersion: wa8s.reconciler.io/v1
-kind: WebAssembly
-metadata:
-  name: $1
-spec:
-  module:
-    registry: ghcr.io/myorg/bench
-    tag: $1
-  resources: { memory: "32Mi", cpu: "250m" }
-YAML
-}
+# shellcheck source=lib/bench.sh
+source e2e/scripts/lib/bench.sh
 # Inside the control-plane node: apply from stdin, then poll the pod's address; prints the
 # seconds from just before the apply to the first 200.
 in_node='export KUBECONFIG=/etc/kubernetes/admin.conf
@@ -60,11 +49,7 @@ while [ $SECONDS -lt $deadline ]; do
   sleep 0.05
 done
 echo "no 200 from $1 within 180 s" >&2; exit 1'
-apply_to_200() { manifest "$1" | podman exec -i "$cp" bash -c "$in_node" "$ns" "$1"; }
-delete_and_wait() {
-  k delete webassembly -n "$ns" "$1" --wait=true >/dev/null
-  k wait pods -n "$ns" -l "wa8s.reconciler.io/webassembly=$1" --for=delete --timeout=120s >/dev/null 2>&1 || true
-}
+apply_to_200() { bench_manifest "$1" 32Mi | podman exec -i "$cp" bash -c "$in_node" "$ns" "$1"; }
 for i in $(seq 1 "$rounds"); do
   obj="bench-$(date +%s)-$i"
   python3 e2e/scripts/lib/unique-wasm.py "$guests/http.wasm" "$guests/$obj.wasm" "$obj"

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use wa8s_api::contract::parse_duration_ms;
 use wa8s_api::{GuestPath, Quantity};
 use wa8s_host::{
-    DirGrant, EngineConfig, Error as HostError, Grants, HostEngine, Kind, NetworkPolicy, Program,
-    ServeOptions, Server, Stdio,
+    DirGrant, EngineConfig, Error as HostError, Grants, HostEngine, Kind, NetworkPolicy,
+    NodeAddresses, Program, ServeOptions, Server, Stdio, TrustRoots,
 };
 
 mod oci;
@@ -75,6 +75,10 @@ struct RunArgs {
     /// IP, optional :port and scheme://.
     #[arg(long = "allow-host", value_name = "PATTERN")]
     allow_hosts: Vec<String>,
+    /// Trust these CA certificates (PEM) for the guest's https requests, besides Mozilla's
+    /// roots (as a node's shim does with `guestCaFile`).
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
     /// Cap each instance's linear memory, e.g. 32Mi.
     #[arg(long, value_name = "QUANTITY")]
     memory: Option<String>,
@@ -239,7 +243,18 @@ async fn prepare(args: &RunArgs) -> Result<(Program, Grants)> {
             .dirs
             .push(dir_grant(d).with_context(|| format!("--dir {d:?}"))?);
     }
-    grants.network = NetworkPolicy::new(&args.allow_hosts, Vec::new())?;
+    // The machine's own addresses stay closed, as a node's do for a pod: a granted name
+    // pointed at this machine must not reach its local services.
+    let own = if args.allow_hosts.is_empty() {
+        NodeAddresses::default()
+    } else {
+        NodeAddresses::of_this_namespace().context("listing this machine's addresses")?
+    };
+    grants.network = NetworkPolicy::new(&args.allow_hosts, own)?;
+    if let Some(ca) = &args.tls_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("--tls-ca {}", ca.display()))?;
+        grants.trust = TrustRoots::with_extra_pem(&ca.display().to_string(), &pem)?;
+    }
     if let Some(m) = &args.memory {
         let q = Quantity::from(m.as_str());
         let bytes = q

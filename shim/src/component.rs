@@ -48,6 +48,9 @@ pub struct NodeConfig {
     /// Registries reached over plain HTTP.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// CA certificates (PEM) a guest's https requests trust besides Mozilla's roots.
+    #[serde(default)]
+    pub guest_ca_file: Option<PathBuf>,
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -65,6 +68,7 @@ impl Default for NodeConfig {
             max_cache_bytes: default_cache_bytes(),
             mirrors: BTreeMap::new(),
             insecure_registries: Vec::new(),
+            guest_ca_file: None,
         }
     }
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wa8s_host::{
-    DirGrant, EngineConfig, Grants, HostEngine, Kind, NetworkPolicy, PrecompileCache, Program,
-    Server, Stdio,
+    DirGrant, EngineConfig, Grants, HostEngine, Kind, NetworkPolicy, NodeAddresses,
+    PrecompileCache, Program, Server, Stdio, TrustRoots,
 };
 
 use wa8s_api::contract::IMAGE_COMPONENT_COMMAND;
@@ -28,9 +28,10 @@ pub const PRECOMPILE_SUBCOMMAND: &str = "precompile";
 pub const START_FD: i32 = 3;
 /// Descriptor readiness (`ok`) or the startup error is reported on.
 pub const STATUS_FD: i32 = 4;
-/// Environment variable (of the guest process, not the component) listing the node's own
-/// addresses, comma-separated: blocked for the component unless listed literally.
-pub const NODE_ADDRESSES_ENV: &str = "WA8S_NODE_ADDRESSES";
+/// Descriptor of a route-netlink socket the shim opened in the node's network namespace: the
+/// node's own addresses (blocked for the component unless listed literally) are read and
+/// followed through it from the pod's namespace.
+pub const NODE_NETLINK_FD: i32 = 5;
 /// What the guest reports instead of `ok` when the node's precompile cache holds no recorded
 /// artifact for its component: the shim then compiles it and starts a new guest. A warm
 /// cache (the common case) so costs no extra process.
@@ -69,7 +70,15 @@ pub fn main(args: &[String]) -> i32 {
         }
         Err(message) => return fail(&mut status, &message),
     };
-    let mut grants = match grants(&spec) {
+    let (nodes, follow_nodes) = match owned_fd(NODE_NETLINK_FD)
+        .ok_or_else(|| "no node address socket was passed (fd 5)".to_owned())
+        .and_then(|f| {
+            NodeAddresses::watch(f.into()).map_err(|e| format!("reading the node's addresses: {e}"))
+        }) {
+        Ok(n) => n,
+        Err(message) => return fail(&mut status, &message),
+    };
+    let mut grants = match grants(&spec, nodes) {
         Ok(g) => g,
         Err(message) => return fail(&mut status, &message),
     };
@@ -114,6 +123,10 @@ pub fn main(args: &[String]) -> i32 {
     match start.as_mut().map(|s| s.read(&mut byte)) {
         Some(Ok(1)) => {}
         _ => return EXIT_STARTUP,
+    }
+    if let Err(e) = follow_nodes.start() {
+        eprintln!("wa8s: following the node's addresses: {e}");
+        return EXIT_STARTUP;
     }
     let runtime = match crate::async_runtime() {
         Ok(rt) => rt,
@@ -269,7 +282,7 @@ fn load_program(
 }
 
 /// The grants of the pod contract; every error is a sentence for the user.
-fn grants(spec: &ContainerSpec) -> Result<Grants, String> {
+fn grants(spec: &ContainerSpec, nodes: NodeAddresses) -> Result<Grants, String> {
     let policy = &spec.policy;
 
     let mut grants = Grants {
@@ -311,17 +324,12 @@ fn grants(spec: &ContainerSpec) -> Result<Grants, String> {
     }
     // The node's own addresses stay blocked like loopback: a granted name pointed at the
     // node (by DNS) must not reach the kubelet or other node services.
-    let node_addresses = std::env::var(NODE_ADDRESSES_ENV)
-        .unwrap_or_default()
-        .split(',')
-        .filter(|a| !a.is_empty())
-        .map(|a| {
-            a.parse()
-                .map_err(|_| format!("{NODE_ADDRESSES_ENV}: {a:?} is not an IP address"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    grants.network =
-        NetworkPolicy::new(&policy.allowed_hosts, node_addresses).map_err(|e| e.to_string())?;
+    grants.network = NetworkPolicy::new(&policy.allowed_hosts, nodes).map_err(|e| e.to_string())?;
+    if let Some(ca) = NodeConfig::load().map_err(|e| e.to_string())?.guest_ca_file {
+        let pem = std::fs::read(&ca).map_err(|e| format!("guestCaFile {}: {e}", ca.display()))?;
+        grants.trust = TrustRoots::with_extra_pem(&ca.display().to_string(), &pem)
+            .map_err(|e| e.to_string())?;
+    }
     grants.limits.memory_bytes = policy.limits.memory_bytes;
     grants.limits.timeout = Some(Duration::from_millis(policy.limits.request_timeout_ms));
     grants.limits.max_concurrent_requests = policy.limits.max_concurrent_requests as usize;

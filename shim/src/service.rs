@@ -25,6 +25,7 @@ use containerd_shim::{
     Config, Context, DeleteResponse, Flags, StartOpts, TtrpcContext, TtrpcResult,
 };
 use tokio::sync::{Mutex, watch};
+use wa8s_host::NodeAddresses;
 
 use crate::cgroup::Cgroup;
 use crate::component::{self, NodeConfig};
@@ -419,17 +420,10 @@ impl Service {
         if let Ok(v) = std::env::var("WA8S_SHIM_CONFIG") {
             env.push(("WA8S_SHIM_CONFIG".to_owned(), v));
         }
-        // Read here, in the node's network namespace; the guest runs in the pod's.
-        let node_addresses =
-            sys::interface_addresses().map_err(Error::io("listing the node's addresses"))?;
-        env.push((
-            guest::NODE_ADDRESSES_ENV.to_owned(),
-            node_addresses
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        ));
+        // Opened here, in the node's network namespace; the guest runs in the pod's and reads
+        // the node's addresses through it.
+        let node_netlink =
+            NodeAddresses::open_netlink().map_err(Error::io("opening a route-netlink socket"))?;
         let exec = sys::Exec {
             program: exe,
             args: vec![
@@ -456,6 +450,7 @@ impl Service {
             fds: vec![
                 (OwnedFd::from(start_read), guest::START_FD),
                 (OwnedFd::from(status_write), guest::STATUS_FD),
+                (node_netlink, guest::NODE_NETLINK_FD),
             ],
         };
         // The library's reaper collects the exit; nothing here waits on the child.

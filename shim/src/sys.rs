@@ -383,43 +383,6 @@ pub fn private_files(files: &[(std::path::PathBuf, &str)]) -> io::Result<()> {
     Ok(())
 }
 
-/// The addresses of this network namespace's interfaces (the node's, when called by the
-/// shim), loopback excluded.
-pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we only read, then free once.
-    unsafe {
-        check(libc::getifaddrs(&mut list))?;
-        let mut out = Vec::new();
-        let mut cur = list;
-        while !cur.is_null() {
-            let addr = (*cur).ifa_addr;
-            if !addr.is_null() {
-                match i32::from((*addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*addr.cast::<libc::sockaddr_in>();
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*addr.cast::<libc::sockaddr_in6>();
-                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                    }
-                    _ => {}
-                }
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(list);
-        out.retain(|ip| !ip.is_loopback());
-        out.sort();
-        out.dedup();
-        Ok(out)
-    }
-}
-
 /// Sends `signal` to `pid`.
 pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;

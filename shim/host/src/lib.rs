@@ -9,8 +9,7 @@
 mod engine;
 mod error;
 mod grants;
-mod lookup;
-mod outbound;
+mod net;
 mod precache;
 mod program;
 mod quota;
@@ -20,7 +19,8 @@ mod state;
 
 pub use engine::{EngineConfig, HostEngine};
 pub use error::Error;
-pub use grants::{Capture, DirGrant, Grants, Limits, NetworkPolicy, Stdio};
+pub use grants::{Capture, DirGrant, Grants, Limits, Stdio};
+pub use net::{Follow, NetworkPolicy, NodeAddresses, TrustRoots};
 pub use precache::{PrecompileCache, Source};
 pub use program::{Kind, Program};
 pub use run::ExitStatus;

@@ -6,14 +6,12 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::OutputFile;
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::lookup::{Learned, Lookups};
-use crate::outbound::OutboundHttp;
+use crate::net::{GuestNet, Learned, OutboundHttp, open_sockets};
 use crate::quota::Quotas;
-use crate::{Error, Grants, NetworkPolicy, Stdio};
+use crate::{Error, Grants, Stdio};
 
 /// Store data for components (cli and http).
 pub(crate) struct GuestState {
@@ -23,8 +21,7 @@ pub(crate) struct GuestState {
     table: ResourceTable,
     pub(crate) limits: Limiter,
     pub(crate) quotas: Quotas,
-    pub(crate) network: NetworkPolicy,
-    pub(crate) lookups: Lookups,
+    pub(crate) net: GuestNet,
 }
 
 impl WasiView for GuestState {
@@ -50,16 +47,18 @@ impl GuestState {
     /// A store's state. `quotas` come from [`Quotas::new`] on the same grants, resolved
     /// once per program rather than per request.
     pub(crate) fn new(grants: &Grants, quotas: Quotas) -> Result<Self, Error> {
-        let lookups = Lookups::default();
+        let net = GuestNet {
+            policy: grants.network.clone(),
+            lookups: Default::default(),
+        };
         Ok(GuestState {
-            wasi: builder(grants, &lookups.learned)?.build(),
+            wasi: builder(grants, &net.lookups.learned)?.build(),
             http: WasiHttpCtx::new(),
-            hooks: OutboundHttp::new(grants.network.clone()),
+            hooks: OutboundHttp::new(grants.network.clone(), grants.trust.clone()),
             table: ResourceTable::new(),
             limits: limits(grants),
             quotas,
-            network: grants.network.clone(),
-            lookups,
+            net,
         })
     }
 }
@@ -186,33 +185,7 @@ fn builder(grants: &Grants, learned: &Learned) -> Result<WasiCtxBuilder, Error> 
                 ),
             })?;
     }
-    let network = grants.network.clone();
-    if network.is_open() {
-        // Sockets see addresses only: an address is reachable when a rule names it (or is
-        // `*`), or when a granted name resolved to it in this instance. Binds are allowed
-        // just for the ephemeral wildcard a client socket needs; nothing may listen.
-        let learned = learned.clone();
-        b.allow_tcp(true)
-            .allow_udp(true)
-            .allow_ip_name_lookup(true)
-            .socket_addr_check(move |addr, use_| {
-                let allowed = match use_ {
-                    SocketAddrUse::TcpConnect => {
-                        network.socket_allowed("tcp", addr.ip(), addr.port())
-                            || learned.allows(&network, "tcp", addr.ip(), addr.port())
-                    }
-                    SocketAddrUse::UdpSend => {
-                        network.socket_allowed("udp", addr.ip(), addr.port())
-                            || learned.allows(&network, "udp", addr.ip(), addr.port())
-                    }
-                    SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
-                        addr.ip().is_unspecified() && addr.port() == 0
-                    }
-                    _ => false,
-                };
-                Box::pin(async move { allowed })
-            });
-    }
+    open_sockets(&mut b, &grants.network, learned);
     Ok(b)
 }
 

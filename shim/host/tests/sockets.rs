@@ -19,7 +19,7 @@ fn probe(args: &[&str], allowed_hosts: &[String]) -> Result<Grants> {
             .collect(),
         ..Grants::default()
     };
-    grants.network = NetworkPolicy::new(allowed_hosts, Vec::new())?;
+    grants.network = NetworkPolicy::new(allowed_hosts, wa8s_host::NodeAddresses::default())?;
     grants.limits.timeout = Some(Duration::from_secs(20));
     Ok(grants)
 }

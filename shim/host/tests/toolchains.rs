@@ -49,7 +49,7 @@ fn grants(allowed_hosts: &[String]) -> Result<Grants> {
     let mut g = Grants::default();
     g.limits.timeout = Some(Duration::from_secs(20));
     g.limits.memory_bytes = Some(256 << 20);
-    g.network = NetworkPolicy::new(allowed_hosts, Vec::new())?;
+    g.network = NetworkPolicy::new(allowed_hosts, wa8s_host::NodeAddresses::default())?;
     Ok(g)
 }
 

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use wasmtime::component::{Linker, Resource};
+use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p2::Network;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
     Host as _, HostResolveAddressStream as _, ResolveAddressStream,
@@ -19,8 +20,7 @@ use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Host as _, IpAddress};
 use wasmtime_wasi::sockets::WasiSocketsView;
 
-use crate::NetworkPolicy;
-use crate::state::GuestState;
+use super::{GuestNet, NetworkPolicy};
 
 /// Per-instance record of allowed lookups.
 #[derive(Default)]
@@ -60,14 +60,18 @@ impl Learned {
 }
 
 /// Shadows name lookup with the gated version. Call after wasmtime-wasi's own
-/// `add_to_linker`, with shadowing allowed.
-pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+/// `add_to_linker`, with shadowing allowed. `net` projects the store's data to its network
+/// state.
+pub(crate) fn add_to_linker<T: WasiView + 'static>(
+    linker: &mut Linker<T>,
+    net: fn(&mut T) -> &mut GuestNet,
+) -> wasmtime::Result<()> {
     let mut lookup = linker.instance("wasi:sockets/ip-name-lookup@0.2.12")?;
     lookup.func_wrap(
         "resolve-addresses",
-        |mut store, (network, name): (Resource<Network>, String)| {
+        move |mut store, (network, name): (Resource<Network>, String)| {
             let state = store.data_mut();
-            if !state.network.may_resolve(&name) {
+            if !net(state).policy.may_resolve(&name) {
                 tracing::debug!(%name, "name lookup refused: no allowedHosts rule matches");
                 return Ok((Err(ErrorCode::AccessDenied),));
             }
@@ -76,13 +80,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
                 Ok(s) => s,
                 Err(e) => return Ok((Err(view.convert_error_code(e)?),)),
             };
-            state.lookups.pending.insert(stream.rep(), name);
+            net(state).lookups.pending.insert(stream.rep(), name);
             Ok((Ok(stream),))
         },
     )?;
     lookup.func_wrap(
         "[method]resolve-address-stream.resolve-next-address",
-        |mut store, (stream,): (Resource<ResolveAddressStream>,)| {
+        move |mut store, (stream,): (Resource<ResolveAddressStream>,)| {
             let state = store.data_mut();
             let rep = stream.rep();
             let mut view = state.sockets();
@@ -90,8 +94,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
                 Ok(next) => next,
                 Err(e) => return Ok((Err(view.convert_error_code(e)?),)),
             };
-            if let (Some(addr), Some(name)) = (&next, state.lookups.pending.get(&rep)) {
-                state.lookups.learned.add(ip_of(addr), name);
+            let lookups = &mut net(state).lookups;
+            if let (Some(addr), Some(name)) = (&next, lookups.pending.get(&rep)) {
+                lookups.learned.add(ip_of(addr), name);
             }
             Ok((Ok(next),))
         },
@@ -112,7 +117,11 @@ mod tests {
 
     #[test]
     fn a_resolved_address_is_reachable_only_under_the_rule_of_its_name() {
-        let policy = NetworkPolicy::new(&["tcp://api.example.com:443"], Vec::new()).expect("ok");
+        let policy = NetworkPolicy::new(
+            &["tcp://api.example.com:443"],
+            crate::NodeAddresses::default(),
+        )
+        .expect("ok");
         let learned = Learned::default();
         let public: IpAddr = "93.184.216.34".parse().expect("ip");
         let loopback: IpAddr = "127.0.0.1".parse().expect("ip");

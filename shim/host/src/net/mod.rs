@@ -1,0 +1,33 @@
+//! The network gate: every way a guest reaches the network passes through this module.
+//!
+//! - [`policy`]: `allowedHosts` as typed rules, and which addresses they open;
+//! - [`address`]: what an address is in every form it can be written in;
+//! - [`node`]: the node's own addresses, kept current;
+//! - [`lookup`]: wasi:sockets name lookups, allowed only for granted names;
+//! - [`socket`]: the address check wasi:sockets calls before every connect and send;
+//! - [`http`]: outgoing wasi:http requests, connected to the checked address;
+//! - [`tls`]: what a guest's https requests trust.
+
+mod address;
+mod http;
+mod lookup;
+mod node;
+mod policy;
+mod socket;
+mod tls;
+
+pub use node::{Follow, NodeAddresses};
+pub use policy::NetworkPolicy;
+pub use tls::TrustRoots;
+
+pub(crate) use http::OutboundHttp;
+pub(crate) use lookup::{Learned, Lookups, add_to_linker};
+pub(crate) use socket::open_sockets;
+
+/// One instance's network state, reached by the linker extensions through a projection
+/// closure (as `wasmtime serve` does) rather than through the store's other fields.
+#[derive(Default)]
+pub(crate) struct GuestNet {
+    pub(crate) policy: NetworkPolicy,
+    pub(crate) lookups: Lookups,
+}

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use wa8s_api::contract::parse_duration_ms;
 use wa8s_api::{GuestPath, Quantity};
 use wa8s_host::{
-    DirGrant, EngineConfig, Error as HostError, Grants, HostEngine, Kind, NetworkPolicy,
-    NodeAddresses, Program, ServeOptions, Server, Stdio, TrustRoots,
+    DirGrant, EngineConfig, Error as HostError, Grants, HostEngine, Kind, MemoryBudget,
+    NetworkPolicy, NodeAddresses, Program, ServeOptions, Server, Stdio, TrustRoots,
 };
 
 mod oci;
@@ -79,7 +79,7 @@ struct RunArgs {
     /// roots (as a node's shim does with `guestCaFile`).
     #[arg(long = "tls-ca", value_name = "FILE")]
     tls_ca: Option<PathBuf>,
-    /// Cap each instance's linear memory, e.g. 32Mi.
+    /// Bound the memories and tables of each instance, and of all instances together, e.g. 32Mi.
     #[arg(long, value_name = "QUANTITY")]
     memory: Option<String>,
     /// Deadline per request (serving) or for the whole run, e.g. 5s, 500ms.
@@ -261,7 +261,9 @@ async fn prepare(args: &RunArgs) -> Result<(Program, Grants)> {
             .to_bytes()
             .filter(|b| *b > 0)
             .ok_or_else(|| anyhow!("--memory {m:?}: expected a positive quantity such as 32Mi"))?;
+        // As in a pod: the bound of one instance, and of all of them together.
         grants.limits.memory_bytes = Some(bytes);
+        grants.limits.budget = Some(MemoryBudget::new(bytes));
     }
     if let Some(t) = &args.timeout {
         grants.limits.timeout = Some(duration(t).context("--timeout")?);

@@ -210,3 +210,73 @@ fn wa8s_run_listen_serves_http_and_stops_cleanly_on_sigterm() {
     );
     assert_eq!(status.code(), Some(0));
 }
+
+/// This machine's first IPv4 address other than loopback.
+fn own_ipv4() -> std::net::Ipv4Addr {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .expect("ip addr");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next()?.parse().ok())
+        .expect("a global IPv4 address")
+}
+
+#[test]
+fn wa8s_run_blocks_the_machines_own_addresses_in_every_form_as_a_node_does() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let probe = guest(&dir, "sockprobe.wasm", guests::SOCKPROBE_COMPONENT);
+    let ip = own_ipv4();
+    let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    let [a, b, c, d] = ip.octets();
+    for form in [
+        ip.to_string(),
+        format!("::ffff:{ip}"),
+        format!(
+            "64:ff9b::{:x}:{:x}",
+            u16::from_be_bytes([a, b]),
+            u16::from_be_bytes([c, d])
+        ),
+    ] {
+        let out = wa8s()
+            .args([
+                "run",
+                "--allow-host",
+                "*",
+                &probe,
+                "--",
+                "connect",
+                &form,
+                &port,
+            ])
+            .output()
+            .expect("runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("connect=err"), "{form}: {stdout}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "the machine's own address was reached"
+    );
+    // Named literally, the address is granted.
+    let out = wa8s()
+        .args([
+            "run",
+            "--allow-host",
+            &format!("{ip}:{port}"),
+            &probe,
+            "--",
+            "connect",
+            &ip.to_string(),
+            &port,
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("connect=ok"), "{stdout}");
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wa8s_host::{
-    DirGrant, EngineConfig, Grants, HostEngine, Kind, NetworkPolicy, NodeAddresses,
+    DirGrant, EngineConfig, Grants, HostEngine, Kind, MemoryBudget, NetworkPolicy, NodeAddresses,
     PrecompileCache, Program, Server, Stdio, TrustRoots,
 };
 
@@ -48,6 +48,18 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("usage: containerd-shim-wa8s-v1 guest BUNDLE DIGEST");
         return EXIT_STARTUP;
     };
+    // The host's denials (memory growth, network) go to the container's log, at warn and
+    // above unless WA8S_LOG says otherwise.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WA8S_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
     let mut status = owned_fd(STATUS_FD);
     let mut start = owned_fd(START_FD);
     let spec = match ContainerSpec::load(Path::new(bundle)) {
@@ -87,6 +99,14 @@ pub fn main(args: &[String]) -> i32 {
         Ok(dirs) => dirs,
         Err(message) => return fail(&mut status, &message),
     };
+    // Measured now, with the program loaded and before any request: what the runtime itself
+    // holds is taken off the container's limit, and the rest is what the instances share.
+    if let Some(limit) = spec.limits.memory_bytes.and_then(|l| u64::try_from(l).ok()) {
+        match shared_budget(limit) {
+            Ok(budget) => grants.limits.budget = Some(budget),
+            Err(message) => return fail(&mut status, &message),
+        }
+    }
     // An HTTP component's port is bound now, in the pod's network namespace and before the
     // privileges go (so ports below 1024 work too): connections queue from the moment the
     // container is created and are served as soon as it starts.
@@ -138,6 +158,44 @@ pub fn main(args: &[String]) -> i32 {
     runtime.block_on(run(program, grants, server))
 }
 
+/// Room kept above the runtime's measured size for what requests cost besides their Wasm
+/// memory (stores, fiber stacks, connection buffers) and for the kernel's own charges.
+const RUNTIME_HEADROOM: u64 = 4 << 20;
+
+/// The memory budget the instances share under a container limit of `limit` bytes.
+fn shared_budget(limit: u64) -> Result<MemoryBudget, String> {
+    let own = resident_bytes().map_err(|e| format!("measuring the runtime's memory: {e}"))?;
+    let reserved = own + RUNTIME_HEADROOM;
+    match limit.checked_sub(reserved).filter(|b| *b >= 1 << 20) {
+        Some(budget) => {
+            tracing::info!(
+                limit,
+                runtime = own,
+                budget,
+                "memory budget of the guest's instances"
+            );
+            Ok(MemoryBudget::new(budget))
+        }
+        None => Err(format!(
+            "the container's memory limit ({limit} bytes) leaves no room for the component: \
+             the runtime itself needs {reserved} bytes with this component loaded; raise \
+             resources.memory"
+        )),
+    }
+}
+
+/// This process's resident memory.
+fn resident_bytes() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| std::io::Error::other("no VmRSS in /proc/self/status"))
+}
+
 /// Fails unless this process has a single thread.
 fn only_thread() -> Result<(), String> {
     let threads = std::fs::read_dir("/proc/self/task")
@@ -161,7 +219,7 @@ const NAME_FILES: &[&str] = &["/etc/hosts", "/etc/resolv.conf"];
 fn use_pod_name_files(spec: &ContainerSpec) -> Result<(), String> {
     let files: Vec<(PathBuf, &str)> = NAME_FILES
         .iter()
-        .filter_map(|target| Some((spec.mounts.get(*target)?.clone(), *target)))
+        .filter_map(|target| Some((spec.mounts.get(*target)?.source.clone(), *target)))
         .filter(|(_, target)| Path::new(target).exists())
         .collect();
     crate::sys::private_files(&files)
@@ -309,16 +367,17 @@ fn grants(spec: &ContainerSpec, nodes: NodeAddresses) -> Result<Grants, String> 
         .cloned()
         .collect();
     for fs in &policy.fs {
-        let host = spec.mounts.get(&fs.path).ok_or_else(|| {
+        let volume = spec.mounts.get(&fs.path).ok_or_else(|| {
             format!(
                 "the policy grants {} but the container mounts no volume there",
                 fs.path
             )
         })?;
         grants.dirs.push(DirGrant {
-            host: host.clone(),
+            host: volume.source.clone(),
             guest: fs.path.clone(),
-            read_only: fs.read_only,
+            // A volume mounted read-only stays read-only whatever the grant says.
+            read_only: fs.read_only || volume.read_only,
             max_bytes: fs.max_size_bytes,
         });
     }
@@ -374,5 +433,49 @@ async fn terminated() {
             s.recv().await;
         }
         Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wa8s_api::contract::{FsPolicy, Policy};
+
+    /// A bundle whose container mounts `volume` at /data with `options`, under a policy that
+    /// grants /data writable.
+    fn bundle(volume: &Path, options: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut policy = Policy::deny_all();
+        policy.fs.push(FsPolicy {
+            path: "/data".into(),
+            read_only: false,
+            max_size_bytes: None,
+        });
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "process": {"args": ["/"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "annotations": policy.to_annotations(),
+            "mounts": [{
+                "destination": "/data",
+                "type": "bind",
+                "source": volume,
+                "options": options,
+            }],
+        });
+        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
+        dir
+    }
+
+    #[test]
+    fn a_volume_mounted_read_only_stays_read_only_under_a_writable_grant() {
+        let volume = tempfile::tempdir().expect("volume");
+        for (options, read_only) in [(vec!["rbind", "ro"], true), (vec!["rbind", "rw"], false)] {
+            let b = bundle(volume.path(), &options);
+            let spec = ContainerSpec::load(b.path()).expect("spec");
+            let grants = grants(&spec, NodeAddresses::default()).expect("grants");
+            assert_eq!(grants.dirs.len(), 1);
+            assert_eq!(grants.dirs[0].read_only, read_only, "{options:?}");
+        }
     }
 }

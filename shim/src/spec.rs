@@ -50,10 +50,20 @@ pub struct ContainerSpec {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
-    /// `destination → source` of bind mounts (volumes).
-    pub mounts: BTreeMap<String, PathBuf>,
+    /// Bind mounts (volumes), by destination.
+    pub mounts: BTreeMap<String, Volume>,
     /// The root filesystem, relative to the bundle unless absolute.
     pub root: PathBuf,
+}
+
+/// A volume the kubelet bind-mounts into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// Where it is on the node.
+    pub source: PathBuf,
+    /// Mounted read-only (`readOnly` on the volume mount, or a read-only volume such as a
+    /// Secret): no grant can make it writable.
+    pub read_only: bool,
 }
 
 impl ContainerSpec {
@@ -125,9 +135,16 @@ impl ContainerSpec {
                         .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
             })
             .filter_map(|m| {
+                let read_only = m
+                    .options()
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|x| x == "ro"));
                 Some((
                     m.destination().to_string_lossy().into_owned(),
-                    m.source().clone()?,
+                    Volume {
+                        source: m.source().clone()?,
+                        read_only,
+                    },
                 ))
             })
             .collect();

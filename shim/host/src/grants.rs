@@ -7,7 +7,7 @@ use std::time::Duration;
 use wa8s_api::contract;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use crate::{Error, NetworkPolicy, TrustRoots};
+use crate::{Error, MemoryBudget, NetworkPolicy, TrustRoots};
 
 /// Capabilities and limits for one guest (all instances of one program share them).
 #[derive(Debug, Clone, Default)]
@@ -47,8 +47,12 @@ pub struct DirGrant {
 /// Limits for each instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Linear-memory cap per memory, in bytes; `memory.grow` past it fails in the guest.
+    /// Cap on the bytes of all linear memories and tables of one instance together; growth
+    /// past it fails in the guest.
     pub memory_bytes: Option<u64>,
+    /// A budget all instances of the process share (e.g. the container's memory less the
+    /// runtime's own); growth past it fails in the guest that asked.
+    pub budget: Option<MemoryBudget>,
     /// Wall-clock deadline for one request (or a whole cli run, if set).
     pub timeout: Option<Duration>,
     /// Requests served at once; more wait.
@@ -59,6 +63,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory_bytes: None,
+            budget: None,
             timeout: None,
             max_concurrent_requests: contract::DEFAULT_MAX_CONCURRENT_REQUESTS as usize,
         }

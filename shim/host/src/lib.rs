@@ -9,6 +9,7 @@
 mod engine;
 mod error;
 mod grants;
+mod memory;
 mod net;
 mod precache;
 mod program;
@@ -20,6 +21,7 @@ mod state;
 pub use engine::{EngineConfig, HostEngine};
 pub use error::Error;
 pub use grants::{Capture, DirGrant, Grants, Limits, Stdio};
+pub use memory::MemoryBudget;
 pub use net::{Follow, NetworkPolicy, NodeAddresses, TrustRoots};
 pub use precache::{PrecompileCache, Source};
 pub use program::{Kind, Program};

@@ -94,7 +94,7 @@ pub(crate) fn yield_every_tick<T>(store: &mut Store<T>) {
 /// running Wasm yields at every epoch tick, and host calls are ordinary futures.
 pub(crate) async fn within(
     timeout: Option<Duration>,
-    memory: &crate::state::MemoryRefusal,
+    memory: &crate::memory::MemoryRefusal,
     fut: impl Future<Output = wasmtime::Result<i32>>,
 ) -> Result<i32, Error> {
     let outcome = match timeout {

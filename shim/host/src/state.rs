@@ -1,14 +1,13 @@
 //! Per-instance store state and building the WASI context from [`Grants`].
 
-use std::sync::{Arc, OnceLock};
 use wasmtime::component::ResourceTable;
 
-use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::OutputFile;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::memory::Limiter;
 use crate::net::{GuestNet, Learned, OutboundHttp, open_sockets};
 use crate::quota::Quotas;
 use crate::{Error, Grants, Stdio};
@@ -56,7 +55,7 @@ impl GuestState {
             http: WasiHttpCtx::new(),
             hooks: OutboundHttp::new(grants.network.clone(), grants.trust.clone()),
             table: ResourceTable::new(),
-            limits: limits(grants),
+            limits: Limiter::new(&grants.limits),
             quotas,
             net,
         })
@@ -73,95 +72,9 @@ impl P1State {
     pub(crate) fn new(grants: &Grants) -> Result<Self, Error> {
         Ok(P1State {
             wasi: builder(grants, &Learned::default())?.build_p1(),
-            limits: limits(grants),
+            limits: Limiter::new(&grants.limits),
         })
     }
-}
-
-/// The store's limits, remembering the first memory growth they refused: a guest whose
-/// allocator then gives up (a trap) is reported as out of memory, naming its limit.
-pub(crate) struct Limiter {
-    inner: StoreLimits,
-    pub(crate) refused: MemoryRefusal,
-}
-
-/// The size (bytes) of the first `memory.grow` a store's limits refused, if any; shared with
-/// whoever reports the guest's end.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct MemoryRefusal {
-    desired: Arc<OnceLock<usize>>,
-    limit: Option<u64>,
-}
-
-impl MemoryRefusal {
-    /// Why a trap happened, when it followed a refused growth.
-    pub(crate) fn explain(&self, trap: String) -> String {
-        match (self.desired.get(), self.limit) {
-            (Some(desired), Some(limit)) => format!(
-                "the guest ran out of memory: growing a linear memory to {desired} bytes was refused \
-                 (the limit is {limit} bytes: resources.memory, or --memory), then it stopped: {trap}"
-            ),
-            _ => trap,
-        }
-    }
-}
-
-impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        if !allowed {
-            let _ = self.refused.desired.set(desired);
-        }
-        Ok(allowed)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
-    }
-}
-
-fn limits(grants: &Grants) -> Limiter {
-    Limiter {
-        inner: store_limits(grants),
-        refused: MemoryRefusal {
-            desired: Arc::default(),
-            limit: grants.limits.memory_bytes,
-        },
-    }
-}
-
-fn store_limits(grants: &Grants) -> StoreLimits {
-    let mut b = StoreLimitsBuilder::new()
-        .instances(64)
-        // A refused memory.grow returns -1 to the guest (its allocator reports out of memory)
-        // rather than trapping, as the Wasm spec describes.
-        .trap_on_grow_failure(false);
-    if let Some(bytes) = grants.limits.memory_bytes {
-        b = b.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
-    }
-    b.build()
 }
 
 fn builder(grants: &Grants, learned: &Learned) -> Result<WasiCtxBuilder, Error> {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use wa8s_host::{EngineConfig, Grants, HostEngine, Program, ServeOptions, Server};
+use wa8s_host::{EngineConfig, Grants, HostEngine, MemoryBudget, Program, ServeOptions, Server};
 
 mod common;
 use common::{get, serve};
@@ -51,6 +51,50 @@ async fn hostile_requests_are_contained_and_the_next_request_is_served() -> Resu
         get(server.addr, "/").await?,
         (200, "hello from wasm\n".into())
     );
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_one_memory_budget_and_only_the_ones_past_it_fail() -> Result<()>
+{
+    let budget = MemoryBudget::new(24 << 20);
+    let mut grants = Grants::default();
+    grants.limits.timeout = Some(Duration::from_secs(20));
+    grants.limits.memory_bytes = Some(24 << 20);
+    grants.limits.budget = Some(budget.clone());
+    grants.limits.max_concurrent_requests = 50;
+    let server = serve(HTTP, grants, Duration::from_secs(5)).await?;
+    // One request asking for more than the whole budget fails alone.
+    let (status, body) = get(server.addr, "/m40").await?;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("ran out of memory"), "{body}");
+    assert_eq!(
+        budget.refusals(),
+        0,
+        "the instance's own bound refused it first"
+    );
+    assert_eq!(budget.used(), 0);
+    // Fifty at once, 1 MiB each (plus each instance's own first page): their sum is past the
+    // budget, so some fail with the reason and the rest are served.
+    let addr = server.addr;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        requests.spawn(async move { get(addr, "/m1").await.map_err(|e| e.to_string()) });
+    }
+    let answers = requests.join_all().await;
+    let ok = answers.iter().filter(|a| matches!(a, Ok((200, _)))).count();
+    for a in &answers {
+        match a {
+            Ok((200, _)) => {}
+            Ok((500, body)) => assert!(body.contains("budget of 25165824"), "{body}"),
+            other => panic!("unexpected answer: {other:?}"),
+        }
+    }
+    assert!(ok >= 10, "only {ok} of 50 served");
+    // Everything is given back, and the server goes on serving.
+    assert_eq!(budget.used(), 0);
+    assert_eq!(get(server.addr, "/").await?.0, 200);
+    assert_eq!(get(server.addr, "/m8").await?.0, 200);
     server.shutdown().await
 }
 

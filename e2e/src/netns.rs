@@ -47,7 +47,10 @@ impl Netns {
 /// mounted in it, that hides them under the new mount, where nothing can unmount or remove
 /// them (seen: a scenario's first `ip netns add` leaked two pods' namespaces).
 pub fn prepare_run_netns() -> std::io::Result<()> {
-    let name = format!("wa8s-prepare-{}", std::process::id());
+    // Tests of one binary run in parallel threads of one process: the pid alone is not unique.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("wa8s-prepare-{}-{n}", std::process::id());
     ip(&["netns", "add", &name])?;
     ip(&["netns", "del", &name])
 }

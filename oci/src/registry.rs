@@ -337,10 +337,16 @@ impl Registry {
         }
     }
 
+    /// What users (and objects' status) see of a registry's failure: the HTTP status and the
+    /// OCI error codes, never a body. A registry is outside input, and it may redirect to a
+    /// service inside the cluster whose answer must not come back through wa8s.
     fn translate(&self, reference: &Reference, e: OciDistributionError) -> Error {
         let registry = reference.resolve_registry().to_owned();
         match e {
-            OciDistributionError::AuthenticationFailure(reason) => Error::Auth { registry, reason },
+            OciDistributionError::AuthenticationFailure(_) => Error::Auth {
+                registry,
+                reason: "the token service refused the credentials".into(),
+            },
             OciDistributionError::UnauthorizedError { url } => Error::Auth {
                 registry,
                 reason: format!("unauthorized at {url}"),
@@ -348,15 +354,20 @@ impl Registry {
             OciDistributionError::ImageManifestNotFoundError(_) => Error::NotFound {
                 reference: reference.whole(),
             },
-            OciDistributionError::RegistryError { envelope, url } => {
+            OciDistributionError::RegistryError { envelope, .. } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                let named = codes
+                    .iter()
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 if codes
                     .iter()
                     .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
                 {
                     Error::Auth {
                         registry,
-                        reason: format!("{envelope} ({url})"),
+                        reason: format!("the registry answered {named}"),
                     }
                 } else if codes.iter().any(|c| {
                     matches!(
@@ -372,17 +383,16 @@ impl Registry {
                 } else {
                     Error::Registry {
                         registry,
-                        reason: format!("{envelope} ({url})"),
+                        reason: format!("the registry answered {named}"),
                     }
                 }
             }
             OciDistributionError::ServerError {
-                code: 401 | 403,
-                url,
-                message,
+                code: code @ (401 | 403),
+                ..
             } => Error::Auth {
                 registry,
-                reason: format!("{message} ({url})"),
+                reason: format!("the registry answered HTTP {code}"),
             },
             OciDistributionError::ServerError { code: 404, .. } => Error::NotFound {
                 reference: reference.whole(),
@@ -391,6 +401,10 @@ impl Registry {
                 what: reference.whole(),
                 expected: String::new(),
                 actual: d.to_string(),
+            },
+            OciDistributionError::ServerError { code, .. } => Error::Registry {
+                registry,
+                reason: format!("the registry answered HTTP {code}"),
             },
             other => Error::Registry {
                 registry,

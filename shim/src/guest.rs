@@ -184,16 +184,21 @@ fn shared_budget(limit: u64) -> Result<MemoryBudget, String> {
     }
 }
 
-/// This process's resident memory.
+/// This process's resident memory the kernel cannot reclaim: anonymous and shared pages.
+/// File-backed pages (the binary, the mapped precompiled component) are charged to the
+/// container too, but the kernel drops them under pressure instead of killing.
 fn resident_bytes() -> std::io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|kb| kb.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| std::io::Error::other("no VmRSS in /proc/self/status"))
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| std::io::Error::other(format!("no {name} in /proc/self/status")))
+    };
+    Ok(field("RssAnon:")? + field("RssShmem:")?)
 }
 
 /// Fails unless this process has a single thread.

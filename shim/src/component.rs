@@ -51,6 +51,21 @@ pub struct NodeConfig {
     /// CA certificates (PEM) a guest's https requests trust besides Mozilla's roots.
     #[serde(default)]
     pub guest_ca_file: Option<PathBuf>,
+    /// Which seccomp filters confine a guest process.
+    #[serde(default)]
+    pub guest_seccomp: GuestSeccomp,
+}
+
+/// Which seccomp filters confine a guest process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GuestSeccomp {
+    /// The container's profile and the wa8s allowlist on top (the default).
+    #[default]
+    Wa8s,
+    /// The container's profile only: an escape hatch should a node's libraries need a call
+    /// the allowlist lacks.
+    Container,
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -69,6 +84,7 @@ impl Default for NodeConfig {
             mirrors: BTreeMap::new(),
             insecure_registries: Vec::new(),
             guest_ca_file: None,
+            guest_seccomp: GuestSeccomp::default(),
         }
     }
 }

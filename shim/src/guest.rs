@@ -18,7 +18,7 @@ use wa8s_host::{
 
 use wa8s_api::contract::IMAGE_COMPONENT_COMMAND;
 
-use crate::component::NodeConfig;
+use crate::component::{GuestSeccomp, NodeConfig};
 use crate::spec::ContainerSpec;
 
 pub const SUBCOMMAND: &str = "guest";
@@ -66,11 +66,15 @@ pub fn main(args: &[String]) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&mut status, &e.to_string()),
     };
-    // First, while this process has one thread: names resolve as in the pod.
-    if let Err(message) = use_pod_name_files(&spec) {
-        return fail(&mut status, &message);
+    if let Err(e) = crate::sys::exit_on_sigterm() {
+        return fail(&mut status, &format!("handling SIGTERM: {e}"));
     }
-    let (spec, program) = match load_program(spec, digest) {
+    let rootfs = spec.rootfs(Path::new(bundle));
+    let node = match NodeConfig::load() {
+        Ok(n) => n,
+        Err(e) => return fail(&mut status, &e.to_string()),
+    };
+    let (spec, program) = match load_program(spec, digest, &node) {
         Ok(Some(loaded)) => loaded,
         // Not an error: the shim compiles it (outside the pod's cgroup) and starts another
         // guest. Nothing goes to the container's streams.
@@ -90,7 +94,7 @@ pub fn main(args: &[String]) -> i32 {
         Ok(n) => n,
         Err(message) => return fail(&mut status, &message),
     };
-    let mut grants = match grants(&spec, nodes) {
+    let mut grants = match grants(&spec, nodes, &node) {
         Ok(g) => g,
         Err(message) => return fail(&mut status, &message),
     };
@@ -131,8 +135,17 @@ pub fn main(args: &[String]) -> i32 {
     if let Err(message) = only_thread() {
         return fail(&mut status, &message);
     }
+    // Everything the guest needs from the node is open now: leave the node's file system.
+    if let Err(message) = own_root(&spec, &rootfs) {
+        return fail(&mut status, &message);
+    }
     if let Err(e) = crate::sys::drop_privileges(spec.uid, spec.gid, &spec.additional_gids) {
         return fail(&mut status, &format!("dropping privileges: {e}"));
+    }
+    // The container's profile, then the wa8s allowlist (unless the node turned it off); the
+    // kernel answers each call with the strictest of them.
+    if let Err(message) = confine_syscalls(&spec, &node) {
+        return fail(&mut status, &message);
     }
     if let Some(s) = status.as_mut() {
         let _ = s.write_all(b"ok\n");
@@ -144,6 +157,7 @@ pub fn main(args: &[String]) -> i32 {
         Some(Ok(1)) => {}
         _ => return EXIT_STARTUP,
     }
+    crate::sys::default_sigterm();
     if let Err(e) = follow_nodes.start() {
         eprintln!("wa8s: following the node's addresses: {e}");
         return EXIT_STARTUP;
@@ -201,6 +215,22 @@ fn resident_bytes() -> std::io::Result<u64> {
     Ok(field("RssAnon:")? + field("RssShmem:")?)
 }
 
+/// Applies, unless the node's `guestSeccomp` says `container`, the wa8s allowlist, then the
+/// container's own profile (last, since it may refuse installing further filters).
+fn confine_syscalls(spec: &ContainerSpec, node: &NodeConfig) -> Result<(), String> {
+    if node.guest_seccomp == GuestSeccomp::Wa8s {
+        crate::seccomp::Filters::wa8s()
+            .and_then(|f| f.apply())
+            .map_err(|e| format!("the wa8s seccomp allowlist: {e}"))?;
+    }
+    if let Some(profile) = &spec.seccomp {
+        profile
+            .apply()
+            .map_err(|e| format!("the container's seccomp profile: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Fails unless this process has a single thread.
 fn only_thread() -> Result<(), String> {
     let threads = std::fs::read_dir("/proc/self/task")
@@ -218,17 +248,20 @@ fn only_thread() -> Result<(), String> {
 /// The files the pod's resolver reads, which the kubelet mounts into each container.
 const NAME_FILES: &[&str] = &["/etc/hosts", "/etc/resolv.conf"];
 
-/// Makes the guest resolve names with its pod's `/etc/hosts` and `/etc/resolv.conf` (the
-/// kubelet's, with the pod's host aliases and cluster DNS) rather than the node's, as a
-/// process in a container of the pod would.
-fn use_pod_name_files(spec: &ContainerSpec) -> Result<(), String> {
+/// Gives the guest a root of its own holding only `/proc` and its pod's `/etc/hosts` and
+/// `/etc/resolv.conf` (the kubelet's, with the pod's host aliases and cluster DNS), so names
+/// resolve as in a container of the pod and nothing of the node is reachable by path.
+fn own_root(spec: &ContainerSpec, rootfs: &Path) -> Result<(), String> {
     let files: Vec<(PathBuf, &str)> = NAME_FILES
         .iter()
         .filter_map(|target| Some((spec.mounts.get(*target)?.source.clone(), *target)))
-        .filter(|(_, target)| Path::new(target).exists())
         .collect();
-    crate::sys::private_files(&files)
-        .map_err(|e| format!("using the pod's name resolution files: {e}"))
+    crate::sys::enter_root(rootfs, &files).map_err(|e| {
+        format!(
+            "entering the container's own root at {}: {e}",
+            rootfs.display()
+        )
+    })
 }
 
 /// Opens each granted directory while the process may still reach it, and points the grant
@@ -276,7 +309,10 @@ pub fn precompile_main(args: &[String]) -> i32 {
     // A cache hit only checks the record; the guest is the one that loads the code.
     let warmed = ContainerSpec::load(Path::new(bundle))
         .map_err(|e| e.to_string())
-        .and_then(|spec| Cached::open(spec, digest))
+        .and_then(|spec| {
+            let node = NodeConfig::load().map_err(|e| e.to_string())?;
+            Cached::open(spec, digest, &node)
+        })
         .and_then(|c| {
             c.precompiled
                 .ensure(&c.engine, digest, &c.bytes)
@@ -304,8 +340,7 @@ struct Cached {
 }
 
 impl Cached {
-    fn open(spec: ContainerSpec, digest: &str) -> Result<Self, String> {
-        let node = NodeConfig::load().map_err(|e| e.to_string())?;
+    fn open(spec: ContainerSpec, digest: &str, node: &NodeConfig) -> Result<Self, String> {
         let blobs = node.blobs().map_err(|e| e.to_string())?;
         let bytes = blobs
             .get(digest)
@@ -335,8 +370,9 @@ impl Cached {
 fn load_program(
     spec: ContainerSpec,
     digest: &str,
+    node: &NodeConfig,
 ) -> Result<Option<(ContainerSpec, Program)>, String> {
-    let c = Cached::open(spec, digest)?;
+    let c = Cached::open(spec, digest, node)?;
     let program = c
         .precompiled
         .load_recorded(&c.engine, digest, &c.bytes)
@@ -345,7 +381,7 @@ fn load_program(
 }
 
 /// The grants of the pod contract; every error is a sentence for the user.
-fn grants(spec: &ContainerSpec, nodes: NodeAddresses) -> Result<Grants, String> {
+fn grants(spec: &ContainerSpec, nodes: NodeAddresses, node: &NodeConfig) -> Result<Grants, String> {
     let policy = &spec.policy;
 
     let mut grants = Grants {
@@ -389,8 +425,8 @@ fn grants(spec: &ContainerSpec, nodes: NodeAddresses) -> Result<Grants, String> 
     // The node's own addresses stay blocked like loopback: a granted name pointed at the
     // node (by DNS) must not reach the kubelet or other node services.
     grants.network = NetworkPolicy::new(&policy.allowed_hosts, nodes).map_err(|e| e.to_string())?;
-    if let Some(ca) = NodeConfig::load().map_err(|e| e.to_string())?.guest_ca_file {
-        let pem = std::fs::read(&ca).map_err(|e| format!("guestCaFile {}: {e}", ca.display()))?;
+    if let Some(ca) = &node.guest_ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("guestCaFile {}: {e}", ca.display()))?;
         grants.trust = TrustRoots::with_extra_pem(&ca.display().to_string(), &pem)
             .map_err(|e| e.to_string())?;
     }
@@ -478,7 +514,8 @@ mod tests {
         for (options, read_only) in [(vec!["rbind", "ro"], true), (vec!["rbind", "rw"], false)] {
             let b = bundle(volume.path(), &options);
             let spec = ContainerSpec::load(b.path()).expect("spec");
-            let grants = grants(&spec, NodeAddresses::default()).expect("grants");
+            let grants =
+                grants(&spec, NodeAddresses::default(), &NodeConfig::default()).expect("grants");
             assert_eq!(grants.dirs.len(), 1);
             assert_eq!(grants.dirs[0].read_only, read_only, "{options:?}");
         }

@@ -7,6 +7,7 @@ mod component;
 mod content;
 mod error;
 mod guest;
+mod seccomp;
 mod service;
 mod spec;
 mod sys;

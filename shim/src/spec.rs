@@ -24,6 +24,8 @@ pub enum Error {
     Contract(#[from] contract::Error),
     #[error(transparent)]
     CgroupsPath(#[from] crate::cgroup::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
 }
 
 /// A pod's sandbox ("pause") container, or an application container.
@@ -54,6 +56,8 @@ pub struct ContainerSpec {
     pub mounts: BTreeMap<String, Volume>,
     /// The root filesystem, relative to the bundle unless absolute.
     pub root: PathBuf,
+    /// The container's own seccomp profile, compiled (`None`: unconfined).
+    pub seccomp: Option<crate::seccomp::Filters>,
 }
 
 /// A volume the kubelet bind-mounts into the container.
@@ -171,6 +175,11 @@ impl ContainerSpec {
                 .as_ref()
                 .map(|r| r.path().clone())
                 .unwrap_or_else(|| PathBuf::from("rootfs")),
+            seccomp: linux
+                .seccomp()
+                .as_ref()
+                .map(crate::seccomp::Filters::oci)
+                .transpose()?,
             annotations,
         })
     }

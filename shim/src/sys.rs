@@ -47,15 +47,9 @@ impl Confinement {
         // async-signal-safe calls (open, write, close, setns, dup2) on data prepared above.
         unsafe {
             cmd.pre_exec(move || {
-                for path in &cgroup_procs {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    check(fd)?;
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
+                join_cgroups(&cgroup_procs)?;
+                // The PID namespace cannot be entered by the process itself; these can.
+                check(libc::unshare(libc::CLONE_NEWIPC | libc::CLONE_NEWUTS))?;
                 enter(netns_fd, &moves)
             });
         }
@@ -64,6 +58,23 @@ impl Confinement {
             .chain(fds.into_iter().map(|(f, _)| f))
             .collect()
     }
+}
+
+/// Writes the calling process into each `cgroup.procs` file. Async-signal-safe.
+fn join_cgroups(cgroup_procs: &[CString]) -> io::Result<()> {
+    for path in cgroup_procs {
+        // SAFETY: open, write and close on a NUL-terminated path prepared before fork.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            check(fd)?;
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if n != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The child's side of a confinement after it is in its cgroup: the network namespace, then
@@ -120,24 +131,31 @@ impl Exec {
 }
 
 /// Starts `exec` confined as `confinement` says and returns its pid; the caller's reaper
-/// collects its exit. With `cgroup_v2` the child is created inside that cgroup
-/// (`clone3(CLONE_INTO_CGROUP)`, Linux 5.7): nothing is migrated, so the start does not wait
-/// for the RCU grace period a migration costs, and the child never runs a single
-/// instruction outside its limits. Kernels (or seccomp profiles) without it get fork, then a
-/// write to `cgroup.procs`.
+/// collects its exit. The child gets PID, IPC and UTS namespaces of its own, as a container
+/// does. With `cgroup_v2` it is created inside that cgroup (`clone3(CLONE_INTO_CGROUP)`,
+/// Linux 5.7): nothing is migrated, so the start does not wait for the RCU grace period a
+/// migration costs, and the child never runs a single instruction outside its limits;
+/// otherwise it joins its cgroups before it executes anything. Kernels (or seccomp profiles)
+/// without `clone3` get fork, in new IPC and UTS namespaces but the node's PID namespace.
 pub fn spawn(
     exec: &Exec,
     confinement: Confinement,
     cgroup_v2: Option<&std::path::Path>,
 ) -> io::Result<u32> {
-    if let Some(dir) = cgroup_v2 {
-        match clone_into_cgroup(exec, &confinement, dir)? {
+    let mut attempts = vec![cgroup_v2];
+    if cgroup_v2.is_some() {
+        attempts.push(None);
+    }
+    for into in attempts {
+        match clone_confined(exec, &confinement, into)? {
             Some(pid) => return Ok(pid),
             None => log::debug!(
-                "clone3(CLONE_INTO_CGROUP) is not available; joining the cgroup after fork"
+                "clone3 with namespaces{} is not available",
+                if into.is_some() { " into a cgroup" } else { "" }
             ),
         }
     }
+    log::warn!("clone3 is not available: the guest shares the node's PID namespace");
     let mut cmd = exec.command()?;
     let keep = confinement.apply(&mut cmd);
     let child = cmd.spawn()?;
@@ -145,12 +163,13 @@ pub fn spawn(
     Ok(child.id())
 }
 
-/// `clone3` with `CLONE_INTO_CGROUP`; `Ok(None)` when this kernel or its seccomp filter
-/// refuses the call itself (the caller falls back).
-fn clone_into_cgroup(
+/// `clone3` into new PID, IPC and UTS namespaces, and into the cgroup `into` when given
+/// (otherwise the child writes itself into `confinement`'s `cgroup.procs` files); `Ok(None)`
+/// when this kernel or its seccomp filter refuses the call itself (the caller falls back).
+fn clone_confined(
     exec: &Exec,
     confinement: &Confinement,
-    dir: &std::path::Path,
+    into: Option<&std::path::Path>,
 ) -> io::Result<Option<u32>> {
     use std::os::unix::ffi::OsStrExt;
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
@@ -201,7 +220,12 @@ fn clone_into_cgroup(
         .map(|(f, (_, to))| (f.as_raw_fd(), *to))
         .collect();
     let netns_fd = confinement.netns.as_ref().map(|f| f.as_raw_fd());
-    let cgroup = File::open(dir)?;
+    let cgroup = into.map(File::open).transpose()?;
+    let join: &[CString] = if into.is_some() {
+        &[]
+    } else {
+        &confinement.cgroup_procs
+    };
     // The child reports a failure before exec through this pipe (closed on exec: EOF = ok).
     let (report_read, report_write) = std::io::pipe()?;
     let report_fd = report_write.as_raw_fd();
@@ -221,10 +245,16 @@ fn clone_into_cgroup(
         cgroup: u64,
     }
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let namespaces = (libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) as u64;
     let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
+        flags: namespaces
+            | if cgroup.is_some() {
+                CLONE_INTO_CGROUP
+            } else {
+                0
+            },
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
+        cgroup: cgroup.as_ref().map_or(0, |c| c.as_raw_fd() as u64),
         ..CloneArgs::default()
     };
     // SAFETY: clone3 without CLONE_VM forks this process; the child branch below makes only
@@ -244,7 +274,7 @@ fn clone_into_cgroup(
             let result = if libc::chdir(cwd.as_ptr()) < 0 {
                 Err(io::Error::last_os_error())
             } else {
-                enter(netns_fd, &moves)
+                join_cgroups(join).and_then(|()| enter(netns_fd, &moves))
             };
             if result.is_ok() {
                 libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
@@ -336,23 +366,34 @@ pub fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
-/// Gives this process a private mount namespace in which each `(source, target)` file is
-/// bind-mounted read-only over `target`. The guest uses it to resolve names with its pod's
-/// `/etc/hosts` and `/etc/resolv.conf` instead of the node's. Call while the process is
-/// still single-threaded (unshare of the mount namespace refuses a process sharing its
-/// filesystem context with threads) and before dropping privileges.
-pub fn private_files(files: &[(std::path::PathBuf, &str)]) -> io::Result<()> {
-    if files.is_empty() {
-        return Ok(());
-    }
+/// Moves this process into a root of its own, as a container's: a private mount namespace
+/// whose `/` is a small read-only tmpfs (mounted over `new_root`) holding only `/proc` (this
+/// PID namespace's) and each `(source, target)` file bind-mounted read-only at `target` (the
+/// pod's `/etc/hosts` and `/etc/resolv.conf`, so names resolve as in the pod). Nothing of the
+/// node's file system stays reachable by path; what the guest was granted is open already
+/// (`/proc/self/fd/N`). Call while the process is single-threaded (unshare of the mount
+/// namespace refuses a process sharing its file system context with threads) and before
+/// dropping privileges.
+pub fn enter_root(
+    new_root: &std::path::Path,
+    files: &[(std::path::PathBuf, &str)],
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     let cstr = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let path = |p: &std::path::Path| cstr(p.as_os_str().as_bytes());
     let root = cstr(b"/")?;
+    let dot = cstr(b".")?;
     let none = cstr(b"none")?;
+    let tmpfs = cstr(b"tmpfs")?;
+    let proc_ = cstr(b"proc")?;
+    let options = cstr(b"size=256k,nr_inodes=64,mode=0555")?;
+    let target_root = path(new_root)?;
+    let hardened = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     // SAFETY: plain system calls on NUL-terminated strings that outlive them.
     unsafe {
         check(libc::unshare(libc::CLONE_NEWNS))?;
-        // Nothing mounted here propagates back to the node; the node's unmounts (other
-        // pods' volumes) still propagate here, so this namespace pins none of them.
+        // Nothing mounted here propagates back to the node; the node's unmounts still
+        // propagate here until the old root is detached below.
         check(libc::mount(
             none.as_ptr(),
             root.as_ptr(),
@@ -360,27 +401,95 @@ pub fn private_files(files: &[(std::path::PathBuf, &str)]) -> io::Result<()> {
             libc::MS_REC | libc::MS_SLAVE,
             std::ptr::null(),
         ))?;
-        for (source, target) in files {
-            use std::os::unix::ffi::OsStrExt;
-            let source = cstr(source.as_os_str().as_bytes())?;
-            let target = cstr(target.as_bytes())?;
+        check(libc::mount(
+            tmpfs.as_ptr(),
+            target_root.as_ptr(),
+            tmpfs.as_ptr(),
+            hardened,
+            options.as_ptr().cast(),
+        ))?;
+    }
+    std::fs::create_dir(new_root.join("proc"))?;
+    let proc_dir = path(&new_root.join("proc"))?;
+    // SAFETY: as above.
+    unsafe {
+        check(libc::mount(
+            proc_.as_ptr(),
+            proc_dir.as_ptr(),
+            proc_.as_ptr(),
+            hardened,
+            std::ptr::null(),
+        ))?;
+    }
+    for (source, target) in files {
+        let inside = new_root.join(target.trim_start_matches('/'));
+        if let Some(parent) = inside.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::File::create(&inside)?;
+        let source = path(source)?;
+        let inside = path(&inside)?;
+        // SAFETY: as above.
+        unsafe {
             check(libc::mount(
                 source.as_ptr(),
-                target.as_ptr(),
+                inside.as_ptr(),
                 std::ptr::null(),
                 libc::MS_BIND,
                 std::ptr::null(),
             ))?;
             check(libc::mount(
                 none.as_ptr(),
-                target.as_ptr(),
+                inside.as_ptr(),
                 std::ptr::null(),
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | hardened,
                 std::ptr::null(),
             ))?;
         }
     }
+    // SAFETY: as above; pivot_root(".", ".") stacks the old root under the new one, and the
+    // detach then drops it (runc does the same).
+    unsafe {
+        check(libc::chdir(target_root.as_ptr()))?;
+        check(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int)?;
+        check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH))?;
+        check(libc::chdir(root.as_ptr()))?;
+        check(libc::mount(
+            none.as_ptr(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_RDONLY | hardened,
+            std::ptr::null(),
+        ))?;
+    }
     Ok(())
+}
+
+/// Makes SIGTERM end this process at once (status 143) until [`default_sigterm`]. The guest
+/// is PID 1 of its namespace, and the kernel drops signals PID 1 has no handler for: without
+/// this, a SIGTERM before the guest starts (its own handler comes with the async runtime)
+/// would be lost.
+pub fn exit_on_sigterm() -> io::Result<()> {
+    extern "C" fn exit_143(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(143) }
+    }
+    // SAFETY: installs a handler that only calls _exit.
+    let previous =
+        unsafe { libc::signal(libc::SIGTERM, exit_143 as *const () as libc::sighandler_t) };
+    if previous == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Restores SIGTERM's default disposition (before the async runtime installs its handler,
+/// which would otherwise chain to [`exit_on_sigterm`]'s).
+pub fn default_sigterm() {
+    // SAFETY: resets a disposition.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+    }
 }
 
 /// Sends `signal` to `pid`.

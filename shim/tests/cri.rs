@@ -166,6 +166,60 @@ fn exited(c: &Containerd, id: &str) -> Result<Value> {
     .with_context(|| format!("container {id} did not exit: {:?}", state(c, id)))
 }
 
+/// Reads a running guest's confinement from /proc: seccomp filters on (the container's and
+/// wa8s's), no capabilities, `no_new_privs`, PID, IPC, UTS and mount namespaces of its own, and
+/// a root holding nothing but `/proc` and the pod's name resolution files.
+fn confined_like_a_container(c: &Containerd, id: &str) -> Result<()> {
+    let pid = json_of(&c.crictl_ok(&["inspect", "-o", "json", id])?)?["info"]["pid"]
+        .as_u64()
+        .context("the container's pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    ensure!(
+        field("Seccomp:").as_deref() == Some("2"),
+        "not in seccomp filter mode:\n{status}"
+    );
+    if let Some(n) = field("Seccomp_filters:") {
+        ensure!(
+            n.parse::<u32>()? >= 3,
+            "only {n} seccomp filters: wa8s's two and the container's"
+        );
+    }
+    ensure!(field("NoNewPrivs:").as_deref() == Some("1"), "{status}");
+    ensure!(
+        field("CapEff:").as_deref() == Some("0000000000000000"),
+        "{status}"
+    );
+    ensure!(
+        field("CapBnd:").as_deref() == Some("0000000000000000"),
+        "{status}"
+    );
+    for ns in ["pid", "ipc", "uts", "mnt"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))?;
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}"))?;
+        ensure!(
+            theirs != ours,
+            "the guest shares the node's {ns} namespace ({ours:?})"
+        );
+    }
+    let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    root.sort();
+    ensure!(root == ["etc", "proc"], "the guest's root holds {root:?}");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    ensure!(
+        mounts.lines().count() <= 4,
+        "the guest sees more than its root, /proc and two name files:\n{mounts}"
+    );
+    Ok(())
+}
+
 #[test]
 fn an_http_component_pulled_through_the_cri_answers_on_its_pod_ip_and_its_stats_move_under_load()
 -> Result<()> {
@@ -177,11 +231,20 @@ fn an_http_component_pulled_through_the_cri_answers_on_its_pod_ip_and_its_stats_
 
     let pod_config = pod(&c, "web", &policy_annotations(&[]))?;
     let pod_id = run_pod(&c, &pod_config)?;
+    // As pods with `seccompProfile: RuntimeDefault` ask: containerd writes its default
+    // profile into the spec, and the guest runs under it as well as under wa8s's own.
+    let mut config = json_of(&std::fs::read_to_string(container(
+        &c,
+        "web",
+        &image,
+        &[],
+    )?)?)?;
+    config["linux"] = json!({ "security_context": { "seccomp": { "profile_type": 0 } } });
     let id = start_container(
         &c,
         &pod_id,
         &pod_config,
-        &container(&c, "web", &image, &[])?,
+        &config_file(&c, "container-web-seccomp", &config)?,
     )?;
     // The component came from what the CRI pulled: the shim has no credentials for this
     // registry, and the layer was downloaded once.
@@ -211,6 +274,7 @@ fn an_http_component_pulled_through_the_cri_answers_on_its_pod_ip_and_its_stats_
     })
     .with_context(|| format!("no answer on the pod IP {addr}:\n{}", c.log()))?;
     assert_eq!(body.trim(), "hello from wasm");
+    confined_like_a_container(&c, &id)?;
 
     let (cpu_before, memory) = stats(&c, &id)?;
     ensure!(memory > 0, "ContainerStats reports no memory");

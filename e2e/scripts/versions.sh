@@ -36,3 +36,7 @@ KINDNETD_KUBE_NETWORK_POLICIES="${KINDNETD_KUBE_NETWORK_POLICIES:-v1.1.0}"
 kindnetd_bin_dir() { echo "$WA8S_CACHE/bin/kindnetd-$KINDNETD_VERSION-knp-$KINDNETD_KUBE_NETWORK_POLICIES"; }
 # The node image's root file system: Debian's packages (debootstrap from the apt mirror).
 KIND_NODE_DEBIAN_SUITE="${KIND_NODE_DEBIAN_SUITE:-bookworm}"
+
+# Coverage-guided fuzzing (e2e/scripts/fuzz.sh): cargo-afl, which builds AFL++ when installed.
+CARGO_AFL_VERSION="${CARGO_AFL_VERSION:-0.18.2}"
+cargo_afl_dir() { echo "$WA8S_CACHE/bin/cargo-afl-$CARGO_AFL_VERSION"; }

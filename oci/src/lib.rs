@@ -23,7 +23,7 @@ pub use cache::BlobCache;
 pub use error::Error;
 pub use registry::{
     DEFAULT_MAX_COMPONENT_BYTES, Described, Pulled, Pushed, Registry, RegistryOptions, Resolved,
-    Written,
+    Written, parse_reference,
 };
 pub use tls::check_registry_ca;
 

@@ -98,6 +98,16 @@ pub fn main(args: &[String]) -> i32 {
         Ok(g) => g,
         Err(message) => return fail(&mut status, &message),
     };
+    // From here on, mounts are this process's own.
+    if let Err(e) = crate::sys::private_mount_namespace() {
+        return fail(
+            &mut status,
+            &format!("making a private mount namespace: {e}"),
+        );
+    }
+    if let Err(message) = bound_volumes(&mut grants, &spec, &rootfs) {
+        return fail(&mut status, &message);
+    }
     // Held for the life of the process: the grants now name these open directories.
     let _granted_dirs = match open_granted_dirs(&mut grants) {
         Ok(dirs) => dirs,
@@ -284,6 +294,18 @@ fn open_granted_dirs(grants: &mut Grants) -> Result<Vec<std::fs::File>, String> 
         held.push(dir);
     }
     Ok(held)
+}
+
+/// Puts each `maxSize` grant's bound in the kernel (see `bounded.rs`); the host then needs
+/// no accounting of its own for it.
+/// (`rootfs` serves as a scratch mount point: it is covered by the guest's own root later.)
+fn bound_volumes(grants: &mut Grants, spec: &ContainerSpec, rootfs: &Path) -> Result<(), String> {
+    for d in &mut grants.dirs {
+        if let Some(max) = d.max_bytes.take() {
+            crate::bounded::mount_bounded(&d.host, max, spec.uid, spec.gid, rootfs)?;
+        }
+    }
+    Ok(())
 }
 
 fn owned_fd(fd: i32) -> Option<std::fs::File> {

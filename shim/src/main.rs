@@ -2,6 +2,7 @@
 //! (runtime type `io.containerd.wa8s.v1`). With `guest` as first argument it is instead the
 //! per-container process that runs guest code (see `guest.rs`).
 
+mod bounded;
 mod cgroup;
 mod component;
 mod content;

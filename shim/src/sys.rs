@@ -366,14 +366,33 @@ pub fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
-/// Moves this process into a root of its own, as a container's: a private mount namespace
-/// whose `/` is a small read-only tmpfs (mounted over `new_root`) holding only `/proc` (this
+/// Gives this process a mount namespace of its own: nothing mounted in it propagates back to
+/// the node, while the node's unmounts (other pods' volumes) still propagate into it, so it
+/// pins none of them. Call while the process is single-threaded (unshare of the mount
+/// namespace refuses a process sharing its file system context with threads).
+pub fn private_mount_namespace() -> io::Result<()> {
+    let root = CString::new("/").map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let none = CString::new("none").map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: plain system calls on NUL-terminated strings that outlive them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            none.as_ptr(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Moves this process (in its [`private_mount_namespace`]) into a root of its own, as a
+/// container's: `/` becomes a small read-only tmpfs (mounted over `new_root`) holding only `/proc` (this
 /// PID namespace's) and each `(source, target)` file bind-mounted read-only at `target` (the
 /// pod's `/etc/hosts` and `/etc/resolv.conf`, so names resolve as in the pod). Nothing of the
 /// node's file system stays reachable by path; what the guest was granted is open already
-/// (`/proc/self/fd/N`). Call while the process is single-threaded (unshare of the mount
-/// namespace refuses a process sharing its file system context with threads) and before
-/// dropping privileges.
+/// (`/proc/self/fd/N`). Call before dropping privileges.
 pub fn enter_root(
     new_root: &std::path::Path,
     files: &[(std::path::PathBuf, &str)],
@@ -391,16 +410,6 @@ pub fn enter_root(
     let hardened = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     // SAFETY: plain system calls on NUL-terminated strings that outlive them.
     unsafe {
-        check(libc::unshare(libc::CLONE_NEWNS))?;
-        // Nothing mounted here propagates back to the node; the node's unmounts still
-        // propagate here until the old root is detached below.
-        check(libc::mount(
-            none.as_ptr(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_SLAVE,
-            std::ptr::null(),
-        ))?;
         check(libc::mount(
             tmpfs.as_ptr(),
             target_root.as_ptr(),
@@ -490,6 +499,169 @@ pub fn default_sigterm() {
     unsafe {
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
     }
+}
+
+/// Attaches `image` to a free loop device that the kernel detaches by itself once the last
+/// user (the mount) is gone, and mounts it as ext4 over `dir` (nosuid, nodev, noexec,
+/// noatime). Call as root in a private mount namespace. Where the node's `/dev` lacks the
+/// device node the kernel picked (a container's copy of `/dev`, as on kind nodes), a node of
+/// this process's own is made on a scratch tmpfs over `scratch` and dropped after use.
+pub fn mount_loop(
+    image: &File,
+    dir: &std::path::Path,
+    scratch: &std::path::Path,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+    const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+    const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+    const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    const LO_FLAGS_AUTOCLEAR: u32 = 4;
+    #[repr(C)]
+    struct LoopInfo64 {
+        device: u64,
+        inode: u64,
+        rdevice: u64,
+        offset: u64,
+        sizelimit: u64,
+        number: u32,
+        encrypt_type: u32,
+        encrypt_key_size: u32,
+        flags: u32,
+        file_name: [u8; 64],
+        crypt_name: [u8; 64],
+        encrypt_key: [u8; 32],
+        init: [u64; 2],
+    }
+    #[repr(C)]
+    struct LoopConfig {
+        fd: u32,
+        block_size: u32,
+        info: LoopInfo64,
+        reserved: [u64; 8],
+    }
+    let info = || LoopInfo64 {
+        device: 0,
+        inode: 0,
+        rdevice: 0,
+        offset: 0,
+        sizelimit: 0,
+        number: 0,
+        encrypt_type: 0,
+        encrypt_key_size: 0,
+        flags: LO_FLAGS_AUTOCLEAR,
+        file_name: [0; 64],
+        crypt_name: [0; 64],
+        encrypt_key: [0; 32],
+        init: [0; 2],
+    };
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let control = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
+    let mut scratch_mounted = false;
+    let result = (|| -> io::Result<()> {
+        for _attempt in 0..16 {
+            // SAFETY: an ioctl without arguments on the control device.
+            let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+            check(n)?;
+            let node = std::path::PathBuf::from(format!("/dev/loop{n}"));
+            let device = match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&node)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !scratch_mounted {
+                        let target = cstr(scratch.as_os_str().as_bytes())?;
+                        let tmpfs = cstr(b"tmpfs")?;
+                        // SAFETY: mounts a small tmpfs (device nodes allowed) on `scratch`.
+                        check(unsafe {
+                            libc::mount(
+                                tmpfs.as_ptr(),
+                                target.as_ptr(),
+                                tmpfs.as_ptr(),
+                                libc::MS_NOSUID | libc::MS_NOEXEC,
+                                c"size=16k,mode=0700".as_ptr().cast(),
+                            )
+                        })?;
+                        scratch_mounted = true;
+                    }
+                    let own = scratch.join(format!("loop{n}"));
+                    let path = cstr(own.as_os_str().as_bytes())?;
+                    // SAFETY: makes a block device node for loop device n (major 7).
+                    let made = unsafe {
+                        libc::mknod(
+                            path.as_ptr(),
+                            libc::S_IFBLK | 0o600,
+                            libc::makedev(7, n as u32),
+                        )
+                    };
+                    if made < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+                        return Err(io::Error::last_os_error());
+                    }
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&own)?
+                }
+                Err(e) => return Err(e),
+            };
+            let config = LoopConfig {
+                fd: image.as_raw_fd() as u32,
+                block_size: 0,
+                info: info(),
+                reserved: [0; 8],
+            };
+            // SAFETY: LOOP_CONFIGURE reads the struct above.
+            let mut rc = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config) };
+            if rc < 0
+                && matches!(
+                    io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOTTY)
+                )
+            {
+                // Kernels before 5.8: attach, then set the flags.
+                // SAFETY: LOOP_SET_FD takes the backing descriptor; SET_STATUS64 reads `info`.
+                rc = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_FD, image.as_raw_fd()) };
+                if rc == 0 {
+                    let status = info();
+                    rc = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_STATUS64, &status) };
+                }
+            }
+            if rc < 0 {
+                // Another process took this device between the two calls: ask again.
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
+                    continue;
+                }
+                return Err(io::Error::last_os_error());
+            }
+            let source = cstr(format!("/proc/self/fd/{}", device.as_raw_fd()).as_bytes())?;
+            let target = cstr(dir.as_os_str().as_bytes())?;
+            let ext4 = cstr(b"ext4")?;
+            // SAFETY: mounts the attached device; the path resolves to its open node.
+            check(unsafe {
+                libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    ext4.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOATIME,
+                    std::ptr::null(),
+                )
+            })?;
+            // The mount holds the device now; closing ours lets autoclear act at unmount.
+            return Ok(());
+        }
+        Err(io::Error::other("no free loop device after 16 attempts"))
+    })();
+    if scratch_mounted {
+        let target = cstr(scratch.as_os_str().as_bytes())?;
+        // SAFETY: detaches the scratch tmpfs mounted above.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+    result
 }
 
 /// Sends `signal` to `pid`.

@@ -486,3 +486,78 @@ fn a_pod_under_a_systemd_slice_runs_its_guest_in_a_scope_of_that_slice_with_its_
     ensure!(gone.is_some(), "{} is still there", memory.display());
     Ok(())
 }
+
+#[test]
+fn a_max_size_volume_ends_writes_past_its_bound_in_the_kernel_and_keeps_what_was_written()
+-> Result<()> {
+    let registry = private_registry()?;
+    let (image, _) = push(&registry, "fill", guests::FSPROBE_COMPONENT)?;
+    let c = cri(6, &registry)?;
+    pull(&c, &image)?;
+    let volume = tempfile::tempdir()?;
+    let mut policy = wa8s_api::contract::Policy::from_annotations(&policy_annotations(&[]))?;
+    policy.fs.push(wa8s_api::contract::FsPolicy {
+        path: "/data".into(),
+        read_only: false,
+        max_size_bytes: Some(512 << 10),
+    });
+    let pod_config = pod(&c, "bounded", &policy.to_annotations())?;
+    let pod_id = run_pod(&c, &pod_config)?;
+    // fsprobe: preopen 3, then `w big` writes 1 MiB, `r big` reads it back.
+    let run = |name: &str, args: &[&str]| -> Result<(Value, String)> {
+        let mut config = json_of(&std::fs::read_to_string(container(&c, name, &image, &[])?)?)?;
+        config["args"] = json!(args);
+        config["mounts"] = json!([{ "container_path": "/data", "host_path": volume.path() }]);
+        let id = start_container(
+            &c,
+            &pod_id,
+            &pod_config,
+            &config_file(&c, &format!("container-{name}-bounded"), &config)?,
+        )?;
+        let status = exited(&c, &id)?;
+        let out = c.crictl(&["logs", &id])?;
+        Ok((status, format!("{}{}", out.stdout, out.stderr)))
+    };
+    let (status, log) = run("fill", &["3", "w", "big"])?;
+    ensure!(
+        log.contains("errno=51"),
+        "a 1 MiB write into a 512Ki bound did not end with ENOSPC (51): {status}\n{log}"
+    );
+    // On the node, the volume holds the bounded file system's image and nothing else, and the
+    // image takes no more than the bound.
+    let entries: Vec<String> = std::fs::read_dir(volume.path())?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    ensure!(
+        entries == [".wa8s-maxsize.img"],
+        "the volume holds {entries:?}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let image = std::fs::metadata(volume.path().join(".wa8s-maxsize.img"))?;
+    ensure!(
+        image.len() == 512 << 10,
+        "the image is {} bytes",
+        image.len()
+    );
+    ensure!(
+        image.blocks() * 512 <= 512 << 10,
+        "{} bytes allocated",
+        image.blocks() * 512
+    );
+    // Nothing stayed mounted on the node.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let path = volume.path().to_string_lossy().into_owned();
+    ensure!(
+        !mounts.contains(&path),
+        "the bounded volume is mounted on the node:\n{mounts}"
+    );
+    // A later container of the pod finds what the first one wrote, up to the bound.
+    let (status, log) = run("read", &["3", "r", "big"])?;
+    ensure!(
+        status["exitCode"] == 0 && log.contains("errno=0"),
+        "the written file is not there for the next container: {status}\n{log}"
+    );
+    c.crictl_ok(&["stopp", &pod_id])?;
+    c.crictl_ok(&["rmp", &pod_id])?;
+    Ok(())
+}

@@ -287,6 +287,39 @@ async fn a_memory_bomb_is_capped() {
 }
 
 #[tokio::test]
+async fn many_memories_and_a_huge_table_are_bounded_together_not_each() {
+    // Nine memories of 4 MiB each fit a 32 MiB bound one by one but not together; a table of
+    // twenty million entries (160 MB of references) fits no bound at all.
+    let memories: String = (0..8).map(|i| format!("(memory $m{i} 64)")).collect();
+    let grants = || {
+        let mut g = Grants::default();
+        g.limits.memory_bytes = Some(32 << 20);
+        g
+    };
+    let many = wat::parse_str(format!(
+        r#"(module (memory (export "memory") 64) {memories} (func (export "_start")))"#
+    ))
+    .expect("wat");
+    let err = run(&many, grants()).await.status.expect_err("refused");
+    assert!(err.to_string().contains("memory"), "{err}");
+    let table = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (table 20000000 funcref) (func (export "_start")))"#,
+    )
+    .expect("wat");
+    let err = run(&table, grants()).await.status.expect_err("refused");
+    assert!(err.to_string().contains("table"), "{err}");
+    // Within the bound, the same shapes run.
+    let fits = wat::parse_str(
+        r#"(module (memory (export "memory") 64) (memory 64) (table 1000 funcref) (func (export "_start")))"#,
+    )
+    .expect("wat");
+    assert_eq!(
+        run(&fits, grants()).await.status.expect("runs"),
+        ExitStatus(0)
+    );
+}
+
+#[tokio::test]
 async fn a_guest_stopped_at_its_memory_limit_is_reported_as_out_of_memory() {
     for wasm in [guests::HOG_CORE, guests::HOG_COMPONENT] {
         let mut grants = Grants::default();

@@ -318,6 +318,7 @@ fn dir_grant(spec: &str) -> Result<DirGrant> {
         guest: guest.to_owned(),
         read_only: false,
         max_bytes: None,
+        bound_by_kernel: false,
     };
     for option in parts {
         match option.split_once('=') {

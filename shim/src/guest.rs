@@ -296,13 +296,15 @@ fn open_granted_dirs(grants: &mut Grants) -> Result<Vec<std::fs::File>, String> 
     Ok(held)
 }
 
-/// Puts each `maxSize` grant's bound in the kernel (see `bounded.rs`); the host then needs
-/// no accounting of its own for it.
+/// Puts each `maxSize` grant's bound in the kernel (see `bounded.rs`); the host then only
+/// compares writes with the free space, so the guest sees ENOSPC before a write, not a
+/// stream closed part-way.
 /// (`rootfs` serves as a scratch mount point: it is covered by the guest's own root later.)
 fn bound_volumes(grants: &mut Grants, spec: &ContainerSpec, rootfs: &Path) -> Result<(), String> {
     for d in &mut grants.dirs {
-        if let Some(max) = d.max_bytes.take() {
+        if let Some(max) = d.max_bytes {
             crate::bounded::mount_bounded(&d.host, max, spec.uid, spec.gid, rootfs)?;
+            d.bound_by_kernel = true;
         }
     }
     Ok(())
@@ -442,6 +444,7 @@ fn grants(spec: &ContainerSpec, nodes: NodeAddresses, node: &NodeConfig) -> Resu
             // A volume mounted read-only stays read-only whatever the grant says.
             read_only: fs.read_only || volume.read_only,
             max_bytes: fs.max_size_bytes,
+            bound_by_kernel: false,
         });
     }
     // The node's own addresses stay blocked like loopback: a granted name pointed at the

@@ -42,6 +42,11 @@ pub struct DirGrant {
     /// Bound on the bytes held by files in the directory (`maxSize`); a write past it
     /// fails in the guest with ENOSPC.
     pub max_bytes: Option<u64>,
+    /// The directory is a file system of `max_bytes` (the shim's bounded volume): the kernel
+    /// enforces the bound, and the host only checks the file system's free space so a write
+    /// past it fails at once with ENOSPC, before any byte of it is taken, rather than part-way
+    /// (when a file stream would close). Without it, the host measures the directory.
+    pub bound_by_kernel: bool,
 }
 
 /// Limits for each instance.

@@ -7,7 +7,10 @@
 //! Usage is measured on the host directory itself (sum of file sizes, hard links once), so
 //! files deleted or truncated by the guest free their space, and no count can drift.
 //! Writes in flight at the same moment from concurrent requests may overshoot the bound by
-//! at most their own size.
+//! at most their own size. A directory the shim made a file system of its bound
+//! (`DirGrant::bound_by_kernel`) is not measured: the kernel holds the bound, and the check
+//! here only compares a write with the free space, so the guest gets ENOSPC before the write
+//! rather than a stream closed part-way through it.
 
 use std::collections::HashSet;
 use std::io;
@@ -41,6 +44,10 @@ struct Bound {
     walk: PathBuf,
     max: u64,
     guest: String,
+    /// The kernel keeps the bound (the directory is a file system of that size): only its
+    /// free space is checked, in constant time. Its files are known by the file system's
+    /// device, since paths change meaning once the guest has left the node's file system.
+    kernel: Option<u64>,
 }
 
 impl Quotas {
@@ -50,17 +57,24 @@ impl Quotas {
             let Some(max) = d.max_bytes else { continue };
             // Resolved through the open directory, as `bound_of` resolves files, rather
             // than by walking parents the process may not be allowed to traverse.
-            let root = std::fs::File::open(&d.host)
-                .and_then(|dir| std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())))
-                .map_err(|e| Error::Grant {
-                    what: format!("directory {}", d.guest),
-                    reason: format!("cannot open {}: {e}", d.host.display()),
-                })?;
+            let cannot_open = |e: io::Error| Error::Grant {
+                what: format!("directory {}", d.guest),
+                reason: format!("cannot open {}: {e}", d.host.display()),
+            };
+            let dir = std::fs::File::open(&d.host).map_err(cannot_open)?;
+            let root = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+                .map_err(cannot_open)?;
+            let kernel = if d.bound_by_kernel {
+                Some(dir.metadata().map_err(cannot_open)?.dev())
+            } else {
+                None
+            };
             bounds.push(Bound {
                 root,
                 walk: d.host.clone(),
                 max,
                 guest: d.guest.clone(),
+                kernel,
             });
         }
         Ok(Quotas(Arc::new(bounds)))
@@ -87,6 +101,19 @@ impl Quotas {
         if growth == 0 {
             return Ok(());
         }
+        if bound.kernel.is_some() {
+            // A block may be partly used already; a write needing more than the free blocks
+            // cannot fit, and one that would fit but for metadata still gets the kernel's
+            // ENOSPC.
+            let free = nix::sys::statvfs::fstatvfs(file)
+                .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+                .map_err(io::Error::from)?;
+            if growth > free {
+                tracing::debug!(dir = %bound.guest, free, growth, "write refused: file system full");
+                return Err(io::Error::from_raw_os_error(ENOSPC));
+            }
+            return Ok(());
+        }
         let used = usage(&bound.walk);
         if used.saturating_add(growth) > bound.max {
             tracing::debug!(
@@ -104,8 +131,16 @@ impl Quotas {
     /// The bounded directory `file` lives in, found from the kernel's own record of its path
     /// (so renames and links made by the guest are followed).
     fn bound_of(&self, file: &std::fs::File) -> Option<&Bound> {
+        if self.0.iter().any(|b| b.kernel.is_some()) {
+            let dev = file.metadata().ok()?.dev();
+            if let Some(b) = self.0.iter().find(|b| b.kernel == Some(dev)) {
+                return Some(b);
+            }
+        }
         let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
-        self.0.iter().find(|b| path.starts_with(&b.root))
+        self.0
+            .iter()
+            .find(|b| b.kernel.is_none() && path.starts_with(&b.root))
     }
 }
 

@@ -52,7 +52,13 @@ impl Program {
                 .await
             }
             Inner::Core(pre) => {
-                if let Some(d) = grants.dirs.iter().find(|d| d.max_bytes.is_some()) {
+                // In a pod the kernel holds the bound for any guest; the host's own
+                // measuring covers components only.
+                if let Some(d) = grants
+                    .dirs
+                    .iter()
+                    .find(|d| d.max_bytes.is_some() && !d.bound_by_kernel)
+                {
                     return Err(Error::Grant {
                         what: format!("directory {}", d.guest),
                         reason: "maxSize is enforced for components only, and this is a \

@@ -91,6 +91,7 @@ async fn a_granted_directory_is_readable_and_writable() -> Result<()> {
         guest: "/data".into(),
         read_only: false,
         max_bytes: None,
+        bound_by_kernel: false,
     };
     for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
         let ran = run(wasm, probe(Some(grant.clone()), "r", "greeting.txt")).await;
@@ -115,6 +116,7 @@ async fn a_read_only_directory_is_readable_and_refuses_writes() -> Result<()> {
         guest: "/config".into(),
         read_only: true,
         max_bytes: None,
+        bound_by_kernel: false,
     };
     for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
         let ran = run(wasm, probe(Some(grant.clone()), "r", "app.conf")).await;
@@ -139,6 +141,7 @@ async fn nothing_outside_the_granted_directory_is_reachable() -> Result<()> {
         guest: "/data".into(),
         read_only: false,
         max_bytes: None,
+        bound_by_kernel: false,
     };
     for wasm in [guests::FSPROBE_CORE, guests::FSPROBE_COMPONENT] {
         for path in [
@@ -175,6 +178,7 @@ async fn writes_past_a_directory_bound_fail_with_enospc_and_freed_space_is_usabl
         guest: "/tmp".into(),
         read_only: false,
         max_bytes: Some(max),
+        bound_by_kernel: false,
     };
     // 100 KiB already there, so only 412 KiB of the 1 MiB the guest writes fit in 512 KiB.
     let ran = run(
@@ -219,6 +223,7 @@ async fn a_preview1_module_with_a_bounded_directory_is_refused_before_running() 
         guest: "/tmp".into(),
         read_only: false,
         max_bytes: Some(1 << 20),
+        bound_by_kernel: false,
     };
     let ran = run(guests::FSPROBE_CORE, probe(Some(grant), "w", "out.bin")).await;
     let err = ran.status.expect_err("refused");
@@ -247,6 +252,7 @@ async fn a_grant_of_a_missing_directory_is_refused_before_running() {
         guest: "/data".into(),
         read_only: true,
         max_bytes: None,
+        bound_by_kernel: false,
     };
     let ran = run(guests::FSPROBE_COMPONENT, probe(Some(grant), "r", "x")).await;
     let err = ran.status.expect_err("refused");

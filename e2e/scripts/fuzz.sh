@@ -52,7 +52,7 @@ for t in "${targets[@]}"; do
   cargo afl fuzz -V "$seconds" -i "$dir" -o "$out/$t" -- "$CARGO_TARGET_DIR/release/$t" \
     >"$out/$t.log" 2>&1 || { tail -20 "$out/$t.log" >&2; die "$t: afl-fuzz failed to run"; }
   stats="$out/$t/default/fuzzer_stats"
-  [ -f "$stats" ] && log "$t: $(awk -F': *' '/^execs_done|^corpus_count|^bitmap_cvg/ { printf "%s=%s ", $1, $2 }' "$stats")"
+  [ -f "$stats" ] && log "$t: $(awk -F: '/^(execs_done|corpus_count|bitmap_cvg) / { gsub(/ /, ""); printf "%s=%s ", $1, $2 }' "$stats")"
   for crash in "$out/$t"/default/crashes/id:*; do
     [ -e "$crash" ] || continue
     keep="$dir/crash-$(sha256sum "$crash" | cut -c1-16)"

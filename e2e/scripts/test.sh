@@ -41,3 +41,5 @@ export RUST_LIB_BACKTRACE=0
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$runner" \
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$runner" \
   cargo test --workspace --locked --no-fail-fast
+echo "== fuzz (each AFL++ target for a bounded time; e2e/scripts/fuzz.sh)"
+e2e/scripts/fuzz.sh "${WA8S_FUZZ_SECONDS:-15}"

@@ -18,7 +18,8 @@ files="${2:-20000}"
 [ "$(id -u)" = 0 ] || die "needs root (loop devices)"
 command -v mkfs.ext4 >/dev/null || apt_install e2fsprogs
 
-cargo build --release -q -p wa8s-cli -p wa8s-test-components --example write-guests
+cargo build --release -q -p wa8s-cli
+cargo build --release -q -p wa8s-test-components --example write-guests
 ./target/release/examples/write-guests "$PWD/target/bench-guests" >/dev/null
 wa8s="$PWD/target/release/wa8s"
 probe="$PWD/target/bench-guests/fsprobe.wasm"

@@ -113,6 +113,43 @@ fn the_users_manifest_runs_verbatim_from_the_mirrored_registry_and_answers_throu
     let forward = k.port_forward(n, "svc/image-processor", 80)?;
     let (status, body) = http_get(forward.addr(), "/")?;
     assert_eq!((status, body.trim()), (200, "hello from wasm"));
+
+    // Under the users' 32Mi, one request that wants 40 MB fails alone, and fifty at once that
+    // want 1 MiB each share the budget: the ones past it fail, the replica is never
+    // OOM-killed, and it goes on serving.
+    let (status, body) = http_get(forward.addr(), "/m40")?;
+    assert!(
+        status == 500 && body.contains("ran out of memory"),
+        "{status} {body}"
+    );
+    let addr = forward.addr().to_owned();
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..50)
+            .map(|_| s.spawn(|| http_get(&addr, "/m1")))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request thread"))
+            .collect::<std::io::Result<_>>()
+    })?;
+    for (status, body) in &answers {
+        assert!(
+            *status == 200 || (*status == 500 && body.contains("ran out of memory")),
+            "{status} {body}"
+        );
+    }
+    let served = answers.iter().filter(|(s, _)| *s == 200).count();
+    eprintln!("50 concurrent 1 MiB requests under 32Mi: {served} served, the rest refused");
+    assert!(served > 0, "not one 1 MiB request was served");
+    let (status, _) = http_get(forward.addr(), "/")?;
+    assert_eq!(status, 200);
+    let restarts = jsonpath(
+        &k,
+        n,
+        "pods",
+        "{.items[*].status.containerStatuses[0].restartCount} {.items[*].status.containerStatuses[0].lastState.terminated.reason}",
+    )?;
+    assert_eq!(restarts.trim(), "0 0", "a replica restarted: {restarts}");
     Ok(())
 }
 

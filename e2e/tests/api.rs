@@ -507,3 +507,54 @@ fn invalid_manifests_are_refused_with_a_message_naming_the_field() -> Result<()>
     }
     Ok(())
 }
+
+#[test]
+fn an_admission_policy_keeps_objects_to_the_allowed_registries() -> Result<()> {
+    let k = kubectl()?;
+    let ns = k.namespace("registries")?;
+    let n = ns.name();
+    k.ok(&[
+        "label",
+        "namespace",
+        n,
+        "wa8s.reconciler.io/restrict-registries=true",
+    ])?;
+    let example =
+        std::fs::read_to_string(wa8s_e2e::repo_root().join("examples/restrict-registries.yaml"))?;
+    let applied = k.apply(n, &example)?;
+    assert!(
+        applied.success,
+        "the example policy was refused: {}",
+        applied.stderr
+    );
+    let mut other = seed_json()?;
+    set(
+        &mut other,
+        "/spec/module/registry",
+        json!("docker.io/someone/miner"),
+    );
+    let other = serde_json::to_string(&other)?;
+    // The API server compiles and starts enforcing a new policy within seconds.
+    let refused = k.eventually(Duration::from_secs(60), "the policy to refuse", |k| {
+        let out = k.apply(n, &other).ok()?;
+        (!out.success).then_some(out.stderr)
+    })?;
+    assert!(
+        refused.contains("docker.io/someone/miner is not in an allowed registry"),
+        "{refused}"
+    );
+    // The users' manifest names an allowed registry and still applies verbatim.
+    let applied = k.apply(n, &seed_yaml()?)?;
+    assert!(applied.success, "{}", applied.stderr);
+    k.ok(&[
+        "delete",
+        "validatingadmissionpolicybinding",
+        "wa8s-allowed-registries",
+    ])?;
+    k.ok(&[
+        "delete",
+        "validatingadmissionpolicy",
+        "wa8s-allowed-registries",
+    ])?;
+    Ok(())
+}

@@ -17,6 +17,9 @@ use crate::{DEFAULT_PORT, WebAssemblySpec};
 
 /// Annotation holding the JSON policy document.
 pub const POLICY_ANNOTATION: &str = "wa8s.reconciler.io/policy";
+/// The annotation on a pod template naming the module digest its pods run (the operator
+/// writes it, and reads it back to tell which digest a Deployment is rolling out).
+pub const MODULE_DIGEST_ANNOTATION: &str = "wa8s.reconciler.io/module-digest";
 /// The containerd runtime type of the shim (`containerd-shim-wa8s-v1`).
 pub const RUNTIME_TYPE: &str = "io.containerd.wa8s.v1";
 /// The CRI runtime handler (containerd's runtime name, the RuntimeClass `handler`).

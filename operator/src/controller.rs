@@ -29,9 +29,6 @@ use crate::status::{self, Observed, PodFailure, Resolution, Rollout};
 /// Field manager that sets a new Deployment's replicas to the HPA's minimum, once.
 const INITIAL_REPLICAS_MANAGER: &str = "wa8s-operator-initial-replicas";
 
-/// The annotation on pod templates naming the digest they run.
-const DIGEST_ANNOTATION: &str = "wa8s.reconciler.io/module-digest";
-
 /// Errors a reconcile returns (and `error_policy` retries with backoff). Problems a user must
 /// fix are not errors here: they become conditions and events.
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +272,7 @@ async fn reconcile_inner(obj: &WebAssembly, ctx: &Context) -> Result<Action, Err
         .and_then(|d| d.spec.as_ref())
         .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(DIGEST_ANNOTATION).cloned())
+        .and_then(|a| a.get(wa8s_api::contract::MODULE_DIGEST_ANNOTATION).cloned())
         .or_else(|| {
             obj.status
                 .as_ref()

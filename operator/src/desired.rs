@@ -290,7 +290,7 @@ fn deployment(
     };
     if let Some(a) = template_meta.annotations.as_mut() {
         a.insert(
-            "wa8s.reconciler.io/module-digest".into(),
+            wa8s_api::contract::MODULE_DIGEST_ANNOTATION.into(),
             resolved.digest.clone(),
         );
     }

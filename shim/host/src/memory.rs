@@ -163,6 +163,11 @@ impl Drop for Limiter {
     }
 }
 
+/// Whether `desired` respects the memory's or table's own declared maximum.
+fn within(desired: usize, maximum: Option<usize>) -> bool {
+    maximum.is_none_or(|m| desired <= m)
+}
+
 impl ResourceLimiter for Limiter {
     // A refused growth returns false: the guest's memory.grow gets -1 (its allocator reports
     // out of memory) rather than a trap, as the Wasm spec describes. Creation goes through
@@ -173,10 +178,7 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|m| desired > m) {
-            return Ok(false);
-        }
-        Ok(self.grow(desired.saturating_sub(current) as u64))
+        Ok(within(desired, maximum) && self.grow(desired.saturating_sub(current) as u64))
     }
 
     fn table_growing(
@@ -185,11 +187,8 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|m| desired > m) {
-            return Ok(false);
-        }
         let elements = desired.saturating_sub(current) as u64;
-        Ok(self.grow(elements.saturating_mul(TABLE_ELEMENT_BYTES)))
+        Ok(within(desired, maximum) && self.grow(elements.saturating_mul(TABLE_ELEMENT_BYTES)))
     }
 
     fn instances(&self) -> usize {

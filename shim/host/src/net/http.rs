@@ -121,7 +121,6 @@ async fn send_to(
             std::io::ErrorKind::ConnectionRefused => HttpError::ConnectionRefused,
             _ => HttpError::Connect(e),
         })?;
-    let handshake = hyper::client::conn::http1::Builder::new();
     let (mut sender, conn) = match tls {
         Some((name, trust)) => {
             let connector = tokio_rustls::TlsConnector::from(trust.client_config());
@@ -129,23 +128,9 @@ async fn send_to(
                 .await
                 .map_err(|_| HttpError::ConnectionTimeout)?
                 .map_err(tls_error)?;
-            let (sender, conn) = tokio::time::timeout(
-                connect_timeout,
-                handshake.handshake(hyper_util::rt::TokioIo::new(stream)),
-            )
-            .await
-            .map_err(|_| HttpError::ConnectionTimeout)??;
-            (sender, Box::pin(conn) as ConnFuture)
+            handshake(stream, connect_timeout).await?
         }
-        None => {
-            let (sender, conn) = tokio::time::timeout(
-                connect_timeout,
-                handshake.handshake(hyper_util::rt::TokioIo::new(tcp)),
-            )
-            .await
-            .map_err(|_| HttpError::ConnectionTimeout)??;
-            (sender, Box::pin(conn) as ConnFuture)
-        }
+        None => handshake(tcp, connect_timeout).await?,
     };
     // Not a proxy request: the request line carries the path only (the Host header, which the
     // guest's authority set, names the server).
@@ -204,6 +189,29 @@ async fn send_to(
 }
 
 type ConnFuture = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
+
+/// An HTTP/1.1 client connection over `stream` (plain TCP or TLS).
+async fn handshake<S>(
+    stream: S,
+    timeout: Duration,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<WasiBody>,
+        ConnFuture,
+    ),
+    HttpError,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = tokio::time::timeout(
+        timeout,
+        hyper::client::conn::http1::Builder::new().handshake(hyper_util::rt::TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| HttpError::ConnectionTimeout)??;
+    Ok((sender, Box::pin(conn)))
+}
 
 fn tls_error(e: std::io::Error) -> HttpError {
     let certificate = e

@@ -1,12 +1,13 @@
 //! `wa8s push`, `wa8s pull` and `wa8s inspect`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use wa8s_host::{HostEngine, PrecompileCache, Program};
 use wa8s_oci::artifact::{self, WasmInfo};
-use wa8s_oci::{BlobCache, Credentials, DockerConfigSource, Registry, RegistryOptions};
+use wa8s_oci::{
+    BlobCache, Credentials, DockerConfigSource, Registry, RegistryConfig, RegistryOptions,
+};
 
 /// How to reach registries (shared by push, pull and inspect).
 #[derive(clap::Args, Debug)]
@@ -41,25 +42,16 @@ impl RegistryArgs {
             (None, None) => None,
             _ => bail!("--username and --password go together"),
         };
-        let mut mirrors = BTreeMap::new();
+        // The CLI's policy stays open: the person typing the reference is the one at risk.
+        let mut config = RegistryConfig {
+            insecure: self.insecure.clone(),
+            ..RegistryConfig::default()
+        };
         for m in &self.mirrors {
-            let (from, to) = m
-                .split_once('=')
-                .filter(|(f, t)| !f.is_empty() && !t.is_empty())
-                .ok_or_else(|| anyhow!("--mirror {m:?}: expected REGISTRY=MIRROR"))?;
-            mirrors.insert(from.to_owned(), to.to_owned());
+            config.add_mirror_setting(m)?;
         }
-        let mut ca_certificates = BTreeMap::new();
         for c in &self.registry_ca {
-            let (registry, file) = c
-                .split_once('=')
-                .filter(|(r, f)| !r.is_empty() && !f.is_empty())
-                .ok_or_else(|| anyhow!("--registry-ca {c:?}: expected REGISTRY=FILE"))?;
-            let pem = std::fs::read(file)
-                .with_context(|| format!("--registry-ca {registry}: reading {file}"))?;
-            wa8s_oci::check_registry_ca(registry, &pem)
-                .with_context(|| format!("--registry-ca {file}"))?;
-            ca_certificates.insert(registry.to_owned(), pem);
+            config.add_ca_setting(c)?;
         }
         Ok(Registry::new(RegistryOptions {
             credentials: Credentials {
@@ -70,10 +62,7 @@ impl RegistryArgs {
                     None => DockerConfigSource::Default,
                 },
             },
-            insecure: self.insecure.clone(),
-            ca_certificates,
-            mirrors,
-            ..RegistryOptions::default()
+            config,
         }))
     }
 }

@@ -5,6 +5,7 @@
 //! the contract cannot drift apart. It has no IO: types, pure conversions, and the generated
 //! CRD document.
 
+pub mod address;
 pub mod contract;
 pub mod crd;
 pub mod host_pattern;

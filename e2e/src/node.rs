@@ -119,6 +119,7 @@ pub fn chart_values(
         format!("operator.httpPort={operator_http_port}"),
         format!("operator.mirrors.ghcr\\.io={registry}"),
         format!("operator.insecureRegistries[0]={registry}"),
+        format!("operator.privateRegistries[0]={registry}"),
         format!(
             "installer.containerdConfig={}",
             containerd_config_file(state_dir).display()
@@ -661,6 +662,8 @@ fn write_shim_config(dir: &Path, options: &NodeOptions) -> Result<(), Error> {
         "cacheDir": dir.join("wa8s-cache"),
         "mirrors": mirrors,
         "insecureRegistries": options.insecure_registries,
+        // The test registries are on loopback; the fallback pull may reach them.
+        "privateRegistries": options.insecure_registries,
     });
     std::fs::write(
         dir.join("shim.json"),

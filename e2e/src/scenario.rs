@@ -134,6 +134,7 @@ impl Cluster {
             .env("RUST_LOG", "info")
             .arg(format!("--mirror=ghcr.io={}", self.registry))
             .arg(format!("--insecure-registry={}", self.registry))
+            .arg(format!("--private-registry={}", self.registry))
             .arg("--leader-elect=false")
             .arg("--resolve-interval=10s")
             .arg(format!("--http-addr=127.0.0.1:{http_port}"));

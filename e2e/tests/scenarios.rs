@@ -624,6 +624,23 @@ fn bad_modules_end_in_conditions_that_name_the_cause_and_leave_the_namespace_wor
     assert_eq!((status.as_str(), reason.as_str()), ("False", "TagNotFound"));
     assert!(message.contains("myorg/missing:v9"), "{message}");
 
+    // An object cannot make the operator a proxy to the cloud's metadata service: the
+    // registry address policy refuses before any request, and the condition says why.
+    let inside = "apiVersion: wa8s.reconciler.io/v1\nkind: WebAssembly\nmetadata:\n  name: inside\nspec:\n  module:\n    registry: 169.254.169.254/latest/meta-data\n    tag: v1\n";
+    let out = k.apply(n, inside)?;
+    assert!(out.success, "inside: {}", out.stderr);
+    let (status, reason, message) = k.eventually(READY, "inside: ModuleResolved", |k| {
+        condition(k, n, "inside", "ModuleResolved").ok().flatten()
+    })?;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "RegistryNotAllowed")
+    );
+    assert!(
+        message.contains("169.254.169.254 is a link-local address"),
+        "{message}"
+    );
+
     // Failures only the node can see come back from the shim as the pod's termination
     // message, and the operator puts them on the object.
     for (name, cause) in [

@@ -28,6 +28,13 @@ pub enum Error {
     /// The registry could not be reached or answered with an error.
     #[error("{registry}: {reason}")]
     Registry { registry: String, reason: String },
+    /// The address policy refused a request: the registry, a redirect or a token realm
+    /// points at an address this deployment does not let registry requests reach.
+    #[error("{registry}: refused by the registry address policy: {reason}")]
+    Refused { registry: String, reason: String },
+    /// A registry setting (flag or node configuration) is unusable.
+    #[error("{setting}: {reason}")]
+    Config { setting: String, reason: String },
     /// Credentials configuration (docker config, credential helper) is unusable.
     #[error("credentials: {0}")]
     Credentials(String),
@@ -56,6 +63,8 @@ impl Error {
             Error::Auth { .. } => "AuthFailed",
             Error::NotFound { .. } => "NotFound",
             Error::Registry { .. } => "RegistryUnavailable",
+            Error::Refused { .. } => "RegistryNotAllowed",
+            Error::Config { .. } => "BadRegistryConfig",
             Error::Credentials(_) => "BadCredentials",
             Error::Io { .. } => "LocalIO",
         }

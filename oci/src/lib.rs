@@ -6,6 +6,8 @@
 //!   CNCF format, the older `vnd.wasm.*.v1` format, layered images and image indexes;
 //! - [`image`]: from a manifest to the binary it carries, whatever store holds the blobs
 //!   (a registry, or containerd's content store for the shim);
+//! - [`RegistryConfig`]: mirrors, CAs, plain-HTTP hosts and the [`AddressPolicy`] (which
+//!   addresses registry requests may reach), the same for the CLI, the operator and the shim;
 //! - [`BlobCache`]: the node-wide content-addressed cache every pull goes through.
 //!
 //! The shim, the operator and the `wa8s` CLI all use this crate, so they agree on formats.
@@ -13,14 +15,18 @@
 pub mod artifact;
 mod auth;
 mod cache;
+mod config;
 mod error;
+mod gate;
 pub mod image;
 mod registry;
 mod tls;
 
 pub use auth::{Credentials, DockerConfigSource};
 pub use cache::BlobCache;
+pub use config::RegistryConfig;
 pub use error::Error;
+pub use gate::AddressPolicy;
 pub use registry::{
     DEFAULT_MAX_COMPONENT_BYTES, Described, Pulled, Pushed, Registry, RegistryOptions, Resolved,
     Written, parse_reference,

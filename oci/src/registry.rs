@@ -1,11 +1,12 @@
 //! Talking to registries: push, resolve and pull Wasm artifacts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::artifact::{self, WasmConfig, WasmInfo};
+use crate::gate::{self, Gate};
 use crate::image::{self, Descriptor, Document};
-use crate::{BlobCache, Credentials, Error};
+use crate::{BlobCache, Credentials, Error, RegistryConfig};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
@@ -22,33 +23,11 @@ const ACCEPTED: &[&str] = &[
 /// Default ceiling for one component (declared or actual size).
 pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
-/// How to reach registries.
-#[derive(Debug, Clone)]
+/// How to reach registries, and whose credentials to present.
+#[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
     pub credentials: Credentials,
-    /// Registries (`host[:port]`) spoken to over plain HTTP. Loopback registries are too,
-    /// unless they have a CA below.
-    pub insecure: Vec<String>,
-    /// `registry → PEM bundle`: the registry is spoken to over TLS (even on loopback) and
-    /// these CAs are trusted for it, in addition to the system's roots.
-    pub ca_certificates: BTreeMap<String, Vec<u8>>,
-    /// `registry → mirror` (`ghcr.io → 127.0.0.1:5000`): every pull and resolve of the
-    /// registry goes to the mirror, same repository and tag. Pushes are not redirected.
-    pub mirrors: BTreeMap<String, String>,
-    /// Largest component accepted (declared sizes are checked before downloading).
-    pub max_component_bytes: u64,
-}
-
-impl Default for RegistryOptions {
-    fn default() -> Self {
-        RegistryOptions {
-            credentials: Credentials::default(),
-            insecure: Vec::new(),
-            ca_certificates: BTreeMap::new(),
-            mirrors: BTreeMap::new(),
-            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
-        }
-    }
+    pub config: RegistryConfig,
 }
 
 /// A client for Wasm artifacts in OCI registries.
@@ -256,12 +235,18 @@ pub fn parse_reference(reference: &str) -> Result<Reference, Error> {
     })
 }
 
-fn is_loopback(registry: &str) -> bool {
-    let host = registry
+/// The host of `host[:port]` (brackets kept for IPv6).
+fn host_of(registry: &str) -> &str {
+    registry
         .rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(registry, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+        .filter(|(h, port)| port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':'))
+        .map_or(registry, |(h, _)| h)
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = host_of(registry)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
@@ -291,10 +276,19 @@ impl Registry {
     }
 
     fn new_client(&self, registry: &str) -> Result<Client, Error> {
-        let mut insecure = self.options.insecure.clone();
-        let ca = self.options.ca_certificates.get(registry);
+        let config = &self.options.config;
+        let mut insecure = config.insecure.clone();
+        let ca = config.ca_certificates.get(registry);
         if is_loopback(registry) && ca.is_none() {
             insecure.push(registry.to_owned());
+        }
+        let gate = config.addresses.gate_for(registry, config.mirrors.values());
+        if let Some(gate) = &gate {
+            gate.check_host(host_of(registry))
+                .map_err(|r| Error::Refused {
+                    registry: registry.to_owned(),
+                    reason: r.0,
+                })?;
         }
         // Only this registry's CA: a private CA is trusted for the registry it was given for.
         // The roots load at the first TLS handshake, so a plain-HTTP registry never reads them.
@@ -302,6 +296,8 @@ impl Registry {
         Client::try_from(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure),
             rustls_config: Some(rustls_config),
+            dns_resolver: gate.as_ref().map(Gate::resolver),
+            url_gate: gate.as_ref().map(Gate::url_gate),
             // Indexes are resolved here (to a wasm platform), not by the client.
             platform_resolver: None,
             connect_timeout: Some(std::time::Duration::from_secs(10)),
@@ -317,7 +313,12 @@ impl Registry {
 
     /// The reference pulls actually use: the mirror's, if one is configured.
     fn mirrored(&self, reference: &Reference) -> Reference {
-        match self.options.mirrors.get(reference.resolve_registry()) {
+        match self
+            .options
+            .config
+            .mirrors
+            .get(reference.resolve_registry())
+        {
             Some(mirror) => {
                 let repo = reference.repository().to_owned();
                 match (reference.tag(), reference.digest()) {
@@ -334,82 +335,6 @@ impl Registry {
                 }
             }
             None => reference.clone(),
-        }
-    }
-
-    /// What users (and objects' status) see of a registry's failure: the HTTP status and the
-    /// OCI error codes, never a body. A registry is outside input, and it may redirect to a
-    /// service inside the cluster whose answer must not come back through wa8s.
-    fn translate(&self, reference: &Reference, e: OciDistributionError) -> Error {
-        let registry = reference.resolve_registry().to_owned();
-        match e {
-            OciDistributionError::AuthenticationFailure(_) => Error::Auth {
-                registry,
-                reason: "the token service refused the credentials".into(),
-            },
-            OciDistributionError::UnauthorizedError { url } => Error::Auth {
-                registry,
-                reason: format!("unauthorized at {url}"),
-            },
-            OciDistributionError::ImageManifestNotFoundError(_) => Error::NotFound {
-                reference: reference.whole(),
-            },
-            OciDistributionError::RegistryError { envelope, .. } => {
-                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                let named = codes
-                    .iter()
-                    .map(|c| format!("{c:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                if codes
-                    .iter()
-                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-                {
-                    Error::Auth {
-                        registry,
-                        reason: format!("the registry answered {named}"),
-                    }
-                } else if codes.iter().any(|c| {
-                    matches!(
-                        c,
-                        OciErrorCode::ManifestUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::BlobUnknown
-                    )
-                }) {
-                    Error::NotFound {
-                        reference: reference.whole(),
-                    }
-                } else {
-                    Error::Registry {
-                        registry,
-                        reason: format!("the registry answered {named}"),
-                    }
-                }
-            }
-            OciDistributionError::ServerError {
-                code: code @ (401 | 403),
-                ..
-            } => Error::Auth {
-                registry,
-                reason: format!("the registry answered HTTP {code}"),
-            },
-            OciDistributionError::ServerError { code: 404, .. } => Error::NotFound {
-                reference: reference.whole(),
-            },
-            OciDistributionError::DigestError(d) => Error::Digest {
-                what: reference.whole(),
-                expected: String::new(),
-                actual: d.to_string(),
-            },
-            OciDistributionError::ServerError { code, .. } => Error::Registry {
-                registry,
-                reason: format!("the registry answered HTTP {code}"),
-            },
-            other => Error::Registry {
-                registry,
-                reason: error_chain(&other),
-            },
         }
     }
 
@@ -437,11 +362,11 @@ impl Registry {
         client
             .push(&reference, &layers, config, &auth, Some(manifest))
             .await
-            .map_err(|e| self.translate(&reference, e))?;
+            .map_err(|e| translate(&reference, e))?;
         let digest = client
             .fetch_manifest_digest(&reference, &auth)
             .await
-            .map_err(|e| self.translate(&reference, e))?;
+            .map_err(|e| translate(&reference, e))?;
         Ok(Pushed {
             digest,
             layer_digest: info.digest,
@@ -536,7 +461,7 @@ impl Registry {
             let (raw, digest) = client
                 .pull_manifest_raw(&current, &auth, ACCEPTED)
                 .await
-                .map_err(|e| self.translate(parsed, e))?;
+                .map_err(|e| translate(parsed, e))?;
             let actual = crate::sha256_digest(&raw);
             if let Some(pinned) = current.digest()
                 && pinned != actual
@@ -608,7 +533,7 @@ impl Registry {
             artifact::Carrier::WasmLayer { index } => {
                 let d = &shaped.manifest.layers[*index];
                 let mut inspector = artifact::Inspector::default();
-                let limit = self.options.max_component_bytes;
+                let limit = self.options.config.max_component_bytes;
                 let mut received = 0u64;
                 blobs
                     .stream(d, limit, &mut |chunk| {
@@ -652,7 +577,7 @@ impl Registry {
         F: Fn(Descriptor, u64) -> Fut,
         Fut: Future<Output = Result<Vec<u8>, Error>>,
     {
-        let max = self.options.max_component_bytes;
+        let max = self.options.config.max_component_bytes;
         let assembled = image::assemble(&parsed.whole(), manifest, max, fetch).await?;
         // A wasm layer was verified against its digest as it arrived.
         let info = match &assembled.layer_digest {
@@ -730,10 +655,7 @@ impl Blobs<'_> {
             .await
             .map_err(|e| match e {
                 OciDistributionError::DigestError(err) => digest_error(&err),
-                other => Error::Registry {
-                    registry: registry(),
-                    reason: error_chain(&other),
-                },
+                other => translate(at, other),
             })?;
         if let Some(len) = stream.content_length
             && len > size
@@ -763,6 +685,85 @@ impl Blobs<'_> {
             sink(&chunk)?;
         }
         d.verify_len(&what, received)
+    }
+}
+
+/// What users (and objects' status) see of a registry's failure: the HTTP status and the
+/// OCI error codes, never a body. A registry is outside input, and it may redirect to a
+/// service inside the cluster whose answer must not come back through wa8s.
+fn translate(reference: &Reference, e: OciDistributionError) -> Error {
+    let registry = reference.resolve_registry().to_owned();
+    match e {
+        OciDistributionError::AuthenticationFailure(_) => Error::Auth {
+            registry,
+            reason: "the token service refused the credentials".into(),
+        },
+        OciDistributionError::UnauthorizedError { url } => Error::Auth {
+            registry,
+            reason: format!("unauthorized at {url}"),
+        },
+        OciDistributionError::ImageManifestNotFoundError(_) => Error::NotFound {
+            reference: reference.whole(),
+        },
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            let named = codes
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                Error::Auth {
+                    registry,
+                    reason: format!("the registry answered {named}"),
+                }
+            } else if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                )
+            }) {
+                Error::NotFound {
+                    reference: reference.whole(),
+                }
+            } else {
+                Error::Registry {
+                    registry,
+                    reason: format!("the registry answered {named}"),
+                }
+            }
+        }
+        OciDistributionError::ServerError {
+            code: code @ (401 | 403),
+            ..
+        } => Error::Auth {
+            registry,
+            reason: format!("the registry answered HTTP {code}"),
+        },
+        OciDistributionError::ServerError { code: 404, .. } => Error::NotFound {
+            reference: reference.whole(),
+        },
+        OciDistributionError::DigestError(d) => Error::Digest {
+            what: reference.whole(),
+            expected: String::new(),
+            actual: d.to_string(),
+        },
+        OciDistributionError::ServerError { code, .. } => Error::Registry {
+            registry,
+            reason: format!("the registry answered HTTP {code}"),
+        },
+        other => match gate::refusal(&other) {
+            Some(reason) => Error::Refused { registry, reason },
+            None => Error::Registry {
+                registry,
+                reason: error_chain(&other),
+            },
+        },
     }
 }
 
@@ -822,7 +823,10 @@ mod tests {
     #[test]
     fn a_mirror_replaces_the_registry_and_keeps_repository_tag_and_digest() -> Result<(), Error> {
         let registry = Registry::new(RegistryOptions {
-            mirrors: [("ghcr.io".to_owned(), "127.0.0.1:5000".to_owned())].into(),
+            config: RegistryConfig {
+                mirrors: [("ghcr.io".to_owned(), "127.0.0.1:5000".to_owned())].into(),
+                ..RegistryConfig::default()
+            },
             ..RegistryOptions::default()
         });
         let r = registry.mirrored(&parse_reference("ghcr.io/myorg/app:v1")?);

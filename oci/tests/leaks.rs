@@ -4,40 +4,16 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use wa8s_oci::{Registry, RegistryOptions};
+
+mod common;
+use common::{RawServer, response};
 
 const SECRET: &str = "AWS_SECRET_ACCESS_KEY=hunter2";
 
-/// Serves `answer(path)` as the raw response to every request, on a fresh loopback port.
+/// Serves `answer(path)` on a fresh loopback port.
 async fn raw_server(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let answer = std::sync::Arc::new(answer);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let answer = answer.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let Ok(n) = s.read(&mut buf).await else {
-                    return;
-                };
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let _ = s.write_all(answer(&path).as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
-fn response(status: &str, headers: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    RawServer::start("127.0.0.1", answer).await.port
 }
 
 async fn describe_error(registry_port: u16) -> String {

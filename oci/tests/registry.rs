@@ -9,7 +9,9 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use wa8s_e2e::registry::{Auth, Options, Registry as TestRegistry, Users};
 use wa8s_oci::artifact::{self, Kind};
-use wa8s_oci::{BlobCache, Credentials, DockerConfigSource, Error, Registry, RegistryOptions};
+use wa8s_oci::{
+    BlobCache, Credentials, DockerConfigSource, Error, Registry, RegistryConfig, RegistryOptions,
+};
 use wa8s_test_components as guests;
 
 fn anonymous() -> Registry {
@@ -207,7 +209,10 @@ async fn a_tls_registry_is_reached_with_its_ca_and_refused_without_it() -> Resul
         .as_bytes()
         .to_vec();
     let trusting = Registry::new(RegistryOptions {
-        ca_certificates: [(reg.addr().to_owned(), ca.clone())].into(),
+        config: RegistryConfig {
+            ca_certificates: [(reg.addr().to_owned(), ca.clone())].into(),
+            ..RegistryConfig::default()
+        },
         ..RegistryOptions::default()
     });
     let reference = format!("{}/secure/hello:v1", reg.addr());
@@ -225,7 +230,10 @@ async fn a_tls_registry_is_reached_with_its_ca_and_refused_without_it() -> Resul
     // to over TLS only when named (else loopback means plain HTTP, which the TLS port refuses),
     // and a certificate from an unknown CA fails verification.
     let elsewhere = Registry::new(RegistryOptions {
-        ca_certificates: [("registry.example.com".to_owned(), ca)].into(),
+        config: RegistryConfig {
+            ca_certificates: [("registry.example.com".to_owned(), ca)].into(),
+            ..RegistryConfig::default()
+        },
         ..RegistryOptions::default()
     });
     let err = elsewhere.pull(&reference, None).await.expect_err("refused");
@@ -235,11 +243,14 @@ async fn a_tls_registry_is_reached_with_its_ca_and_refused_without_it() -> Resul
         tls: true,
     })?;
     let wrong_ca = Registry::new(RegistryOptions {
-        ca_certificates: [(
-            unknown_ca.addr().to_owned(),
-            reg.ca_pem().unwrap_or_default().as_bytes().to_vec(),
-        )]
-        .into(),
+        config: RegistryConfig {
+            ca_certificates: [(
+                unknown_ca.addr().to_owned(),
+                reg.ca_pem().unwrap_or_default().as_bytes().to_vec(),
+            )]
+            .into(),
+            ..RegistryConfig::default()
+        },
         ..RegistryOptions::default()
     });
     let err = wrong_ca
@@ -430,7 +441,10 @@ async fn malformed_artifacts_are_clear_errors() -> Result<()> {
     )
     .await?;
     let small = Registry::new(RegistryOptions {
-        max_component_bytes: 100,
+        config: RegistryConfig {
+            max_component_bytes: 100,
+            ..RegistryConfig::default()
+        },
         ..RegistryOptions::default()
     });
     let err = small
@@ -487,7 +501,10 @@ async fn a_mirror_serves_pulls_for_the_registry_it_stands_in_for() -> Result<()>
         )
         .await?;
     let mirrored = Registry::new(RegistryOptions {
-        mirrors: [("ghcr.io".to_owned(), reg.addr().to_owned())].into(),
+        config: RegistryConfig {
+            mirrors: [("ghcr.io".to_owned(), reg.addr().to_owned())].into(),
+            ..RegistryConfig::default()
+        },
         ..RegistryOptions::default()
     });
     let pulled = mirrored

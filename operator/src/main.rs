@@ -1,7 +1,6 @@
 //! `wa8s-operator`: flags → settings, then leader election, the health/metrics endpoint and
 //! the controller. Everything else lives in the library.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,12 +11,13 @@ use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use wa8s_api::contract::parse_duration_ms;
+use wa8s_oci::RegistryConfig;
 use wa8s_operator::controller::{self, Context, Settings};
 use wa8s_operator::desired::Config as DesiredConfig;
 use wa8s_operator::http::{self, Readiness};
 use wa8s_operator::leader::LeaderElection;
 use wa8s_operator::metrics::Metrics;
-use wa8s_operator::resolve::{OciResolver, RegistryConfig};
+use wa8s_operator::resolve::OciResolver;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,6 +42,14 @@ struct Args {
     /// Trust the CA certificates in FILE (PEM) for REGISTRY. Repeatable.
     #[arg(long = "registry-ca", value_name = "REGISTRY=FILE")]
     registry_ca: Vec<String>,
+    /// A registry (`host[:port]`) objects may name even at a loopback, link-local or denied
+    /// address (one inside the cluster). Mirrors are always allowed. Repeatable.
+    #[arg(long = "private-registry", value_name = "HOST")]
+    private_registries: Vec<String>,
+    /// A network (CIDR) no registry request may reach unless the registry is private: the
+    /// cluster's pod and service networks, the nodes' subnet. Repeatable.
+    #[arg(long = "denied-network", value_name = "CIDR")]
+    denied_networks: Vec<String>,
     /// Watch only this namespace (default: all).
     #[arg(long = "watch-namespace", env = "WA8S_WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -90,18 +98,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn pairs(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>> {
-    values
-        .iter()
-        .map(|v| {
-            v.split_once('=')
-                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-                .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                .ok_or_else(|| anyhow!("--{flag} {v:?}: expected NAME=VALUE"))
-        })
-        .collect()
-}
-
 async fn run(args: Args) -> Result<()> {
     let interval_ms = parse_duration_ms(&args.resolve_interval)
         .filter(|ms| *ms >= 1000)
@@ -111,18 +107,20 @@ async fn run(args: Args) -> Result<()> {
                 args.resolve_interval
             )
         })?;
-    let mut ca_certificates = BTreeMap::new();
-    for (registry, file) in pairs("registry-ca", &args.registry_ca)? {
-        let pem = std::fs::read(&file).with_context(|| format!("--registry-ca: reading {file}"))?;
-        wa8s_oci::check_registry_ca(&registry, &pem)
-            .with_context(|| format!("--registry-ca {file}"))?;
-        ca_certificates.insert(registry, pem);
-    }
-    let resolver = OciResolver::new(RegistryConfig {
-        mirrors: pairs("mirror", &args.mirrors)?,
+    // Objects name their registries, so requests are gated: no loopback, link-local or
+    // denied address unless the deployer listed the registry.
+    let mut registry = RegistryConfig {
         insecure: args.insecure.clone(),
-        ca_certificates,
-    });
+        ..RegistryConfig::default()
+    };
+    for m in &args.mirrors {
+        registry.add_mirror_setting(m)?;
+    }
+    for c in &args.registry_ca {
+        registry.add_ca_setting(c)?;
+    }
+    registry.gate_addresses(args.private_registries.clone(), &args.denied_networks)?;
+    let resolver = OciResolver::new(registry);
     let identity = args
         .identity
         .clone()

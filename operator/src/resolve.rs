@@ -1,10 +1,10 @@
 //! Resolving `spec.module` to a digest, through the OCI library.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use wa8s_api::Module;
-use wa8s_oci::{Credentials, DockerConfigSource, Registry, RegistryOptions};
+use wa8s_oci::{Credentials, DockerConfigSource, Registry, RegistryConfig, RegistryOptions};
 
 use crate::desired::{ModuleKind, Resolved};
 
@@ -17,15 +17,6 @@ pub struct ResolveError {
     pub message: String,
     /// Worth retrying soon (registry down), as opposed to needing a change by someone.
     pub transient: bool,
-}
-
-/// Registry settings that apply to every object (mirrors for air-gapped clusters, insecure
-/// registries, private CAs).
-#[derive(Debug, Clone, Default)]
-pub struct RegistryConfig {
-    pub mirrors: BTreeMap<String, String>,
-    pub insecure: Vec<String>,
-    pub ca_certificates: BTreeMap<String, Vec<u8>>,
 }
 
 /// Resolves modules. A trait so reconcile tests can stand in a registry that fails on cue;
@@ -86,10 +77,7 @@ impl OciResolver {
                 // Never the operator's own docker config: only what the object grants.
                 docker_config: DockerConfigSource::Ignored,
             },
-            insecure: self.config.insecure.clone(),
-            ca_certificates: self.config.ca_certificates.clone(),
-            mirrors: self.config.mirrors.clone(),
-            ..RegistryOptions::default()
+            config: self.config.clone(),
         });
         cached.insert(pull_secrets, registry.clone());
         registry
@@ -114,6 +102,8 @@ pub fn translate(e: &wa8s_oci::Error) -> ResolveError {
         E::Artifact { .. } | E::NotWasm(_) => ("NotAComponent", false),
         E::Digest { .. } => ("DigestMismatch", false),
         E::Reference { .. } => ("InvalidReference", false),
+        E::Refused { .. } => ("RegistryNotAllowed", false),
+        E::Config { .. } => ("BadRegistryConfig", false),
         E::Registry { .. } | E::Io { .. } => ("RegistryUnavailable", true),
     };
     ResolveError {

@@ -13,9 +13,10 @@ use kube::{Api, Client};
 use tokio::sync::oneshot;
 use wa8s_api::WebAssembly;
 use wa8s_e2e::{ControlPlane, Namespace, Registry};
+use wa8s_oci::RegistryConfig;
 use wa8s_operator::controller::{self, Context, Settings};
 use wa8s_operator::metrics::Metrics;
-use wa8s_operator::resolve::{OciResolver, RegistryConfig};
+use wa8s_operator::resolve::OciResolver;
 use wa8s_test_components as guests;
 
 /// How long anything the controller does may take to show.

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use wa8s_oci::{BlobCache, Credentials, DockerConfigSource, Registry, RegistryOptions};
+use wa8s_oci::{
+    BlobCache, Credentials, DockerConfigSource, Registry, RegistryConfig, RegistryOptions,
+};
 
 use crate::content::ContentStore;
 use crate::spec::ContainerSpec;
@@ -48,6 +50,15 @@ pub struct NodeConfig {
     /// Registries reached over plain HTTP.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// `registry → PEM file` of CAs trusted for that registry (besides the system's roots).
+    #[serde(default)]
+    pub registry_ca_files: BTreeMap<String, PathBuf>,
+    /// Registries the fallback pull may reach at a loopback, link-local or denied address.
+    #[serde(default)]
+    pub private_registries: Vec<String>,
+    /// Networks (CIDR) the fallback pull never reaches unless the registry is private.
+    #[serde(default)]
+    pub denied_networks: Vec<String>,
     /// CA certificates (PEM) a guest's https requests trust besides Mozilla's roots.
     #[serde(default)]
     pub guest_ca_file: Option<PathBuf>,
@@ -83,6 +94,9 @@ impl Default for NodeConfig {
             max_cache_bytes: default_cache_bytes(),
             mirrors: BTreeMap::new(),
             insecure_registries: Vec::new(),
+            registry_ca_files: BTreeMap::new(),
+            private_registries: Vec::new(),
+            denied_networks: Vec::new(),
             guest_ca_file: None,
             guest_seccomp: GuestSeccomp::default(),
         }
@@ -90,16 +104,40 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
+    /// How the fallback pull reaches registries: the node's mirrors, plain-HTTP hosts and
+    /// CAs, with requests gated by address (an image name is the pod author's choice).
+    pub fn registry(&self) -> Result<RegistryConfig, wa8s_oci::Error> {
+        let mut config = RegistryConfig {
+            insecure: self.insecure_registries.clone(),
+            mirrors: self.mirrors.clone(),
+            ..RegistryConfig::default()
+        };
+        for (registry, file) in &self.registry_ca_files {
+            config.add_ca_file(registry, file)?;
+        }
+        config.gate_addresses(self.private_registries.clone(), &self.denied_networks)?;
+        Ok(config)
+    }
+
     /// Reads the node configuration; a missing file means the defaults.
     pub fn load() -> Result<Self, Error> {
         let path = std::env::var_os("WA8S_SHIM_CONFIG")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/etc/wa8s/shim.json"));
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Config {
-                path,
-                reason: e.to_string(),
-            }),
+            Ok(bytes) => {
+                let config: NodeConfig =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Config {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                // Checked now, so a bad CA file or network fails every create with its name.
+                config.registry().map_err(|e| Error::Config {
+                    path,
+                    reason: e.to_string(),
+                })?;
+                Ok(config)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeConfig::default()),
             Err(e) => Err(Error::Config {
                 path,
@@ -194,9 +232,7 @@ pub async fn obtain(
             pull_secrets: Vec::new(),
             docker_config: DockerConfigSource::Ignored,
         },
-        insecure: node.insecure_registries.clone(),
-        mirrors: node.mirrors.clone(),
-        ..RegistryOptions::default()
+        config: node.registry()?,
     });
     let pulled = registry.pull(image, Some(blobs)).await?;
     // A layered image caches its tar layer; the guest asks for the component itself.

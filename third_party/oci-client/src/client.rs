@@ -360,6 +360,27 @@ impl TryFrom<ClientConfig> for Client {
             client_builder = client_builder.tls_backend_preconfigured(tls);
         }
 
+        // wa8s patch: the caller's resolver, and redirects asked of the URL gate.
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(resolver) = config.dns_resolver.take() {
+            client_builder = client_builder.dns_resolver(resolver);
+        }
+        if let Some(gate) = config.url_gate.clone() {
+            client_builder =
+                client_builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= MAX_REDIRECTS {
+                        return attempt.error("too many redirects");
+                    }
+                    match gate(attempt.url()) {
+                        Ok(()) => attempt.follow(),
+                        Err(reason) => {
+                            let refused = format!("redirect to {}: {reason}", attempt.url());
+                            attempt.error(OciDistributionError::UrlRefused(refused))
+                        }
+                    }
+                }));
+        }
+
         if let Some(timeout) = config.read_timeout {
             client_builder = client_builder.read_timeout(timeout);
         }
@@ -401,6 +422,16 @@ impl TryFrom<ClientConfig> for Client {
 }
 
 impl Client {
+    /// wa8s patch: asks the configured URL gate about a URL the registry chose.
+    fn gate(&self, url: &Url) -> Result<()> {
+        match &self.config.url_gate {
+            Some(gate) => gate(url).map_err(|reason| {
+                OciDistributionError::UrlRefused(format!("{url}: {reason}"))
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Create a new client with the supplied config
     pub fn new(config: ClientConfig) -> Self {
         let default_token_expiration_secs = config.default_token_expiration_secs;
@@ -450,15 +481,23 @@ impl Client {
         &self,
         reference: &Reference,
         op: RegistryOperation,
-    ) -> Option<RegistryTokenType> {
+    ) -> Result<Option<RegistryTokenType>> {
         let registry = reference.resolve_registry();
-        let auth = self.auth_store.read().await.get(registry)?.clone();
+        let Some(auth) = self.auth_store.read().await.get(registry).cloned() else {
+            return Ok(None);
+        };
         match self.tokens.get(reference, op).await {
-            Some(token) => Some(token),
+            Some(token) => Ok(Some(token)),
             None => {
-                let token = self._auth(reference, &auth, op).await.ok()??;
+                let token = match self._auth(reference, &auth, op).await {
+                    Ok(Some(token)) => token,
+                    // wa8s patch: a realm the URL gate refused is said, not retried
+                    // anonymously (the registry's 401 would hide why).
+                    Err(e @ OciDistributionError::UrlRefused(_)) => return Err(e),
+                    Ok(None) | Err(_) => return Ok(None),
+                };
                 self.tokens.insert(reference, op, token.clone()).await;
-                Some(token)
+                Ok(Some(token))
             }
         }
     }
@@ -901,6 +940,11 @@ impl Client {
         // TODO: At some point in the future, we should support sending a secret to the
         // server for auth. This particular workflow is for read-only public auth.
         debug!(?realm, ?service, ?scope, "Making authentication call");
+
+        // wa8s patch: the realm is the registry's choice; the gate is asked first.
+        let realm = Url::parse(realm)
+            .map_err(|e| OciDistributionError::UrlParseError(format!("token realm: {e}")))?;
+        self.gate(&realm)?;
 
         let auth_res = self
             .client
@@ -1531,6 +1575,8 @@ impl Client {
                     .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))?;
 
                 if url.scheme() == "http" || url.scheme() == "https" {
+                    // wa8s patch: a foreign URL is the manifest's choice; ask the gate.
+                    self.gate(&url)?;
                     // NOTE: we must not authenticate on additional URLs as those
                     // can be abused to leak credentials or tokens.  Please
                     // refer to CVE-2020-15157 for more information.
@@ -2435,7 +2481,7 @@ impl<'a> RequestBuilderWrapper<'a> {
         }
 
         let mut headers = HeaderMap::new();
-        if let Some(token) = self.client.get_auth_token(image, op).await {
+        if let Some(token) = self.client.get_auth_token(image, op).await? {
             match token {
                 RegistryTokenType::Bearer(token) => {
                     debug!("Using bearer token authentication.");
@@ -2524,6 +2570,18 @@ pub struct ClientConfig {
     #[cfg(feature = "rustls-tls")]
     pub rustls_config: Option<rustls::ClientConfig>,
 
+    /// wa8s patch: the resolver for every host name this client connects to (reqwest's
+    /// `dns_resolver`), e.g. one that drops addresses a policy refuses. Connections go to
+    /// exactly the addresses it returns.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub dns_resolver: Option<Arc<dyn reqwest::dns::Resolve>>,
+
+    /// wa8s patch: asked about every URL the *registry* chooses for this client (redirect
+    /// targets, token realms, foreign layer URLs) before it is requested; an `Err` refuses
+    /// it with that reason. Names still go through `dns_resolver`, so a gate typically
+    /// checks only hosts written as IP addresses. Upload locations (pushes) are not asked.
+    pub url_gate: Option<UrlGate>,
+
     /// A function that defines the client's behaviour if an Image Index Manifest
     /// (i.e Manifest List) is encountered when pulling an image.
     /// Defaults to [current_platform_resolver],
@@ -2593,6 +2651,9 @@ impl Default for ClientConfig {
             tls_certs_only: Vec::new(),
             #[cfg(feature = "rustls-tls")]
             rustls_config: None,
+            #[cfg(not(target_arch = "wasm32"))]
+            dns_resolver: None,
+            url_gate: None,
             extra_root_certificates: Vec::new(),
             platform_resolver: Some(Box::new(current_platform_resolver)),
             max_concurrent_upload: DEFAULT_MAX_CONCURRENT_UPLOAD,
@@ -2612,6 +2673,12 @@ impl Default for ClientConfig {
 // the Client behind a dynamic reference.
 // Something similar to what is described here: https://users.rust-lang.org/t/how-to-send-function-closure-to-another-thread/43549
 type PlatformResolverFn = dyn Fn(&[ImageIndexEntry]) -> Option<String> + Send + Sync;
+
+/// wa8s patch: see [`ClientConfig::url_gate`].
+pub type UrlGate = Arc<dyn Fn(&Url) -> std::result::Result<(), String> + Send + Sync>;
+
+/// Most redirects followed for one request (reqwest's default policy's limit).
+const MAX_REDIRECTS: usize = 10;
 
 /// A platform resolver that chooses the first linux/amd64 variant, if present
 pub fn linux_amd64_resolver(manifests: &[ImageIndexEntry]) -> Option<String> {

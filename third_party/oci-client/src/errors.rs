@@ -95,6 +95,9 @@ pub enum OciDistributionError {
     /// Cannot parse URL
     #[error("Error parsing Url {0}")]
     UrlParseError(String),
+    /// wa8s patch: the client's URL gate refused a URL the registry chose
+    #[error("refused {0}")]
+    UrlRefused(String),
     /// Media type not supported
     #[error("Unsupported media type: {0}")]
     UnsupportedMediaTypeError(String),

@@ -1,14 +1,12 @@
 //! The network gate: every way a guest reaches the network passes through this module.
 //!
 //! - [`policy`]: `allowedHosts` as typed rules, and which addresses they open;
-//! - [`address`]: what an address is in every form it can be written in;
 //! - [`node`]: the node's own addresses, kept current;
 //! - [`lookup`]: wasi:sockets name lookups, allowed only for granted names;
 //! - [`socket`]: the address check wasi:sockets calls before every connect and send;
 //! - [`http`]: outgoing wasi:http requests, connected to the checked address;
 //! - [`tls`]: what a guest's https requests trust.
 
-mod address;
 mod http;
 mod lookup;
 mod node;

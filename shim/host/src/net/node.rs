@@ -14,7 +14,7 @@ use nix::sys::socket::{
     socket,
 };
 
-use super::address::same_host;
+use wa8s_api::address::same_host;
 
 /// Addresses blocked like loopback unless a rule names them literally: the node's own.
 #[derive(Clone, Default)]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use wa8s_api::host_pattern::HostRule;
 
 use super::NodeAddresses;
-use super::address::is_restricted;
 use crate::Error;
+use wa8s_api::address::is_restricted;
 
 /// Outbound network grants: which hosts, and which addresses stay blocked.
 #[derive(Debug, Clone, Default)]

@@ -81,6 +81,69 @@ impl Error {
 
     pub fn into_ttrpc(self) -> ttrpc::Error {
         let code = self.code();
-        ttrpc::Error::RpcStatus(ttrpc::get_status(code, format!("wa8s: {self}")))
+        // The edge to containerd: the error and its causes, once, as text.
+        let message = format!("wa8s: {}", Failure::of(&self));
+        ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(e: Error) -> ttrpc::Status {
+        match e.into_ttrpc() {
+            ttrpc::Error::RpcStatus(s) => s,
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn containerd_is_told_each_cause_once() {
+        let e = Error::Component(crate::component::Error::Content(
+            crate::content::Error::Unavailable {
+                address: "/run/c.sock".into(),
+                call: "reading the image",
+                source: crate::content::Why::Said("no answer".into()),
+            },
+        ));
+        let s = status(e);
+        assert_eq!(
+            s.message,
+            "wa8s: containerd at /run/c.sock: reading the image: no answer"
+        );
+        let s = status(Error::io("reading x")(std::io::Error::other("gone")));
+        assert_eq!(s.message, "wa8s: reading x: gone");
+    }
+
+    #[test]
+    fn an_unreachable_registry_is_unavailable_and_other_component_errors_are_the_users() {
+        let registry = wa8s_oci::Error::Registry {
+            registry: "r.example".into(),
+            reason: "connection refused".into(),
+        };
+        let s = status(Error::Component(registry.into()));
+        assert_eq!(s.code, Code::UNAVAILABLE.into());
+        let s = status(Error::Component(crate::component::Error::Missing(
+            "nothing".into(),
+        )));
+        assert_eq!(s.code, Code::INVALID_ARGUMENT.into());
+    }
+
+    #[test]
+    fn a_refused_phase_change_is_a_failed_precondition() {
+        let e = containers::Error::Refused {
+            id: "a".into(),
+            source: containers::Refused {
+                phase: "running",
+                action: "deleted",
+            },
+        };
+        let s = status(e.into());
+        assert_eq!(s.code, Code::FAILED_PRECONDITION.into());
+        assert_eq!(
+            s.message,
+            "wa8s: container a: it is running and cannot be deleted"
+        );
     }
 }

@@ -228,7 +228,8 @@ impl Shim for Service {
                 containerd: match ContentStore::new(&args.address, &args.namespace) {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        log::warn!("{e}; components will be pulled from their registries");
+                        let why = crate::protocol::Failure::of(&e);
+                        log::warn!("{why}; components will be pulled from their registries");
                         None
                     }
                 },

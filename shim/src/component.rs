@@ -215,7 +215,8 @@ pub async fn obtain(
             ),
             // The registry may still serve it; say why the store was not used.
             Err(e @ crate::content::Error::Unavailable { .. }) => {
-                log::warn!("container {id}: {e}; pulling the image instead");
+                let why = crate::protocol::Failure::of(&e);
+                log::warn!("container {id}: {why}; pulling the image instead");
             }
             Err(e) => return Err(e.into()),
         }

@@ -24,11 +24,12 @@ const COMPONENT_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// containerd could not be asked (not reachable, or it failed the call).
-    #[error("containerd at {address}: {call}: {reason}")]
+    #[error("containerd at {address}: {call}")]
     Unavailable {
         address: String,
         call: &'static str,
-        reason: String,
+        #[source]
+        source: Why,
     },
     /// What containerd holds is not a component wa8s can run (or does not verify).
     #[error(transparent)]
@@ -40,6 +41,35 @@ pub enum Error {
     /// The component's bytes could not be put in the node's blob cache.
     #[error(transparent)]
     Cache(wa8s_oci::Error),
+}
+
+/// Why containerd could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Why {
+    #[error("{0}")]
+    Said(String),
+    /// The connection (a transport error says little by itself; its causes say more).
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Status(#[from] Status),
+}
+
+/// A call containerd failed: its code and message, and the cause underneath.
+#[derive(Debug)]
+pub struct Status(tonic::Status);
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.0.code(), self.0.message())
+    }
+}
+
+impl std::error::Error for Status {
+    // The status's own cause (its Display is not part of ours).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
 }
 
 /// A component found in the content store, now in the node's blob cache.
@@ -135,18 +165,20 @@ impl ContentStore {
     /// optionally `unix://`-prefixed). Nothing is dialled until the first call.
     pub fn new(address: &str, namespace: &str) -> Result<Self, Error> {
         let path = PathBuf::from(address.trim_start_matches("unix://"));
-        let unavailable = |reason: String| Error::Unavailable {
+        let unavailable = |source: Why| Error::Unavailable {
             address: address.to_owned(),
             call: "connect",
-            reason,
+            source,
         };
         let namespace: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
             namespace.parse().map_err(|_| {
-                unavailable(format!("namespace {namespace:?} is not a header value"))
+                unavailable(Why::Said(format!(
+                    "namespace {namespace:?} is not a header value"
+                )))
             })?;
         // The URI is required by the API and ignored by the connector below.
         let channel = Endpoint::try_from("http://containerd.invalid")
-            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.into()))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(CALL_TIMEOUT)
             .connect_with_connector_lazy(tower::service_fn(move |_| {
@@ -172,25 +204,18 @@ impl ContentStore {
         request
     }
 
-    fn unavailable(&self, call: &'static str, status: &tonic::Status) -> Error {
-        let cause = std::error::Error::source(status)
-            .map(|s| format!(" ({})", chain(s)))
-            .unwrap_or_default();
+    fn unavailable(&self, call: &'static str, why: impl Into<Why>) -> Error {
         Error::Unavailable {
             address: self.address.clone(),
             call,
-            reason: format!("{:?}: {}{cause}", status.code(), status.message()),
+            source: why.into(),
         }
     }
 
     /// A client on the shared channel, once the connection is ready.
     async fn client(&self, call: &'static str) -> Result<tonic::client::Grpc<Channel>, Error> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready().await.map_err(|e| Error::Unavailable {
-            address: self.address.clone(),
-            call,
-            reason: chain(&e),
-        })?;
+        grpc.ready().await.map_err(|e| self.unavailable(call, e))?;
         Ok(grpc)
     }
 
@@ -217,7 +242,7 @@ impl ContentStore {
         {
             Ok(response) => Ok(Some(response.into_inner())),
             Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(self.unavailable(call, &status)),
+            Err(status) => Err(self.unavailable(call, Status(status))),
         }
     }
 
@@ -285,7 +310,7 @@ impl ContentStore {
         {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::NotFound => return Ok(None),
-            Err(status) => return Err(self.unavailable(call, &status)),
+            Err(status) => return Err(self.unavailable(call, Status(status))),
         };
         let mut out = Vec::new();
         loop {
@@ -303,7 +328,7 @@ impl ContentStore {
                 }
                 Ok(None) => break,
                 Err(status) if status.code() == Code::NotFound => return Ok(None),
-                Err(status) => return Err(self.unavailable(call, &status)),
+                Err(status) => return Err(self.unavailable(call, Status(status))),
             }
         }
         Ok(Some(out))
@@ -324,11 +349,10 @@ impl ContentStore {
         {
             Ok(Err(Error::Missing(_))) => Ok(None),
             Ok(found) => found,
-            Err(_) => Err(Error::Unavailable {
-                address: self.address.clone(),
-                call: "reading the image",
-                reason: format!("no answer within {COMPONENT_TIMEOUT:?}"),
-            }),
+            Err(_) => Err(self.unavailable(
+                "reading the image",
+                Why::Said(format!("no answer within {COMPONENT_TIMEOUT:?}")),
+            )),
         }
     }
 
@@ -405,18 +429,6 @@ impl ContentStore {
             digest,
         }))
     }
-}
-
-/// An error and its causes on one line (a transport error alone says only "transport error").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

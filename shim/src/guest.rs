@@ -2,11 +2,11 @@
 //!
 //! The shim forks it already inside the container's cgroup and the sandbox's network
 //! namespace (see `sys::Confinement`). It loads the component from the verified node cache
-//! (precompiled when possible), reports `ok` or the reason it cannot run on fd 4, drops every
-//! privilege, waits for the start signal on fd 3, then serves or runs the guest with the
+//! (precompiled when possible), reports that it is ready or why it cannot run on fd 4 (see
+//! `protocol.rs`), drops every privilege, waits for the start on fd 3, then serves or runs the
+//! guest with the
 //! grants of the pod contract. Its stdout and stderr are the container's.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,28 +19,65 @@ use wa8s_host::{
 use wa8s_api::contract::IMAGE_COMPONENT_COMMAND;
 
 use crate::component::{GuestSeccomp, NodeConfig};
+use crate::protocol::{
+    self, Failure, FromGuest, FromPrecompile, NODE_NETLINK_FD, PRECOMPILE_SUBCOMMAND, START_FD,
+    STATUS_FD, ToGuest,
+};
 use crate::spec::ContainerSpec;
 
-pub const SUBCOMMAND: &str = "guest";
-/// First argument that makes the binary compile a component into the node cache.
-pub const PRECOMPILE_SUBCOMMAND: &str = "precompile";
-/// Descriptor the start signal arrives on.
-pub const START_FD: i32 = 3;
-/// Descriptor readiness (`ok`) or the startup error is reported on.
-pub const STATUS_FD: i32 = 4;
-/// Descriptor of a route-netlink socket the shim opened in the node's network namespace: the
-/// node's own addresses (blocked for the component unless listed literally) are read and
-/// followed through it from the pod's namespace.
-pub const NODE_NETLINK_FD: i32 = 5;
-/// What the guest reports instead of `ok` when the node's precompile cache holds no recorded
-/// artifact for its component: the shim then compiles it and starts a new guest. A warm
-/// cache (the common case) so costs no extra process.
-pub const UNCOMPILED: &str = "uncompiled";
 /// Exit status when the guest could not be started (bad grant, unusable component).
 pub const EXIT_STARTUP: i32 = 2;
 /// How long in-flight requests may finish after SIGTERM; the kubelet's grace period
 /// (SIGKILL after it) is the outer bound.
 const DRAIN: Duration = Duration::from_secs(wa8s_api::contract::DRAIN_SECONDS);
+
+/// Why a guest (or precompile) process cannot run the component. It reaches the shim as a
+/// [`Failure`]: the message and each cause's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Spec(#[from] crate::spec::Error),
+    #[error(transparent)]
+    Node(#[from] crate::component::Error),
+    #[error(transparent)]
+    Cache(#[from] wa8s_oci::Error),
+    #[error(transparent)]
+    Host(#[from] wa8s_host::Error),
+    #[error("component {0} is not in the node cache")]
+    NotCached(String),
+    #[error("no node address socket was passed (fd {NODE_NETLINK_FD})")]
+    NoNodeSocket,
+    #[error("the policy grants {0} but the container mounts no volume there")]
+    NoVolume(String),
+    #[error(
+        "the container's memory limit ({limit} bytes) leaves no room for the component: \
+         the runtime itself needs {reserved} bytes with this component loaded; raise \
+         resources.memory"
+    )]
+    NoRoom { limit: u64, reserved: u64 },
+    #[error("{0} threads before dropping privileges; all but one would keep theirs")]
+    Threads(usize),
+    #[error("{what}: {source}")]
+    Seccomp {
+        what: &'static str,
+        #[source]
+        source: crate::seccomp::Error,
+    },
+    /// A `maxSize` bound that cannot be put in the kernel.
+    #[error("{0}")]
+    Bounded(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
 
 /// Entry point; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
@@ -61,113 +98,45 @@ pub fn main(args: &[String]) -> i32 {
         )
         .try_init();
     let mut status = owned_fd(STATUS_FD);
-    let mut start = owned_fd(START_FD);
-    let spec = match ContainerSpec::load(Path::new(bundle)) {
-        Ok(s) => s,
-        Err(e) => return fail(&mut status, &e.to_string()),
-    };
-    if let Err(e) = crate::sys::exit_on_sigterm() {
-        return fail(&mut status, &format!("handling SIGTERM: {e}"));
-    }
-    let rootfs = spec.rootfs(Path::new(bundle));
-    let node = match NodeConfig::load() {
-        Ok(n) => n,
-        Err(e) => return fail(&mut status, &e.to_string()),
-    };
-    let (spec, program) = match load_program(spec, digest, &node) {
-        Ok(Some(loaded)) => loaded,
+    let start = owned_fd(START_FD);
+    let ready = match prepare(Path::new(bundle), digest) {
+        Ok(Some(ready)) => ready,
         // Not an error: the shim compiles it (outside the pod's cgroup) and starts another
         // guest. Nothing goes to the container's streams.
         Ok(None) => {
-            if let Some(s) = status.as_mut() {
-                let _ = writeln!(s, "{UNCOMPILED}");
-            }
+            report(&mut status, &FromGuest::Uncompiled);
             return EXIT_STARTUP;
         }
-        Err(message) => return fail(&mut status, &message),
-    };
-    let (nodes, follow_nodes) = match owned_fd(NODE_NETLINK_FD)
-        .ok_or_else(|| "no node address socket was passed (fd 5)".to_owned())
-        .and_then(|f| {
-            NodeAddresses::watch(f.into()).map_err(|e| format!("reading the node's addresses: {e}"))
-        }) {
-        Ok(n) => n,
-        Err(message) => return fail(&mut status, &message),
-    };
-    let mut grants = match grants(&spec, nodes, &node) {
-        Ok(g) => g,
-        Err(message) => return fail(&mut status, &message),
-    };
-    // From here on, mounts are this process's own.
-    if let Err(e) = crate::sys::private_mount_namespace() {
-        return fail(
-            &mut status,
-            &format!("making a private mount namespace: {e}"),
-        );
-    }
-    if let Err(message) = bound_volumes(&mut grants, &spec, &rootfs) {
-        return fail(&mut status, &message);
-    }
-    // Held for the life of the process: the grants now name these open directories.
-    let _granted_dirs = match open_granted_dirs(&mut grants) {
-        Ok(dirs) => dirs,
-        Err(message) => return fail(&mut status, &message),
-    };
-    // Measured now, with the program loaded and before any request: what the runtime itself
-    // holds is taken off the container's limit, and the rest is what the instances share.
-    if let Some(limit) = spec.limits.memory_bytes.and_then(|l| u64::try_from(l).ok()) {
-        match shared_budget(limit) {
-            Ok(budget) => grants.limits.budget = Some(budget),
-            Err(message) => return fail(&mut status, &message),
+        Err(e) => {
+            let error = Failure::of(&e);
+            eprintln!("wa8s: {error}");
+            report(&mut status, &FromGuest::Failed { error });
+            return EXIT_STARTUP;
         }
-    }
-    // An HTTP component's port is bound now, in the pod's network namespace and before the
-    // privileges go (so ports below 1024 work too): connections queue from the moment the
-    // container is created and are served as soon as it starts.
-    let server = match program.kind() {
-        Kind::Http => {
-            let addr = SocketAddr::from(([0, 0, 0, 0], spec.policy.port));
-            let bound = std::net::TcpListener::bind(addr)
-                .map_err(|e| format!("binding {addr}: {e}"))
-                .and_then(|l| {
-                    Server::on_listener(&program, grants.clone(), l, DRAIN)
-                        .map_err(|e| e.to_string())
-                });
-            match bound {
-                Ok(server) => Some(server),
-                Err(message) => return fail(&mut status, &message),
-            }
-        }
-        _ => None,
     };
-    // Capabilities, the bounding set and no_new_privs are per thread: the drop must happen
-    // while this is the only one (threads made later inherit it).
-    if let Err(message) = only_thread() {
-        return fail(&mut status, &message);
-    }
-    // Everything the guest needs from the node is open now: leave the node's file system.
-    if let Err(message) = own_root(&spec, &rootfs) {
-        return fail(&mut status, &message);
-    }
-    if let Err(e) = crate::sys::drop_privileges(spec.uid, spec.gid, &spec.additional_gids) {
-        return fail(&mut status, &format!("dropping privileges: {e}"));
-    }
-    // The container's profile, then the wa8s allowlist (unless the node turned it off); the
-    // kernel answers each call with the strictest of them.
-    if let Err(message) = confine_syscalls(&spec, &node) {
-        return fail(&mut status, &message);
-    }
-    if let Some(s) = status.as_mut() {
-        let _ = s.write_all(b"ok\n");
-    }
+    report(&mut status, &FromGuest::Ready);
     drop(status);
-    // Block until the shim's Start (one byte) or until it goes away (EOF: do not run).
-    let mut byte = [0u8; 1];
-    match start.as_mut().map(|s| s.read(&mut byte)) {
-        Some(Ok(1)) => {}
-        _ => return EXIT_STARTUP,
+    // Block until the shim's start or until it goes away (end of file: do not run).
+    let mut line = String::new();
+    if let Some(s) = start {
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line);
+    }
+    match protocol::receive::<ToGuest>(&line) {
+        Ok(ToGuest::Start) => {}
+        Err(protocol::Error::Silent { .. }) => return EXIT_STARTUP,
+        Err(e) => {
+            eprintln!("wa8s: {e}");
+            return EXIT_STARTUP;
+        }
     }
     crate::sys::default_sigterm();
+    let Ready {
+        program,
+        grants,
+        server,
+        follow_nodes,
+        granted_dirs: _granted_dirs,
+    } = ready;
     if let Err(e) = follow_nodes.start() {
         eprintln!("wa8s: following the node's addresses: {e}");
         return EXIT_STARTUP;
@@ -182,13 +151,82 @@ pub fn main(args: &[String]) -> i32 {
     runtime.block_on(run(program, grants, server))
 }
 
+/// A guest loaded, confined and waiting for the start.
+struct Ready {
+    program: Program,
+    grants: Grants,
+    /// An HTTP component's server, bound already.
+    server: Option<Server>,
+    follow_nodes: wa8s_host::Follow,
+    /// Held for the life of the process: the grants name these open directories.
+    granted_dirs: Vec<std::fs::File>,
+}
+
+/// Everything up to readiness; `None` when the component is not compiled yet.
+fn prepare(bundle: &Path, digest: &str) -> Result<Option<Ready>, Error> {
+    let spec = ContainerSpec::load(bundle)?;
+    crate::sys::exit_on_sigterm().map_err(io("handling SIGTERM"))?;
+    let rootfs = spec.rootfs(bundle);
+    let node = NodeConfig::load()?;
+    let Some((spec, program)) = load_program(spec, digest, &node)? else {
+        return Ok(None);
+    };
+    let socket = owned_fd(NODE_NETLINK_FD).ok_or(Error::NoNodeSocket)?;
+    let (nodes, follow_nodes) =
+        NodeAddresses::watch(socket.into()).map_err(io("reading the node's addresses"))?;
+    let mut grants = grants(&spec, nodes, &node)?;
+    // From here on, mounts are this process's own.
+    crate::sys::private_mount_namespace().map_err(io("making a private mount namespace"))?;
+    bound_volumes(&mut grants, &spec, &rootfs)?;
+    let granted_dirs = open_granted_dirs(&mut grants)?;
+    // Measured now, with the program loaded and before any request: what the runtime itself
+    // holds is taken off the container's limit, and the rest is what the instances share.
+    if let Some(limit) = spec.limits.memory_bytes.and_then(|l| u64::try_from(l).ok()) {
+        grants.limits.budget = Some(shared_budget(limit)?);
+    }
+    // An HTTP component's port is bound now, in the pod's network namespace and before the
+    // privileges go (so ports below 1024 work too): connections queue from the moment the
+    // container is created and are served as soon as it starts.
+    let server = match program.kind() {
+        Kind::Http => {
+            let addr = SocketAddr::from(([0, 0, 0, 0], spec.policy.port));
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(io(format!("binding {addr}")))?;
+            Some(Server::on_listener(
+                &program,
+                grants.clone(),
+                listener,
+                DRAIN,
+            )?)
+        }
+        _ => None,
+    };
+    // Capabilities, the bounding set and no_new_privs are per thread: the drop must happen
+    // while this is the only one (threads made later inherit it).
+    only_thread()?;
+    // Everything the guest needs from the node is open now: leave the node's file system.
+    own_root(&spec, &rootfs)?;
+    crate::sys::drop_privileges(spec.uid, spec.gid, &spec.additional_gids)
+        .map_err(io("dropping privileges"))?;
+    // The container's profile, then the wa8s allowlist (unless the node turned it off); the
+    // kernel answers each call with the strictest of them.
+    confine_syscalls(&spec, &node)?;
+    Ok(Some(Ready {
+        program,
+        grants,
+        server,
+        follow_nodes,
+        granted_dirs,
+    }))
+}
+
 /// Room kept above the runtime's measured size for what requests cost besides their Wasm
 /// memory (stores, fiber stacks, connection buffers) and for the kernel's own charges.
 const RUNTIME_HEADROOM: u64 = 4 << 20;
 
 /// The memory budget the instances share under a container limit of `limit` bytes.
-fn shared_budget(limit: u64) -> Result<MemoryBudget, String> {
-    let own = resident_bytes().map_err(|e| format!("measuring the runtime's memory: {e}"))?;
+fn shared_budget(limit: u64) -> Result<MemoryBudget, Error> {
+    let own = resident_bytes().map_err(io("measuring the runtime's memory"))?;
     let reserved = own + RUNTIME_HEADROOM;
     match limit.checked_sub(reserved).filter(|b| *b >= 1 << 20) {
         Some(budget) => {
@@ -200,11 +238,7 @@ fn shared_budget(limit: u64) -> Result<MemoryBudget, String> {
             );
             Ok(MemoryBudget::new(budget))
         }
-        None => Err(format!(
-            "the container's memory limit ({limit} bytes) leaves no room for the component: \
-             the runtime itself needs {reserved} bytes with this component loaded; raise \
-             resources.memory"
-        )),
+        None => Err(Error::NoRoom { limit, reserved }),
     }
 }
 
@@ -227,31 +261,30 @@ fn resident_bytes() -> std::io::Result<u64> {
 
 /// Applies, unless the node's `guestSeccomp` says `container`, the wa8s allowlist, then the
 /// container's own profile (last, since it may refuse installing further filters).
-fn confine_syscalls(spec: &ContainerSpec, node: &NodeConfig) -> Result<(), String> {
+fn confine_syscalls(spec: &ContainerSpec, node: &NodeConfig) -> Result<(), Error> {
+    let seccomp = |what| move |source| Error::Seccomp { what, source };
     if node.guest_seccomp == GuestSeccomp::Wa8s {
         crate::seccomp::Filters::wa8s()
             .and_then(|f| f.apply())
-            .map_err(|e| format!("the wa8s seccomp allowlist: {e}"))?;
+            .map_err(seccomp("the wa8s seccomp allowlist"))?;
     }
     if let Some(profile) = &spec.seccomp {
         profile
             .apply()
-            .map_err(|e| format!("the container's seccomp profile: {e}"))?;
+            .map_err(seccomp("the container's seccomp profile"))?;
     }
     Ok(())
 }
 
 /// Fails unless this process has a single thread.
-fn only_thread() -> Result<(), String> {
+fn only_thread() -> Result<(), Error> {
     let threads = std::fs::read_dir("/proc/self/task")
-        .map_err(|e| format!("counting this process's threads: {e}"))?
+        .map_err(io("counting this process's threads"))?
         .count();
     if threads == 1 {
         Ok(())
     } else {
-        Err(format!(
-            "{threads} threads before dropping privileges; all but one would keep theirs"
-        ))
+        Err(Error::Threads(threads))
     }
 }
 
@@ -261,17 +294,15 @@ const NAME_FILES: &[&str] = &["/etc/hosts", "/etc/resolv.conf"];
 /// Gives the guest a root of its own holding only `/proc` and its pod's `/etc/hosts` and
 /// `/etc/resolv.conf` (the kubelet's, with the pod's host aliases and cluster DNS), so names
 /// resolve as in a container of the pod and nothing of the node is reachable by path.
-fn own_root(spec: &ContainerSpec, rootfs: &Path) -> Result<(), String> {
+fn own_root(spec: &ContainerSpec, rootfs: &Path) -> Result<(), Error> {
     let files: Vec<(PathBuf, &str)> = NAME_FILES
         .iter()
         .filter_map(|target| Some((spec.mounts.get(*target)?.source.clone(), *target)))
         .collect();
-    crate::sys::enter_root(rootfs, &files).map_err(|e| {
-        format!(
-            "entering the container's own root at {}: {e}",
-            rootfs.display()
-        )
-    })
+    crate::sys::enter_root(rootfs, &files).map_err(io(format!(
+        "entering the container's own root at {}",
+        rootfs.display()
+    )))
 }
 
 /// Opens each granted directory while the process may still reach it, and points the grant
@@ -279,17 +310,15 @@ fn own_root(spec: &ContainerSpec, rootfs: &Path) -> Result<(), String> {
 /// `/var/lib/kubelet/pods/<uid>/`, which only root may traverse; after dropping to the
 /// pod's user the guest could otherwise not open them, though the volume itself is the
 /// pod's to use.
-fn open_granted_dirs(grants: &mut Grants) -> Result<Vec<std::fs::File>, String> {
+fn open_granted_dirs(grants: &mut Grants) -> Result<Vec<std::fs::File>, Error> {
     use std::os::fd::AsRawFd;
     let mut held = Vec::with_capacity(grants.dirs.len());
     for d in &mut grants.dirs {
-        let dir = std::fs::File::open(&d.host).map_err(|e| {
-            format!(
-                "grant directory {}: cannot open {}: {e}",
-                d.guest,
-                d.host.display()
-            )
-        })?;
+        let dir = std::fs::File::open(&d.host).map_err(io(format!(
+            "grant directory {}: cannot open {}",
+            d.guest,
+            d.host.display()
+        )))?;
         d.host = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         held.push(dir);
     }
@@ -300,10 +329,11 @@ fn open_granted_dirs(grants: &mut Grants) -> Result<Vec<std::fs::File>, String> 
 /// compares writes with the free space, so the guest sees ENOSPC before a write, not a
 /// stream closed part-way.
 /// (`rootfs` serves as a scratch mount point: it is covered by the guest's own root later.)
-fn bound_volumes(grants: &mut Grants, spec: &ContainerSpec, rootfs: &Path) -> Result<(), String> {
+fn bound_volumes(grants: &mut Grants, spec: &ContainerSpec, rootfs: &Path) -> Result<(), Error> {
     for d in &mut grants.dirs {
         if let Some(max) = d.max_bytes {
-            crate::bounded::mount_bounded(&d.host, max, spec.uid, spec.gid, rootfs)?;
+            crate::bounded::mount_bounded(&d.host, max, spec.uid, spec.gid, rootfs)
+                .map_err(Error::Bounded)?;
             d.bound_by_kernel = true;
         }
     }
@@ -314,44 +344,41 @@ fn owned_fd(fd: i32) -> Option<std::fs::File> {
     crate::sys::inherited_fd(fd)
 }
 
-fn fail(status: &mut Option<std::fs::File>, message: &str) -> i32 {
-    eprintln!("wa8s: {message}");
+/// Sends the shim `message` on the status descriptor.
+fn report(status: &mut Option<std::fs::File>, message: &FromGuest) {
     if let Some(s) = status.as_mut() {
-        let _ = writeln!(s, "error: {message}");
+        // Nothing else to do if it fails: the shim sees the process end without a report.
+        let _ = protocol::send(s, message);
     }
-    EXIT_STARTUP
 }
 
 /// `containerd-shim-wa8s-v1 precompile BUNDLE DIGEST`: puts the component's compiled form in
-/// the node's precompile cache (run by the shim outside the container's cgroup). Prints `ok`
-/// when it is there; else exits 2 with the reason on stderr.
+/// the node's precompile cache (run by the shim outside the container's cgroup). Reports the
+/// outcome on stdout (see `protocol.rs`), exiting 2 if it failed.
 pub fn precompile_main(args: &[String]) -> i32 {
     let (Some(bundle), Some(digest)) = (args.first(), args.get(1)) else {
         eprintln!("usage: containerd-shim-wa8s-v1 {PRECOMPILE_SUBCOMMAND} BUNDLE DIGEST");
         return EXIT_STARTUP;
     };
     // A cache hit only checks the record; the guest is the one that loads the code.
-    let warmed = ContainerSpec::load(Path::new(bundle))
-        .map_err(|e| e.to_string())
-        .and_then(|spec| {
-            let node = NodeConfig::load().map_err(|e| e.to_string())?;
-            Cached::open(spec, digest, &node)
-        })
-        .and_then(|c| {
-            c.precompiled
-                .ensure(&c.engine, digest, &c.bytes)
-                .map_err(|e| e.to_string())
-        });
-    match warmed {
-        Ok(_) => {
-            println!("ok");
-            0
-        }
-        Err(message) => {
-            eprintln!("wa8s: {message}");
-            EXIT_STARTUP
-        }
-    }
+    let warmed = || -> Result<(), Error> {
+        let spec = ContainerSpec::load(Path::new(bundle))?;
+        let c = Cached::open(spec, digest, &NodeConfig::load()?)?;
+        c.precompiled.ensure(&c.engine, digest, &c.bytes)?;
+        Ok(())
+    };
+    let (outcome, code) = match warmed() {
+        Ok(()) => (FromPrecompile::Compiled, 0),
+        Err(e) => (
+            FromPrecompile::Failed {
+                error: Failure::of(&e),
+            },
+            EXIT_STARTUP,
+        ),
+    };
+    // Nothing else to do if it fails: the shim sees the process end without a report.
+    let _ = protocol::send(&mut std::io::stdout().lock(), &outcome);
+    code
 }
 
 /// What the precompile process and the guest both need: the spec, the component's bytes,
@@ -364,21 +391,18 @@ struct Cached {
 }
 
 impl Cached {
-    fn open(spec: ContainerSpec, digest: &str, node: &NodeConfig) -> Result<Self, String> {
-        let blobs = node.blobs().map_err(|e| e.to_string())?;
-        let bytes = blobs
-            .get(digest)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("component {digest} is not in the node cache"))?;
+    fn open(spec: ContainerSpec, digest: &str, node: &NodeConfig) -> Result<Self, Error> {
+        let bytes = node
+            .blobs()?
+            .get(digest)?
+            .ok_or_else(|| Error::NotCached(digest.to_owned()))?;
         // The same engine configuration in the precompile process and the guest, so the
         // cache entry one writes is the one the other reads.
         let engine = HostEngine::new(&EngineConfig {
             pooled_instances: Some(spec.policy.limits.max_concurrent_requests.clamp(1, 1000)),
             ..EngineConfig::default()
-        })
-        .map_err(|e| e.to_string())?;
-        let precompiled =
-            PrecompileCache::new(node.precompiled_dir()).map_err(|e| e.to_string())?;
+        })?;
+        let precompiled = PrecompileCache::new(node.precompiled_dir())?;
         Ok(Cached {
             spec,
             bytes,
@@ -395,17 +419,14 @@ fn load_program(
     spec: ContainerSpec,
     digest: &str,
     node: &NodeConfig,
-) -> Result<Option<(ContainerSpec, Program)>, String> {
+) -> Result<Option<(ContainerSpec, Program)>, Error> {
     let c = Cached::open(spec, digest, node)?;
-    let program = c
-        .precompiled
-        .load_recorded(&c.engine, digest, &c.bytes)
-        .map_err(|e| e.to_string())?;
+    let program = c.precompiled.load_recorded(&c.engine, digest, &c.bytes)?;
     Ok(program.map(|p| (c.spec, p)))
 }
 
 /// The grants of the pod contract; every error is a sentence for the user.
-fn grants(spec: &ContainerSpec, nodes: NodeAddresses, node: &NodeConfig) -> Result<Grants, String> {
+fn grants(spec: &ContainerSpec, nodes: NodeAddresses, node: &NodeConfig) -> Result<Grants, Error> {
     let policy = &spec.policy;
 
     let mut grants = Grants {
@@ -432,12 +453,10 @@ fn grants(spec: &ContainerSpec, nodes: NodeAddresses, node: &NodeConfig) -> Resu
         .cloned()
         .collect();
     for fs in &policy.fs {
-        let volume = spec.mounts.get(&fs.path).ok_or_else(|| {
-            format!(
-                "the policy grants {} but the container mounts no volume there",
-                fs.path
-            )
-        })?;
+        let volume = spec
+            .mounts
+            .get(&fs.path)
+            .ok_or_else(|| Error::NoVolume(fs.path.clone()))?;
         grants.dirs.push(DirGrant {
             host: volume.source.clone(),
             guest: fs.path.clone(),
@@ -449,16 +468,15 @@ fn grants(spec: &ContainerSpec, nodes: NodeAddresses, node: &NodeConfig) -> Resu
     }
     // The node's own addresses stay blocked like loopback: a granted name pointed at the
     // node (by DNS) must not reach the kubelet or other node services.
-    grants.network = NetworkPolicy::new(&policy.allowed_hosts, nodes).map_err(|e| e.to_string())?;
+    grants.network = NetworkPolicy::new(&policy.allowed_hosts, nodes)?;
     if let Some(ca) = &node.guest_ca_file {
-        let pem = std::fs::read(ca).map_err(|e| format!("guestCaFile {}: {e}", ca.display()))?;
-        grants.trust = TrustRoots::with_extra_pem(&ca.display().to_string(), &pem)
-            .map_err(|e| e.to_string())?;
+        let pem = std::fs::read(ca).map_err(io(format!("guestCaFile {}", ca.display())))?;
+        grants.trust = TrustRoots::with_extra_pem(&ca.display().to_string(), &pem)?;
     }
     grants.limits.memory_bytes = policy.limits.memory_bytes;
     grants.limits.timeout = Some(Duration::from_millis(policy.limits.request_timeout_ms));
     grants.limits.max_concurrent_requests = policy.limits.max_concurrent_requests as usize;
-    grants.validate().map_err(|e| e.to_string())?;
+    grants.validate()?;
     Ok(grants)
 }
 

@@ -5,9 +5,12 @@
 mod bounded;
 mod cgroup;
 mod component;
+mod containers;
 mod content;
 mod error;
 mod guest;
+mod launch;
+mod protocol;
 mod seccomp;
 mod service;
 mod spec;
@@ -18,10 +21,10 @@ const RUNTIME_ID: &str = "io.containerd.wa8s.v1";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(guest::SUBCOMMAND) {
+    if args.get(1).map(String::as_str) == Some(protocol::GUEST_SUBCOMMAND) {
         std::process::exit(guest::main(&args[2..]));
     }
-    if args.get(1).map(String::as_str) == Some(guest::PRECOMPILE_SUBCOMMAND) {
+    if args.get(1).map(String::as_str) == Some(protocol::PRECOMPILE_SUBCOMMAND) {
         std::process::exit(guest::precompile_main(&args[2..]));
     }
     let runtime = match async_runtime() {

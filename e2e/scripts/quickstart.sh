@@ -44,7 +44,12 @@ sets=()
 while IFS= read -r v; do sets+=(--set "$v"); done < <("$cluster" chart-values)
 KUBECONFIG="$kubeconfig" "$helm_bin" upgrade --install wa8s charts/wa8s \
   --namespace wa8s-system --create-namespace --wait --timeout 5m "${sets[@]}"
-k wait --for=condition=Established --timeout=60s crd/webassemblies.wa8s.reconciler.io
+# Polled: `kubectl wait --for=condition` fails outright on a CRD that has no conditions yet.
+deadline=$((SECONDS + 60))
+until [ "$(k get crd webassemblies.wa8s.reconciler.io -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]; do
+  [ $SECONDS -lt $deadline ] || { echo "the WebAssembly CRD was not established within 60 s" >&2; exit 1; }
+  sleep 0.2
+done
 k get pods -n wa8s-system -o wide
 k get node -L wa8s.reconciler.io/runtime
 

@@ -162,13 +162,28 @@ impl Kubectl {
             "-f",
             &crd.to_string_lossy(),
         ])?;
-        self.ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/webassemblies.wa8s.reconciler.io",
-        ])?;
-        Ok(())
+        self.wait_crd_established()
+    }
+
+    /// Waits until the WebAssembly CRD is served. Polled rather than `kubectl wait`: a CRD
+    /// the API server has not processed yet has no conditions at all, which
+    /// `kubectl wait --for=condition` reports as an error instead of waiting.
+    pub fn wait_crd_established(&self) -> Result<(), Error> {
+        self.eventually(
+            Duration::from_secs(60),
+            "the WebAssembly CRD to be established",
+            |k| {
+                k.ok(&[
+                    "get",
+                    "crd/webassemblies.wa8s.reconciler.io",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                ])
+                .ok()
+                .filter(|s| s.trim() == "True")
+            },
+        )
+        .map(drop)
     }
 
     /// Creates a namespace with a unique name starting with `prefix`; it is deleted when

@@ -147,12 +147,7 @@ fn install_run_uninstall(
     )?;
     let seed = std::fs::read_to_string(wa8s_e2e::shared_dir().join("fixtures/seed-deploy.yaml"))?;
     // helm --wait does not wait for a CRD to be served; users' next apply would.
-    kubectl.ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/webassemblies.wa8s.reconciler.io",
-    ])?;
+    kubectl.wait_crd_established()?;
     let step = std::time::Instant::now();
     let applied = kubectl.apply(ns.name(), &seed)?;
     ensure!(applied.success, "seed manifest refused: {}", applied.stderr);

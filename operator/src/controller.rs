@@ -708,6 +708,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn once_the_rollout_completes_ready_turns_true_with_events_for_the_changes_only() {
+        let obj = fixtures::object(spec());
+        let (_, first) = reconcile_with(obj.clone(), http_module(), Scenario::FirstApply).await;
+        let mut live = first[1].body.clone();
+        live["metadata"]["generation"] = json!(1);
+        live["status"] = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                                 "readyReplicas": 1, "availableReplicas": 1 });
+        let before = written_status(&first);
+        let obj = WebAssembly {
+            status: Some(before.clone()),
+            ..obj
+        };
+        let (result, seen) =
+            reconcile_with(obj, http_module(), Scenario::RolloutComplete(live)).await;
+        assert!(result.is_ok(), "{result:?}");
+        let after = written_status(&seen);
+        let ready = condition(&after, status::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Available")
+        );
+        assert_eq!(condition(&after, status::PROGRESSING).reason, "Complete");
+        // Unchanged conditions keep their transition time.
+        assert_eq!(
+            condition(&after, status::MODULE_RESOLVED).last_transition_time,
+            condition(&before, status::MODULE_RESOLVED).last_transition_time
+        );
+        assert_eq!(after.ready_replicas, Some(1));
+    }
+
+    #[tokio::test]
     async fn a_tag_that_does_not_resolve_deploys_nothing_and_reports_the_registrys_reason() {
         let missing = FakeResolver(Err(ResolveError {
             reason: "TagNotFound",

@@ -109,14 +109,21 @@ pub enum Scenario {
     ResolveFailed,
     /// No Deployment yet and nothing to apply (an invalid grant): status written.
     NothingApplied,
+    /// The object was applied before and this Deployment (with its status) is live: applied
+    /// again, and an event only for the two conditions that change (Ready, Progressing).
+    RolloutComplete(Value),
 }
 
 impl Scenario {
     pub fn calls(&self, obj: &WebAssembly) -> Vec<Call> {
-        let get_deployment = Call::new(Method::GET, deployment_path(), Reply::NotFound);
+        let (live, applied) = match self {
+            Scenario::RolloutComplete(d) => (Reply::Json(d.clone()), Reply::Json(d.clone())),
+            _ => (Reply::NotFound, Reply::Echo),
+        };
+        let get_deployment = Call::new(Method::GET, deployment_path(), live);
         let middle = match self {
-            Scenario::FirstApply => vec![
-                Call::new(Method::PATCH, deployment_path(), Reply::Echo),
+            Scenario::FirstApply | Scenario::RolloutComplete(_) => vec![
+                Call::new(Method::PATCH, deployment_path(), applied),
                 Call::new(Method::PATCH, service_path(), Reply::Echo),
                 Call::new(Method::GET, hpa_path(), Reply::NotFound),
             ],
@@ -125,14 +132,16 @@ impl Scenario {
             }
             Scenario::NothingApplied => Vec::new(),
         };
-        // An event per condition (all four are new); a second condition with the same reason
-        // (Ready and ModuleResolved both TagNotFound) joins the first's series: a PATCH.
-        let series_at = match self {
-            Scenario::FirstApply => None,
-            Scenario::ResolveFailed => Some(1),
-            Scenario::NothingApplied => Some(3),
+        // An event per changed condition (a new object's four are all new); a second
+        // condition with the same reason (Ready and ModuleResolved both TagNotFound) joins
+        // the first's series: a PATCH.
+        let (count, series_at) = match self {
+            Scenario::FirstApply => (4, None),
+            Scenario::ResolveFailed => (4, Some(1)),
+            Scenario::NothingApplied => (4, Some(3)),
+            Scenario::RolloutComplete(_) => (2, None),
         };
-        let events = (0..4).map(|i| {
+        let events = (0..count).map(|i| {
             let path = format!("/apis/events.k8s.io/v1/namespaces/{NS}/events");
             if series_at == Some(i) {
                 Call::new(Method::PATCH, format!("{path}/{NAME}.*"), Reply::Echo)

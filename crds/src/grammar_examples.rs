@@ -209,4 +209,42 @@ mod tests {
             .max();
         assert_eq!(longest, Some(HostPattern::MAX_LEN));
     }
+
+    #[test]
+    fn check_grants_names_the_field_of_the_first_grant_the_runtime_would_refuse() {
+        let spec = |wasi: serde_json::Value| -> crate::WebAssemblySpec {
+            serde_json::from_value(serde_json::json!({
+                "module": { "registry": "ghcr.io/a/b", "tag": "v1" },
+                "env": [{ "name": "OK", "value": "1" }],
+                "wasi": wasi,
+            }))
+            .expect("a spec")
+        };
+        for (wasi, field, says) in [
+            (
+                serde_json::json!({ "fs": [{ "path": "/a" }, { "path": "/b/" }] }),
+                "spec.wasi.fs[1].path: ",
+                "is not normalized",
+            ),
+            (
+                serde_json::json!({ "env": ["OK", "1BAD"] }),
+                "spec.wasi.env[1]: ",
+                "not a valid environment variable name",
+            ),
+            (
+                serde_json::json!({ "network": [{ "outbound": true,
+                    "allowedHosts": ["a.example.com", "[::ffff:1.2.3.4]"] }] }),
+                "spec.wasi.network[0].allowedHosts[1]: ",
+                "IPv4-mapped",
+            ),
+        ] {
+            let err = spec(wasi).check_grants().expect_err(field).to_string();
+            assert!(err.starts_with(field) && err.contains(says), "{err}");
+        }
+        assert!(
+            spec(serde_json::json!({ "env": ["OK"] }))
+                .check_grants()
+                .is_ok()
+        );
+    }
 }

@@ -670,6 +670,18 @@ mod tests {
             .unwrap_or_else(|| panic!("no {type_} condition"))
     }
 
+    /// The object as its first reconcile left it (with that status), and the Deployment that
+    /// reconcile applied.
+    async fn after_first_apply() -> (WebAssembly, serde_json::Value) {
+        let obj = fixtures::object(spec());
+        let (_, first) = reconcile_with(obj.clone(), http_module(), Scenario::FirstApply).await;
+        let obj = WebAssembly {
+            status: Some(written_status(&first)),
+            ..obj
+        };
+        (obj, first[1].body.clone())
+    }
+
     fn spec() -> serde_json::Value {
         json!({ "module": { "registry": "ghcr.io/a/hello", "tag": "v1" } })
     }
@@ -709,17 +721,11 @@ mod tests {
 
     #[tokio::test]
     async fn once_the_rollout_completes_ready_turns_true_with_events_for_the_changes_only() {
-        let obj = fixtures::object(spec());
-        let (_, first) = reconcile_with(obj.clone(), http_module(), Scenario::FirstApply).await;
-        let mut live = first[1].body.clone();
+        let (obj, mut live) = after_first_apply().await;
         live["metadata"]["generation"] = json!(1);
         live["status"] = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
                                  "readyReplicas": 1, "availableReplicas": 1 });
-        let before = written_status(&first);
-        let obj = WebAssembly {
-            status: Some(before.clone()),
-            ..obj
-        };
+        let before = obj.status.clone().expect("the first status");
         let (result, seen) =
             reconcile_with(obj, http_module(), Scenario::RolloutComplete(live)).await;
         assert!(result.is_ok(), "{result:?}");
@@ -736,6 +742,37 @@ mod tests {
             condition(&before, status::MODULE_RESOLVED).last_transition_time
         );
         assert_eq!(after.ready_replicas, Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_registry_outage_keeps_the_running_digest_applied_and_asks_for_a_retry() {
+        let (obj, live) = after_first_apply().await;
+        let outage = FakeResolver(Err(ResolveError {
+            reason: "RegistryUnavailable",
+            message: "ghcr.io: connection refused".into(),
+            transient: true,
+        }));
+        let (result, seen) =
+            reconcile_with(obj, outage, Scenario::RegistryOutage(live.clone())).await;
+        assert!(
+            matches!(&result, Err(Error::Resolve(e)) if e.reason == "RegistryUnavailable"),
+            "a transient failure is returned for error_policy's backoff: {result:?}"
+        );
+        // The same Deployment (the running digest, an HTTP module) is applied again.
+        assert_eq!(seen[2].body, live);
+        let status = written_status(&seen);
+        let resolved = condition(&status, status::MODULE_RESOLVED);
+        assert_eq!(
+            (resolved.status.as_str(), resolved.reason.as_str()),
+            ("False", "RegistryUnavailable")
+        );
+        assert!(
+            resolved.message.contains("pods keep running"),
+            "{}",
+            resolved.message
+        );
+        assert_eq!(condition(&status, status::DEGRADED).status, "True");
+        assert_eq!(status.module.map(|m| m.digest).as_deref(), Some(DIGEST));
     }
 
     #[tokio::test]

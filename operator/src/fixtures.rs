@@ -112,21 +112,35 @@ pub enum Scenario {
     /// The object was applied before and this Deployment (with its status) is live: applied
     /// again, and an event only for the two conditions that change (Ready, Progressing).
     RolloutComplete(Value),
+    /// The registry is down while this Deployment runs: the Service is found (so the module
+    /// serves HTTP) and everything is applied again on the running digest; ModuleResolved and
+    /// Degraded change with the same reason (an event and its series).
+    RegistryOutage(Value),
 }
 
 impl Scenario {
     pub fn calls(&self, obj: &WebAssembly) -> Vec<Call> {
         let (live, applied) = match self {
-            Scenario::RolloutComplete(d) => (Reply::Json(d.clone()), Reply::Json(d.clone())),
+            Scenario::RolloutComplete(d) | Scenario::RegistryOutage(d) => {
+                (Reply::Json(d.clone()), Reply::Json(d.clone()))
+            }
             _ => (Reply::NotFound, Reply::Echo),
         };
         let get_deployment = Call::new(Method::GET, deployment_path(), live);
-        let middle = match self {
-            Scenario::FirstApply | Scenario::RolloutComplete(_) => vec![
-                Call::new(Method::PATCH, deployment_path(), applied),
-                Call::new(Method::PATCH, service_path(), Reply::Echo),
-                Call::new(Method::GET, hpa_path(), Reply::NotFound),
-            ],
+        let apply = [
+            Call::new(Method::PATCH, deployment_path(), applied),
+            Call::new(Method::PATCH, service_path(), Reply::Echo),
+            Call::new(Method::GET, hpa_path(), Reply::NotFound),
+        ];
+        let middle: Vec<Call> = match self {
+            Scenario::FirstApply | Scenario::RolloutComplete(_) => apply.into(),
+            Scenario::RegistryOutage(_) => {
+                let service = json!({ "apiVersion": "v1", "kind": "Service",
+                                      "metadata": { "name": NAME, "namespace": NS } });
+                std::iter::once(Call::new(Method::GET, service_path(), Reply::Json(service)))
+                    .chain(apply)
+                    .collect()
+            }
             Scenario::ResolveFailed => {
                 vec![Call::new(Method::GET, service_path(), Reply::NotFound)]
             }
@@ -140,6 +154,7 @@ impl Scenario {
             Scenario::ResolveFailed => (4, Some(1)),
             Scenario::NothingApplied => (4, Some(3)),
             Scenario::RolloutComplete(_) => (2, None),
+            Scenario::RegistryOutage(_) => (2, Some(1)),
         };
         let events = (0..count).map(|i| {
             let path = format!("/apis/events.k8s.io/v1/namespaces/{NS}/events");

@@ -519,6 +519,8 @@ impl JsonSchema for HostPattern {
         "HostPattern".into()
     }
 
+    // Brackets in the regexes are escaped (`\\[`), not written `[[]`: RE2 and Rust's regex
+    // (the in-process test in crds/tests/cel.rs) read `[[]` differently.
     // Several simple rules rather than one regex: each refusal says what is wrong, the port
     // range and the IPv6 syntax (via the IP library's isIP, which a regex would make costly)
     // are checked exactly as HostRule checks them, and the name's length is counted apart
@@ -531,7 +533,7 @@ impl JsonSchema for HostPattern {
                 {
                     "rule": concat!(
                         "self.matches('^", scheme!(), "([*]|([*][.])?", label!(), "([.]", label!(),
-                        ")*|[[][0-9a-fA-F:.]+[]])(:([0-9]+|[*]))?$')"
+                        ")*|\\\\[[0-9a-fA-F:.]+\\\\])(:([0-9]+|[*]))?$')"
                     ),
                     "messageExpression": not_a_host_pattern!(
                         "use host, *.suffix, * or an IP, with optional :port and scheme:// (e.g. *.internal.example.com, https://api.example.com:8443)"

@@ -1,13 +1,15 @@
 //! Outbound host patterns (`spec.wasi.network[].allowedHosts`), parsed and matched.
 //!
-//! Grammar (the CRD's CEL rule accepts the same): `[scheme://]host[:port]` where `scheme` is
-//! `http`, `https`, `tcp`, `udp` or `*`; `host` is `*`, `*.suffix`, a DNS name, an IPv4
-//! literal or a bracketed IPv6 literal; `port` is a number or `*`. A missing scheme or port
-//! means any. `*.example.com` matches `a.example.com` and `a.b.example.com`, not
-//! `example.com`. Names compare case-insensitively.
+//! Grammar (the CRD's CEL rules accept exactly the same, proven over
+//! [`crate::grammar_examples`] against a real API server): `[scheme://]host[:port]` where
+//! `scheme` is `http`, `https`, `tcp`, `udp` or `*` (lowercase); `host` is `*`, `*.suffix`, a
+//! DNS name (labels of 1-63 letters, digits and inner `-`, at most 253 characters), an IPv4
+//! literal or a bracketed IPv6 literal (no zone, not IPv4-mapped); `port` is 1-65535 (digits,
+//! no leading zero) or `*`. A missing scheme or port means any. `*.example.com` matches
+//! `a.example.com` and `a.b.example.com`, not `example.com`. Names compare case-insensitively.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 
 /// Why a pattern was refused.
@@ -51,30 +53,30 @@ impl FromStr for HostRule {
         };
         let (scheme, rest) = match text.split_once("://") {
             Some((s, rest)) => {
-                let s = s.to_ascii_lowercase();
-                if !matches!(s.as_str(), "http" | "https" | "tcp" | "udp" | "*") {
+                if !matches!(s, "http" | "https" | "tcp" | "udp" | "*") {
                     return Err(err("the scheme must be http, https, tcp, udp or *"));
                 }
-                ((s != "*").then_some(s), rest)
+                ((s != "*").then(|| s.to_owned()), rest)
             }
             None => (None, text),
         };
         let (host, port) = split_port(rest).ok_or_else(|| err("malformed host or port"))?;
-        let port = match port {
-            None | Some("*") => None,
-            Some(p) => Some(
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| err("the port must be 1-65535 or *"))?,
-            ),
-        };
+        let port =
+            match port {
+                None | Some("*") => None,
+                Some(p) => Some(parse_port(p).ok_or_else(|| {
+                    err("the port must be 1-65535 (digits, no leading zero) or *")
+                })?),
+            };
         let host = if host == "*" {
             HostMatch::Any
         } else if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            HostMatch::Ip(IpAddr::V6(
-                v6.parse().map_err(|_| err("malformed IPv6 address"))?,
-            ))
+            let v6: Ipv6Addr = v6.parse().map_err(|_| err("malformed IPv6 address"))?;
+            // The API server's CEL ip() refuses the mapped form; write the IPv4 address.
+            if v6.to_ipv4_mapped().is_some() {
+                return Err(err("an IPv4-mapped IPv6 address: write the IPv4 address"));
+            }
+            HostMatch::Ip(IpAddr::V6(v6))
         } else if let Ok(ip) = host.parse::<IpAddr>() {
             HostMatch::Ip(ip)
         } else if let Some(suffix) = host.strip_prefix("*.") {
@@ -110,6 +112,15 @@ fn split_port(s: &str) -> Option<(&str, Option<&str>)> {
         Some(_) => None,
         None => Some((s, None)),
     }
+}
+
+/// Digits only and no leading zero, as the CRD's CEL rule has it (`u16`'s own parser would
+/// also take `+80` and `0080`).
+fn parse_port(p: &str) -> Option<u16> {
+    if p.starts_with('0') || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse().ok().filter(|p| *p != 0)
 }
 
 fn is_dns_name(s: &str) -> bool {

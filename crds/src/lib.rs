@@ -8,6 +8,7 @@
 pub mod address;
 pub mod contract;
 pub mod crd;
+pub mod grammar_examples;
 pub mod host_pattern;
 pub mod quantity;
 pub mod webassembly;

@@ -221,6 +221,33 @@ pub struct EnvVar {
 #[serde(transparent)]
 pub struct EnvName(pub String);
 
+impl EnvName {
+    /// Longest name the API accepts.
+    pub const MAX_LEN: usize = 256;
+
+    /// Checks `name` with the same rules as the CRD's schema and CEL rule.
+    pub fn validate(name: &str) -> Result<(), String> {
+        let mut bytes = name.bytes();
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+        let valid = bytes
+            .next()
+            .is_some_and(|b| allowed(b) && !b.is_ascii_digit())
+            && bytes.all(allowed);
+        if !valid {
+            return Err(format!(
+                "'{name}' is not a valid environment variable name: use letters, digits, '_', '-' and '.', not starting with a digit"
+            ));
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(format!(
+                "'{name}' is longer than {} characters",
+                Self::MAX_LEN
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl JsonSchema for EnvName {
     fn schema_name() -> Cow<'static, str> {
         "EnvName".into()
@@ -229,7 +256,7 @@ impl JsonSchema for EnvName {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "maxLength": 256,
+            "maxLength": Self::MAX_LEN,
             "x-kubernetes-validations": [{
                 "rule": "self.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$')",
                 "messageExpression": "\"'\" + self + \"' is not a valid environment variable name: use letters, digits, '_', '-' and '.', not starting with a digit\""
@@ -368,9 +395,18 @@ pub struct FsSource {
 pub struct GuestPath(pub String);
 
 impl GuestPath {
-    /// Checks `path` with the same rules the CRD's CEL validation applies, for callers that
-    /// take grants from elsewhere (the `wa8s run --dir` flag).
+    /// Longest path the API accepts.
+    pub const MAX_LEN: usize = 1024;
+
+    /// Checks `path` with the same rules as the CRD's schema and CEL rules, for callers that
+    /// take grants from elsewhere (the `wa8s run --dir` flag, the operator).
     pub fn validate(path: &str) -> Result<(), String> {
+        if path.len() > Self::MAX_LEN {
+            return Err(format!(
+                "the path is longer than {} characters",
+                Self::MAX_LEN
+            ));
+        }
         if !path.starts_with('/') {
             return Err(format!(
                 "'{path}' is relative: use an absolute path inside the guest, such as /config"
@@ -397,7 +433,7 @@ impl JsonSchema for GuestPath {
         json_schema!({
             "type": "string",
             "minLength": 1,
-            "maxLength": 1024,
+            "maxLength": Self::MAX_LEN,
             "x-kubernetes-validations": [
                 {
                     "rule": "self.startsWith('/')",
@@ -454,20 +490,138 @@ pub struct NetworkGrant {
 #[serde(transparent)]
 pub struct HostPattern(pub String);
 
+impl HostPattern {
+    /// Longest pattern the grammar admits: `https://*.`, a 253-character name and `:65535`.
+    pub const MAX_LEN: usize = "https://*.".len() + 253 + ":65535".len();
+}
+
+/// A DNS label: 1-63 letters, digits and inner hyphens.
+macro_rules! label {
+    () => {
+        "[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+    };
+}
+/// The optional `scheme://` of a host pattern.
+macro_rules! scheme {
+    () => {
+        "((https?|tcp|udp|[*])://)?"
+    };
+}
+/// What each host-pattern refusal starts with, so every rule's message reads alike.
+macro_rules! not_a_host_pattern {
+    ($why:literal) => {
+        concat!("\"'\" + self + \"' is not a host pattern: ", $why, "\"")
+    };
+}
+
 impl JsonSchema for HostPattern {
     fn schema_name() -> Cow<'static, str> {
         "HostPattern".into()
     }
 
+    // Brackets in the regexes are escaped (`\\[`), not written `[[]`: RE2 and Rust's regex
+    // (the in-process test in crds/tests/cel.rs) read `[[]` differently.
+    // Several simple rules rather than one regex: each refusal says what is wrong, the port
+    // range and the IPv6 syntax (via the IP library's isIP, which a regex would make costly)
+    // are checked exactly as HostRule checks them, and the name's length is counted apart
+    // from the scheme, wildcard and port around it.
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "maxLength": 260,
-            "x-kubernetes-validations": [{
-                "rule": "self.matches('^((https?|tcp|udp|[*])://)?([*]|([*][.])?[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?([.][a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*|[[][0-9a-fA-F:.]+[]])(:([0-9]{1,5}|[*]))?$')",
-                "messageExpression": "\"'\" + self + \"' is not a host pattern: use host, *.suffix, * or an IP, with optional :port and scheme:// (e.g. *.internal.example.com, https://api.example.com:8443)\""
-            }]
+            "maxLength": Self::MAX_LEN,
+            "x-kubernetes-validations": [
+                {
+                    "rule": concat!(
+                        "self.matches('^", scheme!(), "([*]|([*][.])?", label!(), "([.]", label!(),
+                        ")*|\\\\[[0-9a-fA-F:.]+\\\\])(:([0-9]+|[*]))?$')"
+                    ),
+                    "messageExpression": not_a_host_pattern!(
+                        "use host, *.suffix, * or an IP, with optional :port and scheme:// (e.g. *.internal.example.com, https://api.example.com:8443)"
+                    )
+                },
+                {
+                    "rule": "!self.matches(':[0-9]+$') || self.matches(':([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$')",
+                    "messageExpression": not_a_host_pattern!(
+                        "the port must be 1-65535 (digits, no leading zero) or *"
+                    )
+                },
+                {
+                    "rule": "!(self.contains('[') && self.indexOf('[') < self.indexOf(']')) || (isIP(self.substring(self.indexOf('[') + 1, self.indexOf(']'))) && ip(self.substring(self.indexOf('[') + 1, self.indexOf(']'))).family() == 6)",
+                    "messageExpression": not_a_host_pattern!(
+                        "brackets hold an IPv6 address (no zone, not IPv4-mapped)"
+                    )
+                },
+                {
+                    "rule": concat!(
+                        "size(self) - size(self.find('^", scheme!(),
+                        "([*][.])?')) - size(self.find(':([0-9]+|[*])$')) <= 253"
+                    ),
+                    "messageExpression": not_a_host_pattern!(
+                        "a host name has at most 253 characters"
+                    )
+                }
+            ]
         })
+    }
+}
+
+/// A grant the runtime would refuse, found before any pod is made.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidGrant {
+    /// Where, e.g. `spec.wasi.network[0].allowedHosts[2]`.
+    pub field: String,
+    /// What is wrong.
+    #[source]
+    pub problem: GrantProblem,
+}
+
+/// What is wrong with a grant.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantProblem {
+    /// An allowedHosts entry outside the grammar.
+    #[error(transparent)]
+    Host(#[from] crate::host_pattern::PatternError),
+    /// A path or environment variable name outside the grammar.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl WebAssemblySpec {
+    /// Parses every grant with the types the runtime parses them with (the shim reads
+    /// allowedHosts as [`HostRule`](crate::host_pattern::HostRule)s), so an object the CEL
+    /// rules should have refused (an older CRD, a bypassed admission) is reported at its
+    /// field instead of failing on the node. The first problem found.
+    pub fn check_grants(&self) -> Result<(), InvalidGrant> {
+        let invalid = |field: String| {
+            move |problem: String| InvalidGrant {
+                field,
+                problem: GrantProblem::Invalid(problem),
+            }
+        };
+        for (i, e) in self.env.iter().enumerate() {
+            EnvName::validate(&e.name.0).map_err(invalid(format!("spec.env[{i}].name")))?;
+        }
+        let Some(wasi) = &self.wasi else {
+            return Ok(());
+        };
+        for (i, f) in wasi.fs.iter().enumerate() {
+            GuestPath::validate(&f.path.0).map_err(invalid(format!("spec.wasi.fs[{i}].path")))?;
+        }
+        for (i, name) in wasi.env.iter().enumerate() {
+            EnvName::validate(&name.0).map_err(invalid(format!("spec.wasi.env[{i}]")))?;
+        }
+        for (i, grant) in wasi.network.iter().enumerate() {
+            for (j, host) in grant.allowed_hosts.iter().enumerate() {
+                host.0
+                    .parse::<crate::host_pattern::HostRule>()
+                    .map_err(|e| InvalidGrant {
+                        field: format!("spec.wasi.network[{i}].allowedHosts[{j}]"),
+                        problem: e.into(),
+                    })?;
+            }
+        }
+        Ok(())
     }
 }
 

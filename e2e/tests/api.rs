@@ -558,3 +558,86 @@ fn an_admission_policy_keeps_objects_to_the_allowed_registries() -> Result<()> {
     ])?;
     Ok(())
 }
+
+/// Applies (as a server-side dry run) the seed with `value` at `pointer`, for every table
+/// entry, and lists the entries where the API server's admission differs from `parse`.
+fn admission_disagreements(
+    k: &Kubectl,
+    namespace: &str,
+    pointer: &str,
+    table: Vec<(String, bool)>,
+    parse: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    let mut wrong = Vec::new();
+    for (value, _) in table {
+        let mut doc = seed_json()?;
+        set(&mut doc, pointer, json!(value));
+        let out = k.run_with_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "--field-manager=wa8s-e2e",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+            ],
+            Some(&doc.to_string()),
+        )?;
+        if out.success != parse(&value) {
+            wrong.push(format!(
+                "{pointer} = {value:?}: API server {}, the Rust parser {}{}",
+                if out.success { "admits" } else { "refuses" },
+                if out.success { "refuses" } else { "admits" },
+                if out.success {
+                    String::new()
+                } else {
+                    format!(" ({})", out.stderr.trim())
+                }
+            ));
+        }
+    }
+    Ok(wrong)
+}
+
+#[test]
+fn the_crds_cel_rules_admit_exactly_what_the_runtimes_parsers_accept() -> Result<()> {
+    use wa8s_api::grammar_examples::{env_names, guest_paths, host_patterns};
+    use wa8s_api::host_pattern::HostRule;
+    use wa8s_api::{EnvName, GuestPath};
+
+    let k = kubectl()?;
+    let ns = k.namespace("grammar")?;
+    let n = ns.name();
+    // Where a value goes in the seed, the values, and the Rust parser's verdict.
+    type Table = (&'static str, Vec<(String, bool)>, fn(&str) -> bool);
+    let tables: [Table; 3] = [
+        (
+            "/spec/wasi/network/0/allowedHosts/0",
+            host_patterns(),
+            |v| v.parse::<HostRule>().is_ok(),
+        ),
+        ("/spec/wasi/fs/0/path", guest_paths(), |v| {
+            GuestPath::validate(v).is_ok()
+        }),
+        ("/spec/wasi/env/0", env_names(), |v| {
+            EnvName::validate(v).is_ok()
+        }),
+    ];
+    let mut wrong = Vec::new();
+    for (pointer, table, parse) in tables {
+        wrong.extend(admission_disagreements(&k, n, pointer, table, parse)?);
+    }
+    // A dry run stores nothing: the namespace is still empty.
+    let stored = k.ok(&["get", "wasm", "-n", n, "-o", "name"])?;
+    assert!(stored.trim().is_empty(), "dry runs stored {stored}");
+    if !wrong.is_empty() {
+        bail!(
+            "{} values judged differently:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
+    }
+    Ok(())
+}

@@ -256,6 +256,8 @@ async fn pull_secrets(
     Ok(out)
 }
 
+/// Reconcile in four steps: observe what runs, resolve the module, apply the desired state
+/// (unless a grant is invalid), report status and events.
 async fn reconcile_inner(obj: &WebAssembly, ctx: &Context) -> Result<Action, Error> {
     if obj.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove what we made.
@@ -265,9 +267,58 @@ async fn reconcile_inner(obj: &WebAssembly, ctx: &Context) -> Result<Action, Err
         .namespace()
         .ok_or(desired::Error::MissingMetadata("namespace"))?;
     let name = obj.name_any();
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let live = deployments.get_opt(&name).await?;
-    let running_before = live
+    let live = observe(obj, ctx, &ns, &name).await?;
+    // Parsed with the types the shim parses them with: a grant it would refuse is reported
+    // at its field here rather than as a pod that cannot start.
+    let invalid_grant = obj.spec.check_grants().err().map(|e| e.to_string());
+    let decision = resolve(obj, ctx, &ns, &live).await;
+    let (deployment, service, running) = match &decision.target {
+        Some(target) if invalid_grant.is_none() => {
+            let created = live.deployment.is_none();
+            let applied = apply(obj, ctx, &ns, &name, target, created).await?;
+            (
+                applied.deployment,
+                applied.service,
+                Some(target.digest.clone()),
+            )
+        }
+        _ => (live.deployment, None, live.running),
+    };
+    let observed = Observed {
+        generation: obj.metadata.generation,
+        resolution: decision.resolution,
+        running,
+        rollout: deployment.as_ref().map(rollout),
+        pod_failure: pod_failure(ctx, &ns, &name).await?,
+        service,
+        selector: desired::selector_string(&name),
+        invalid_grant,
+    };
+    report(obj, ctx, &ns, &name, &observed).await?;
+    match decision.failure {
+        Some(e) if e.transient => Err(Error::Resolve(e)),
+        // Someone has to act (push the tag, fix the secret); look again at the normal pace.
+        // Counted by reason all the same, so dashboards show it (error_policy counts the rest).
+        Some(e) => {
+            ctx.metrics.error(e.reason);
+            Ok(Action::requeue(ctx.settings.resolve_interval))
+        }
+        None => Ok(Action::requeue(ctx.settings.resolve_interval)),
+    }
+}
+
+/// What the cluster holds for an object before the reconcile changes anything.
+#[derive(Debug)]
+struct Live {
+    deployment: Option<Deployment>,
+    /// The digest the pods run: the Deployment's annotation, else the last status.
+    running: Option<String>,
+}
+
+async fn observe(obj: &WebAssembly, ctx: &Context, ns: &str, name: &str) -> Result<Live, Error> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let deployment = deployments.get_opt(name).await?;
+    let running = deployment
         .as_ref()
         .and_then(|d| d.spec.as_ref())
         .and_then(|s| s.template.metadata.as_ref())
@@ -279,141 +330,163 @@ async fn reconcile_inner(obj: &WebAssembly, ctx: &Context) -> Result<Action, Err
                 .and_then(|s| s.module.as_ref())
                 .map(|m| m.digest.clone())
         });
+    Ok(Live {
+        deployment,
+        running,
+    })
+}
 
-    let outcome = match pull_secrets(obj, ctx, &ns).await {
+/// What resolving `spec.module` decided: the condition input, the module to deploy (if
+/// any), and the failure to retry or report.
+#[derive(Debug)]
+struct Decision {
+    resolution: Resolution,
+    target: Option<Resolved>,
+    failure: Option<ResolveError>,
+}
+
+async fn resolve(obj: &WebAssembly, ctx: &Context, ns: &str, live: &Live) -> Decision {
+    let outcome = match pull_secrets(obj, ctx, ns).await {
         Ok(secrets) => ctx.resolver.resolve(&obj.spec.module, secrets).await,
         Err(e) => Err(e),
     };
     let pinned = obj.spec.module.digest.clone();
-    let (resolution, target, failure) = match outcome {
-        Ok((reference, resolved)) => (
-            Resolution::Resolved {
+    match outcome {
+        Ok((reference, resolved)) => Decision {
+            resolution: Resolution::Resolved {
                 reference,
                 digest: resolved.digest.clone(),
                 pinned: pinned.is_some(),
             },
-            Some(resolved),
-            None,
-        ),
+            target: Some(resolved),
+            failure: None,
+        },
         // A pinned digest needs no registry to be deployed: the kubelet pulls it.
-        Err(e) if pinned.is_some() && e.transient => (
-            Resolution::Resolved {
-                reference: crate::resolve::reference(&obj.spec.module),
-                digest: pinned.clone().unwrap_or_default(),
-                pinned: true,
-            },
-            Some(Resolved {
-                digest: pinned.clone().unwrap_or_default(),
-                kind: ModuleKind::Unknown,
-            }),
-            None,
-        ),
+        Err(e) if e.transient && pinned.is_some() => {
+            let digest = pinned.unwrap_or_default();
+            Decision {
+                resolution: Resolution::Resolved {
+                    reference: crate::resolve::reference(&obj.spec.module),
+                    digest: digest.clone(),
+                    pinned: true,
+                },
+                target: Some(Resolved {
+                    digest,
+                    kind: ModuleKind::Unknown,
+                }),
+                failure: None,
+            }
+        }
         Err(e) => {
             // Keep running what runs: spec changes still apply, on the last good digest.
-            let kind = if live_has_service(obj, ctx, &ns).await {
+            let kind = if live_has_service(obj, ctx, ns).await {
                 ModuleKind::Http
             } else {
                 ModuleKind::Cli
             };
-            (
-                Resolution::Failed {
+            Decision {
+                resolution: Resolution::Failed {
                     reason: e.reason.into(),
                     message: e.message.clone(),
                 },
-                running_before
-                    .clone()
-                    .map(|digest| Resolved { digest, kind }),
-                Some(e),
-            )
-        }
-    };
-
-    let mut deployment = live;
-    let mut service_status = None;
-    if let Some(target) = &target {
-        let want = desired::desired(obj, target, &ctx.settings.desired)?;
-        let pp = PatchParams::apply(MANAGER).force();
-        let created = deployment.is_none();
-        deployment = Some(
-            deployments
-                .patch(&name, &pp, &Patch::Apply(&want.deployment))
-                .await?,
-        );
-        if created
-            && let Some(min) = want
-                .hpa
-                .as_ref()
-                .and_then(|h| h.spec.as_ref())
-                .and_then(|s| s.min_replicas)
-        {
-            // With scaling the HPA owns replicas, and it does not scale up without metrics; a
-            // new Deployment starts at minReplicas, set once by a separate field manager so
-            // the main apply never claims (and later fights over) the field.
-            deployment = Some(
-                deployments
-                    .patch(
-                        &name,
-                        &PatchParams::apply(INITIAL_REPLICAS_MANAGER).force(),
-                        &Patch::Apply(json!({
-                            "apiVersion": "apps/v1",
-                            "kind": "Deployment",
-                            "spec": { "replicas": min },
-                        })),
-                    )
-                    .await?,
-            );
-        }
-        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-        match &want.service {
-            Some(svc) => {
-                services.patch(&name, &pp, &Patch::Apply(svc)).await?;
-                service_status = Some(ServiceStatus {
-                    name: name.clone(),
-                    url: Some(format!("http://{name}.{ns}.svc:80")),
-                });
+                target: live.running.clone().map(|digest| Resolved { digest, kind }),
+                failure: Some(e),
             }
-            None => delete_owned(&services, &name, obj).await?,
-        }
-        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &ns);
-        match &want.hpa {
-            Some(hpa) => {
-                hpas.patch(&name, &pp, &Patch::Apply(hpa)).await?;
-            }
-            None => delete_owned(&hpas, &name, obj).await?,
         }
     }
+}
 
-    let observed = Observed {
-        generation: obj.metadata.generation,
-        resolution,
-        running: target.as_ref().map(|t| t.digest.clone()),
-        rollout: deployment.as_ref().map(rollout),
-        pod_failure: pod_failure(ctx, &ns, &name).await?,
-        service: service_status,
-        selector: desired::selector_string(&name),
+/// What applying the desired state left behind.
+#[derive(Debug)]
+struct Applied {
+    deployment: Option<Deployment>,
+    service: Option<ServiceStatus>,
+}
+
+async fn apply(
+    obj: &WebAssembly,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    target: &Resolved,
+    created: bool,
+) -> Result<Applied, Error> {
+    let want = desired::desired(obj, target, &ctx.settings.desired)?;
+    let pp = PatchParams::apply(MANAGER).force();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let mut deployment = deployments
+        .patch(name, &pp, &Patch::Apply(&want.deployment))
+        .await?;
+    if created
+        && let Some(min) = want
+            .hpa
+            .as_ref()
+            .and_then(|h| h.spec.as_ref())
+            .and_then(|s| s.min_replicas)
+    {
+        // With scaling the HPA owns replicas, and it does not scale up without metrics; a
+        // new Deployment starts at minReplicas, set once by a separate field manager so
+        // the main apply never claims (and later fights over) the field.
+        deployment = deployments
+            .patch(
+                name,
+                &PatchParams::apply(INITIAL_REPLICAS_MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "spec": { "replicas": min },
+                })),
+            )
+            .await?;
+    }
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let service = match &want.service {
+        Some(svc) => {
+            services.patch(name, &pp, &Patch::Apply(svc)).await?;
+            Some(ServiceStatus {
+                name: name.to_owned(),
+                url: Some(format!("http://{name}.{ns}.svc:80")),
+            })
+        }
+        None => {
+            delete_owned(&services, name, obj).await?;
+            None
+        }
     };
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    match &want.hpa {
+        Some(hpa) => {
+            hpas.patch(name, &pp, &Patch::Apply(hpa)).await?;
+        }
+        None => delete_owned(&hpas, name, obj).await?,
+    }
+    Ok(Applied {
+        deployment: Some(deployment),
+        service,
+    })
+}
+
+/// Publishes an event per changed condition and writes the status when it changed.
+async fn report(
+    obj: &WebAssembly,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    observed: &Observed,
+) -> Result<(), Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new_status = status::status(obj.status.as_ref(), &observed, now);
+    let new_status = status::status(obj.status.as_ref(), observed, now);
     publish_transitions(ctx, obj, obj.status.as_ref(), &new_status).await;
     if obj.status.as_ref() != Some(&new_status) {
-        let api: Api<WebAssembly> = Api::namespaced(ctx.client.clone(), &ns);
+        let api: Api<WebAssembly> = Api::namespaced(ctx.client.clone(), ns);
         api.patch_status(
-            &name,
+            name,
             &PatchParams::default(),
             &Patch::Merge(json!({ "status": new_status })),
         )
         .await?;
     }
-    match failure {
-        Some(e) if e.transient => Err(Error::Resolve(e)),
-        // Someone has to act (push the tag, fix the secret); look again at the normal pace.
-        // Counted by reason all the same, so dashboards show it (error_policy counts the rest).
-        Some(e) => {
-            ctx.metrics.error(e.reason);
-            Ok(Action::requeue(ctx.settings.resolve_interval))
-        }
-        None => Ok(Action::requeue(ctx.settings.resolve_interval)),
-    }
+    Ok(())
 }
 
 async fn live_has_service(obj: &WebAssembly, ctx: &Context, ns: &str) -> bool {
@@ -554,6 +627,205 @@ async fn publish_transitions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{self, Call, DIGEST, FakeResolver, NAME, NS, Scenario, Seen};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    /// Reconciles `obj` against the mock API server following `scenario`, and returns the
+    /// reconcile's result and the calls the server saw.
+    async fn reconcile_with(
+        obj: WebAssembly,
+        resolver: FakeResolver,
+        scenario: Scenario,
+    ) -> (Result<Action, Error>, Vec<Seen>) {
+        let (ctx, handle) = fixtures::context(resolver);
+        let calls: Vec<Call> = scenario.calls(&obj);
+        let server = fixtures::serve(handle, calls);
+        let result = reconcile(Arc::new(obj), ctx).await;
+        let seen = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the mock API server finished")
+            .expect("the scenario ran as scripted");
+        (result, seen)
+    }
+
+    fn http_module() -> FakeResolver {
+        FakeResolver(Ok(Resolved {
+            digest: DIGEST.into(),
+            kind: ModuleKind::Http,
+        }))
+    }
+
+    /// The status the reconcile wrote, from the last call.
+    fn written_status(seen: &[Seen]) -> WebAssemblyStatus {
+        let last = seen.last().expect("calls");
+        assert!(last.path.ends_with("/status"), "{}", last.path);
+        serde_json::from_value(last.body["status"].clone()).expect("a status")
+    }
+
+    fn condition<'a>(status: &'a WebAssemblyStatus, type_: &str) -> &'a Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"))
+    }
+
+    /// The object as its first reconcile left it (with that status), and the Deployment that
+    /// reconcile applied.
+    async fn after_first_apply() -> (WebAssembly, serde_json::Value) {
+        let obj = fixtures::object(spec());
+        let (_, first) = reconcile_with(obj.clone(), http_module(), Scenario::FirstApply).await;
+        let obj = WebAssembly {
+            status: Some(written_status(&first)),
+            ..obj
+        };
+        (obj, first[1].body.clone())
+    }
+
+    fn spec() -> serde_json::Value {
+        json!({ "module": { "registry": "ghcr.io/a/hello", "tag": "v1" } })
+    }
+
+    #[tokio::test]
+    async fn a_new_object_gets_its_deployment_and_service_and_a_status_that_is_not_ready_yet() {
+        let (result, seen) = reconcile_with(
+            fixtures::object(spec()),
+            http_module(),
+            Scenario::FirstApply,
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        let deployment: Deployment =
+            serde_json::from_value(seen[1].body.clone()).expect("the applied Deployment");
+        let pod = deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("a pod spec");
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some(format!("ghcr.io/a/hello@{DIGEST}").as_str())
+        );
+        let status = written_status(&seen);
+        let ready = condition(&status, status::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "PodsNotReady")
+        );
+        assert_eq!(condition(&status, status::MODULE_RESOLVED).status, "True");
+        assert_eq!(
+            status.service.map(|s| s.url),
+            Some(Some(format!("http://{NAME}.{NS}.svc:80")))
+        );
+        assert_eq!(status.module.map(|m| m.digest).as_deref(), Some(DIGEST));
+    }
+
+    #[tokio::test]
+    async fn once_the_rollout_completes_ready_turns_true_with_events_for_the_changes_only() {
+        let (obj, mut live) = after_first_apply().await;
+        live["metadata"]["generation"] = json!(1);
+        live["status"] = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                                 "readyReplicas": 1, "availableReplicas": 1 });
+        let before = obj.status.clone().expect("the first status");
+        let (result, seen) =
+            reconcile_with(obj, http_module(), Scenario::RolloutComplete(live)).await;
+        assert!(result.is_ok(), "{result:?}");
+        let after = written_status(&seen);
+        let ready = condition(&after, status::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Available")
+        );
+        assert_eq!(condition(&after, status::PROGRESSING).reason, "Complete");
+        // Unchanged conditions keep their transition time.
+        assert_eq!(
+            condition(&after, status::MODULE_RESOLVED).last_transition_time,
+            condition(&before, status::MODULE_RESOLVED).last_transition_time
+        );
+        assert_eq!(after.ready_replicas, Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_registry_outage_keeps_the_running_digest_applied_and_asks_for_a_retry() {
+        let (obj, live) = after_first_apply().await;
+        let outage = FakeResolver(Err(ResolveError {
+            reason: "RegistryUnavailable",
+            message: "ghcr.io: connection refused".into(),
+            transient: true,
+        }));
+        let (result, seen) =
+            reconcile_with(obj, outage, Scenario::RegistryOutage(live.clone())).await;
+        assert!(
+            matches!(&result, Err(Error::Resolve(e)) if e.reason == "RegistryUnavailable"),
+            "a transient failure is returned for error_policy's backoff: {result:?}"
+        );
+        // The same Deployment (the running digest, an HTTP module) is applied again.
+        assert_eq!(seen[2].body, live);
+        let status = written_status(&seen);
+        let resolved = condition(&status, status::MODULE_RESOLVED);
+        assert_eq!(
+            (resolved.status.as_str(), resolved.reason.as_str()),
+            ("False", "RegistryUnavailable")
+        );
+        assert!(
+            resolved.message.contains("pods keep running"),
+            "{}",
+            resolved.message
+        );
+        assert_eq!(condition(&status, status::DEGRADED).status, "True");
+        assert_eq!(status.module.map(|m| m.digest).as_deref(), Some(DIGEST));
+    }
+
+    #[tokio::test]
+    async fn a_tag_that_does_not_resolve_deploys_nothing_and_reports_the_registrys_reason() {
+        let missing = FakeResolver(Err(ResolveError {
+            reason: "TagNotFound",
+            message: "ghcr.io/a/hello:v1 does not exist".into(),
+            transient: false,
+        }));
+        let (result, seen) =
+            reconcile_with(fixtures::object(spec()), missing, Scenario::ResolveFailed).await;
+        assert!(
+            result.is_ok(),
+            "a user's mistake is not retried as an error: {result:?}"
+        );
+        let status = written_status(&seen);
+        for type_ in [status::READY, status::MODULE_RESOLVED] {
+            let c = condition(&status, type_);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "TagNotFound")
+            );
+            assert!(c.message.contains("does not exist"), "{}", c.message);
+        }
+        assert_eq!(status.module, None);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_grant_creates_no_deployment_and_names_the_field() {
+        let mut spec = spec();
+        spec["wasi"] = json!({ "network": [{ "outbound": true,
+            "allowedHosts": ["api.example.com", "*.example.org:443", "example.com:99999"] }] });
+        let (result, seen) = reconcile_with(
+            fixtures::object(spec),
+            http_module(),
+            Scenario::NothingApplied,
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        let status = written_status(&seen);
+        for type_ in [status::READY, status::DEGRADED] {
+            let c = condition(&status, type_);
+            assert_eq!(c.reason, status::INVALID_GRANT);
+            assert!(
+                c.message
+                    .starts_with("spec.wasi.network[0].allowedHosts[2]: ")
+                    && c.message.contains("the port must be 1-65535"),
+                "{}",
+                c.message
+            );
+        }
+        assert_eq!(condition(&status, status::READY).status, "False");
+    }
 
     #[test]
     fn the_cache_drops_managed_fields_and_the_last_applied_copy_and_keeps_the_rest() {

@@ -6,6 +6,8 @@
 
 pub mod controller;
 pub mod desired;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod leader;
 pub mod metrics;

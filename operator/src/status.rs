@@ -58,7 +58,13 @@ pub struct Observed {
     pub pod_failure: Option<PodFailure>,
     pub service: Option<ServiceStatus>,
     pub selector: String,
+    /// A grant the runtime would refuse (`field: problem`): nothing new is applied until the
+    /// object is fixed.
+    pub invalid_grant: Option<String>,
 }
+
+/// Condition reason for a grant the runtime would refuse.
+pub const INVALID_GRANT: &str = "InvalidGrant";
 
 /// `sha256:` and the first 12 hex digits.
 pub fn short_digest(digest: &str) -> String {
@@ -165,18 +171,23 @@ pub fn status(
         generation,
     ));
 
-    let (degraded, d_reason, d_message) = match (&observed.pod_failure, &observed.resolution) {
-        (Some(f), _) => (
+    let (degraded, d_reason, d_message) = match (
+        &observed.invalid_grant,
+        &observed.pod_failure,
+        &observed.resolution,
+    ) {
+        (Some(why), _, _) => (true, INVALID_GRANT, why.clone()),
+        (None, Some(f), _) => (
             true,
             f.reason.as_str(),
             format!("pod {}: {}", f.pod, f.message),
         ),
-        (None, Resolution::Failed { reason, message }) if observed.running.is_some() => (
+        (None, None, Resolution::Failed { reason, message }) if observed.running.is_some() => (
             true,
             reason.as_str(),
             format!("cannot follow spec.module: {message}"),
         ),
-        (None, _) if rollout.stalled.is_some() => (
+        (None, None, _) if rollout.stalled.is_some() => (
             true,
             "ProgressDeadlineExceeded",
             rollout.stalled.clone().unwrap_or_default(),
@@ -188,7 +199,9 @@ pub fn status(
     ));
 
     let ready_pods = rollout.ready.max(0);
-    let (ready, r_reason, r_message) = if observed.rollout.is_none() {
+    let (ready, r_reason, r_message) = if let Some(why) = &observed.invalid_grant {
+        (false, INVALID_GRANT.to_owned(), why.clone())
+    } else if observed.rollout.is_none() {
         match &observed.resolution {
             Resolution::Failed { reason, message } => (false, reason.clone(), message.clone()),
             Resolution::Resolved { .. } => (
@@ -326,6 +339,7 @@ mod tests {
             pod_failure: None,
             service: None,
             selector: "a=b".into(),
+            invalid_grant: None,
         }
     }
 

@@ -99,6 +99,33 @@ fn grants_on_the_command_line_work_like_the_crd() {
         .expect("written")
         .len();
     assert!(size + 8 <= 256 << 10, "{size} bytes in a 256 KiB directory");
+
+    // Around the bound: through a file unlinked while open, and into it from another
+    // directory (EXDEV, as between file systems). Both are the real binary's answers.
+    let other = tempfile::tempdir().expect("tmp");
+    std::fs::write(other.path().join("big.bin"), vec![0u8; 1 << 20]).expect("write");
+    let elsewhere = format!("{}:/other", other.path().display());
+    for (op, errno) in [("u", 51), ("m", 75), ("l", 75)] {
+        let out = wa8s()
+            .args([
+                "run", "--dir", &bounded, "--dir", &elsewhere, &probe, "--", "3", op,
+            ])
+            .arg(if op == "u" { "gone.bin" } else { "big.bin" })
+            .output()
+            .expect("runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.ends_with(&format!("errno={errno}\n")),
+            "{op}: {stdout}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(data.path().join("big.bin"))
+            .expect("there")
+            .len(),
+        size,
+        "the bounded directory's file is unchanged"
+    );
 }
 
 #[test]

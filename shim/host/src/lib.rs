@@ -25,6 +25,8 @@ pub use memory::MemoryBudget;
 pub use net::{Follow, NetworkPolicy, NodeAddresses, TrustRoots};
 pub use precache::{PrecompileCache, Source};
 pub use program::{Kind, Program};
+#[doc(hidden)] // for the test that holds the host to one walk per bound per start
+pub use quota::directory_walks;
 pub use run::ExitStatus;
 pub use serve::{ServeOptions, ServeStats, Server};
 

@@ -202,16 +202,89 @@ async fn writes_past_a_directory_bound_fail_with_enospc_and_freed_space_is_usabl
         "other files untouched"
     );
 
-    // The bound counts what is there now: with the other file gone, a whole MiB fits a
-    // 1 MiB bound exactly (the guest truncates out.bin first).
+    // The bound counts what is there when the guest starts: with the other file gone, a
+    // whole MiB fits a bound of 1 MiB and one block for its name (the guest truncates
+    // out.bin first).
     std::fs::remove_file(&existing)?;
     let ran = run(
         guests::FSPROBE_COMPONENT,
-        probe(Some(bounded(1 << 20)), "w", "out.bin"),
+        probe(Some(bounded((1 << 20) + 4096)), "w", "out.bin"),
     )
     .await;
     assert_eq!(errno(&ran), 0, "{}", ran.stdout);
     assert_eq!(std::fs::metadata(&out)?.len(), 1 << 20);
+    Ok(())
+}
+
+/// WASI's errno for "cross-device link".
+const EXDEV: u32 = 75;
+
+/// A 64 KiB bound at /tmp (preopen 3) and, for the cross-directory bypasses, an unbounded
+/// directory (preopen 4) holding a 1 MiB `big.bin`.
+fn bypass(op: &str, bounded: &std::path::Path, other: &std::path::Path) -> Grants {
+    let mut grants = probe(
+        Some(DirGrant {
+            host: bounded.into(),
+            guest: "/tmp".into(),
+            read_only: false,
+            max_bytes: Some(64 << 10),
+            bound_by_kernel: false,
+        }),
+        op,
+        "big.bin",
+    );
+    grants.dirs.push(DirGrant {
+        host: other.into(),
+        guest: "/other".into(),
+        read_only: false,
+        max_bytes: None,
+        bound_by_kernel: false,
+    });
+    grants
+}
+
+#[tokio::test]
+async fn every_way_around_an_accounted_bound_ends_in_enospc_or_exdev() -> Result<()> {
+    for (op, want, what) in [
+        ("u", ENOSPC, "writing through a file unlinked while open"),
+        ("d", ENOSPC, "nesting directories through their descriptors"),
+        ("s", ENOSPC, "a flood of symlinks"),
+        ("m", EXDEV, "moving a big file in from another preopen"),
+        (
+            "l",
+            EXDEV,
+            "hard-linking a big file in from another preopen",
+        ),
+    ] {
+        let bounded = tempfile::tempdir()?;
+        let other = tempfile::tempdir()?;
+        std::fs::write(other.path().join("big.bin"), vec![1u8; 1 << 20])?;
+        let ran = run(
+            guests::FSPROBE_COMPONENT,
+            bypass(op, bounded.path(), other.path()),
+        )
+        .await;
+        assert_eq!(errno(&ran), want, "{what}: {}", ran.stdout);
+        // Nothing past the bound reached the disk: what the directory holds, counted as
+        // the bound counts it (a 4 KiB block per name), fits 64 KiB.
+        let held = std::process::Command::new("du")
+            .args(["-s", "--apparent-size", "-B1"])
+            .arg(bounded.path())
+            .output()?;
+        let bytes: u64 = String::from_utf8_lossy(&held.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(
+            bytes <= (64 << 10) + 4096,
+            "{what}: {bytes} bytes in a 64 KiB bound"
+        );
+        assert!(
+            other.path().join("big.bin").exists(),
+            "{what}: the source stays"
+        );
+    }
     Ok(())
 }
 

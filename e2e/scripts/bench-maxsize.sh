@@ -5,8 +5,8 @@
 #   plain  — a directory with no bound;
 #   kernel — a directory with the bound in the kernel: an ext4 image in it, loop-mounted over
 #            it with the flags the shim uses for a pod's maxSize grant (shim/src/bounded.rs);
-#   walk   — `wa8s run --dir …:maxSize=`, the bound the host keeps by walking the directory
-#            (what pods had before, and what local runs still have).
+#   counted — `wa8s run --dir …:maxSize=`, the bound the host keeps by accounting (one walk
+#            at start, then every growing call charged in constant time; what local runs have).
 # Each runs with the directory empty, then holding FILES small files. Needs root (loop devices).
 # Usage: e2e/scripts/bench-maxsize.sh [ROUNDS] [FILES]
 set -euo pipefail
@@ -54,7 +54,7 @@ fill() { # dir: FILES small files in it
 
 run() { # kind dir: seconds for ROUNDS runs of the 64 MiB writer
   local kind="$1" dir="$2" spec="$2:/data"
-  [ "$kind" = walk ] && spec="$2:/data:maxSize=$bound"
+  [ "$kind" = counted ] && spec="$2:/data:maxSize=$bound"
   local start end
   start=$(date +%s.%N)
   for _ in $(seq "$rounds"); do
@@ -67,7 +67,7 @@ run() { # kind dir: seconds for ROUNDS runs of the 64 MiB writer
 
 printf '%-8s %-10s %12s %10s\n' config directory seconds MiB/s
 for state in empty "$files files"; do
-  for kind in plain kernel walk; do
+  for kind in plain kernel counted; do
     dir="$work/$kind-${state%% *}"
     prepare "$kind" "$dir"
     [ "$state" = empty ] || fill "$dir"

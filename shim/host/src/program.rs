@@ -81,7 +81,8 @@ impl Program {
             .map_err(|e| Error::Engine(chain(&e)))?;
         // Directory bounds and name-lookup gating wrap a few of wasmtime-wasi's functions.
         linker.allow_shadowing(true);
-        crate::quota::add_to_linker(&mut linker).map_err(|e| Error::Engine(chain(&e)))?;
+        crate::quota::add_to_linker(&mut linker, |s: &mut GuestState| &mut s.quotas)
+            .map_err(|e| Error::Engine(chain(&e)))?;
         crate::net::add_to_linker(&mut linker, |s: &mut GuestState| &mut s.net)
             .map_err(|e| Error::Engine(chain(&e)))?;
         linker.allow_shadowing(false);

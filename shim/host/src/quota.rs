@@ -39,7 +39,6 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 };
 use wasmtime_wasi::p2::{DynOutputStream, OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::state::GuestState;
 use crate::{Error, Grants};
 
 /// Linux's ENOSPC; wasmtime-wasi maps it to `insufficient-space`.
@@ -367,7 +366,10 @@ fn stat_at(dir: &std::fs::File, path: &str) -> Option<nix::sys::stat::FileStat> 
     nix::sys::stat::fstatat(dir.as_fd(), path, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
 }
 
-fn dir_of(state: &mut GuestState, fd: &Resource<Descriptor>) -> Option<Arc<std::fs::File>> {
+fn dir_of(
+    state: &mut impl WasiFilesystemView,
+    fd: &Resource<Descriptor>,
+) -> Option<Arc<std::fs::File>> {
     match state.filesystem().table.get(fd) {
         Ok(Descriptor::Dir(d)) => Some(d.dir.clone()),
         _ => None,
@@ -375,11 +377,12 @@ fn dir_of(state: &mut GuestState, fd: &Resource<Descriptor>) -> Option<Arc<std::
 }
 
 /// The guest's quotas, and the directory `fd` names when any bound exists.
-fn dir_in(
-    state: &mut GuestState,
+fn dir_in<T: WasiFilesystemView>(
+    state: &mut T,
+    quotas: Project<T>,
     fd: &Resource<Descriptor>,
 ) -> (Quotas, Option<Arc<std::fs::File>>) {
-    let quotas = state.quotas.clone();
+    let quotas = quotas(state).clone();
     let dir = if quotas.is_empty() {
         None
     } else {
@@ -389,13 +392,14 @@ fn dir_in(
 }
 
 /// The target directory of a link or rename from `fd` to `new_fd`; EXDEV across a bound.
-fn dirs_across(
-    state: &mut GuestState,
+fn dirs_across<T: WasiFilesystemView>(
+    state: &mut T,
+    project: Project<T>,
     fd: &Resource<Descriptor>,
     new_fd: &Resource<Descriptor>,
 ) -> Result<(Quotas, Option<Arc<std::fs::File>>), ErrorCode> {
-    let (quotas, old) = dir_in(state, fd);
-    let (_, new) = dir_in(state, new_fd);
+    let (quotas, old) = dir_in(state, project, fd);
+    let (_, new) = dir_in(state, project, new_fd);
     if let (Some(a), Some(b)) = (&old, &new) {
         quotas.same_side(a, b)?;
     }
@@ -416,7 +420,10 @@ fn credit_gone<T>(
     }
 }
 
-fn file_of(state: &mut GuestState, fd: &Resource<Descriptor>) -> Option<Arc<std::fs::File>> {
+fn file_of(
+    state: &mut impl WasiFilesystemView,
+    fd: &Resource<Descriptor>,
+) -> Option<Arc<std::fs::File>> {
     match state.filesystem().table.get(fd) {
         Ok(Descriptor::File(f)) => Some(f.file.clone()),
         _ => None,
@@ -474,18 +481,25 @@ type LinkArgs = (
 /// `rename-at`'s parameters: from (directory, path) to (directory, path).
 type RenameArgs = (Resource<Descriptor>, String, Resource<Descriptor>, String);
 
+/// Projects a store's data to its quotas.
+pub(crate) type Project<T> = fn(&mut T) -> &mut Quotas;
+
 /// Shadows the wasi:filesystem functions that grow or shrink a directory with bounded ones.
-/// Call after wasmtime-wasi's own `add_to_linker`, with shadowing allowed.
-pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+/// Call after wasmtime-wasi's own `add_to_linker`, with shadowing allowed. `project` gives
+/// the store's quotas.
+pub(crate) fn add_to_linker<T: WasiFilesystemView + 'static>(
+    linker: &mut Linker<T>,
+    project: Project<T>,
+) -> wasmtime::Result<()> {
     let mut types = linker.instance("wasi:filesystem/types@0.2.12")?;
     types.func_wrap_async(
         "[method]descriptor.write",
-        |mut store, (fd, buf, offset): (Resource<Descriptor>, Vec<u8>, u64)| {
+        move |mut store, (fd, buf, offset): (Resource<Descriptor>, Vec<u8>, u64)| {
             Box::new(async move {
                 let state = store.data_mut();
                 if let Some(file) = file_of(state, &fd) {
                     let end = offset.saturating_add(buf.len() as u64);
-                    if let Err(e) = state.quotas.clone().check(&file, end, None, 0) {
+                    if let Err(e) = project(state).clone().check(&file, end, None, 0) {
                         return Ok((Err(ErrorCode::from(&e)),));
                     }
                 }
@@ -495,10 +509,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     )?;
     types.func_wrap_async(
         "[method]descriptor.set-size",
-        |mut store, (fd, size): (Resource<Descriptor>, u64)| {
+        move |mut store, (fd, size): (Resource<Descriptor>, u64)| {
             Box::new(async move {
                 let state = store.data_mut();
-                let quotas = state.quotas.clone();
+                let quotas = project(state).clone();
                 let file = file_of(state, &fd).filter(|_| !quotas.is_empty());
                 let before = file
                     .as_ref()
@@ -521,7 +535,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     )?;
     types.func_wrap(
         "[method]descriptor.write-via-stream",
-        |mut store, (fd, offset): (Resource<Descriptor>, u64)| {
+        move |mut store, (fd, offset): (Resource<Descriptor>, u64)| {
             let state = store.data_mut();
             let file = file_of(state, &fd);
             let mut view = state.filesystem();
@@ -529,12 +543,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
                 Ok(s) => s,
                 Err(e) => return Ok((Err(view.convert_error_code(e)?),)),
             };
-            Ok((Ok(bounded(state, stream, file, Some(offset))?),))
+            Ok((Ok(bounded(state, project, stream, file, Some(offset))?),))
         },
     )?;
     types.func_wrap(
         "[method]descriptor.append-via-stream",
-        |mut store, (fd,): (Resource<Descriptor>,)| {
+        move |mut store, (fd,): (Resource<Descriptor>,)| {
             let state = store.data_mut();
             let file = file_of(state, &fd);
             let mut view = state.filesystem();
@@ -542,13 +556,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
                 Ok(s) => s,
                 Err(e) => return Ok((Err(view.convert_error_code(e)?),)),
             };
-            Ok((Ok(bounded(state, stream, file, None)?),))
+            Ok((Ok(bounded(state, project, stream, file, None)?),))
         },
     )?;
     types.func_wrap_async(
         "[method]descriptor.open-at",
-        |mut store,
-         (fd, path_flags, path, oflags, flags): (
+        move |mut store,
+              (fd, path_flags, path, oflags, flags): (
             Resource<Descriptor>,
             PathFlags,
             String,
@@ -557,7 +571,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
         )| {
             Box::new(async move {
                 let state = store.data_mut();
-                let (quotas, dir) = dir_in(state, &fd);
+                let (quotas, dir) = dir_in(state, project, &fd);
                 let existing = dir.as_deref().and_then(|d| stat_at(d, &path));
                 let creates = oflags.contains(OpenFlags::CREATE) && existing.is_none();
                 let opened = if creates {
@@ -594,10 +608,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     )?;
     types.func_wrap_async(
         "[method]descriptor.create-directory-at",
-        |mut store, (fd, path): (Resource<Descriptor>, String)| {
+        move |mut store, (fd, path): (Resource<Descriptor>, String)| {
             Box::new(async move {
                 let state = store.data_mut();
-                let (quotas, dir) = dir_in(state, &fd);
+                let (quotas, dir) = dir_in(state, project, &fd);
                 let made = naming(&quotas, dir, async {
                     Ok(inner!(state, |view| view.create_directory_at(fd, path)))
                 });
@@ -607,10 +621,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     )?;
     types.func_wrap_async(
         "[method]descriptor.symlink-at",
-        |mut store, (fd, target, path): (Resource<Descriptor>, String, String)| {
+        move |mut store, (fd, target, path): (Resource<Descriptor>, String, String)| {
             Box::new(async move {
                 let state = store.data_mut();
-                let (quotas, dir) = dir_in(state, &fd);
+                let (quotas, dir) = dir_in(state, project, &fd);
                 let made = naming(&quotas, dir, async {
                     Ok(inner!(state, |view| view.symlink_at(fd, target, path)))
                 });
@@ -620,10 +634,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     )?;
     types.func_wrap_async(
         "[method]descriptor.link-at",
-        |mut store, (fd, flags, old_path, new_fd, new_path): LinkArgs| {
+        move |mut store, (fd, flags, old_path, new_fd, new_path): LinkArgs| {
             Box::new(async move {
                 let state = store.data_mut();
-                let (quotas, new_dir) = match dirs_across(state, &fd, &new_fd) {
+                let (quotas, new_dir) = match dirs_across(state, project, &fd, &new_fd) {
                     Ok(d) => d,
                     Err(code) => return Ok((Err(code),)),
                 };
@@ -637,10 +651,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     )?;
     types.func_wrap_async(
         "[method]descriptor.rename-at",
-        |mut store, (fd, old_path, new_fd, new_path): RenameArgs| {
+        move |mut store, (fd, old_path, new_fd, new_path): RenameArgs| {
             Box::new(async move {
                 let state = store.data_mut();
-                let (quotas, new_dir) = match dirs_across(state, &fd, &new_fd) {
+                let (quotas, new_dir) = match dirs_across(state, project, &fd, &new_fd) {
                     Ok(d) => d,
                     Err(code) => return Ok((Err(code),)),
                 };
@@ -662,7 +676,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
             move |mut store, (fd, path): (Resource<Descriptor>, String)| {
                 Box::new(async move {
                     let state = store.data_mut();
-                    let (quotas, dir) = dir_in(state, &fd);
+                    let (quotas, dir) = dir_in(state, project, &fd);
                     let gone = dir.as_deref().and_then(|d| stat_at(d, &path));
                     let result = if is_dir {
                         inner!(state, |view| view.remove_directory_at(fd, path))
@@ -679,13 +693,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
 }
 
 /// Replaces a file stream in the table with one that checks the bound before each write.
-fn bounded(
-    state: &mut GuestState,
+fn bounded<T: WasiFilesystemView>(
+    state: &mut T,
+    project: Project<T>,
     stream: Resource<DynOutputStream>,
     file: Option<Arc<std::fs::File>>,
     position: Option<u64>,
 ) -> wasmtime::Result<Resource<DynOutputStream>> {
-    let quotas = state.quotas.clone();
+    let quotas = project(state).clone();
     let Some(file) = file.filter(|f| !quotas.is_empty() && quotas.place_of(f, None) != Place::Free)
     else {
         return Ok(stream);

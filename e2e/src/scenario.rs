@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::control_plane::{self, ControlPlane, free_ports};
+use crate::cleanup::{stop_at_exit, sweep_stale};
+use crate::control_plane::{ControlPlane, free_ports};
 use crate::dns::DnsServer;
 use crate::kubectl::Kubectl;
 use crate::netns::Netns;
 use crate::node::NodeOptions;
+use crate::paths::{cache_dir, repo_root};
 use crate::process::Lifetime;
-use crate::{cache_dir, repo_root};
 
 /// The node network the scenarios use (the quickstart's is 0).
 const NETWORK: u8 = 1;
@@ -57,10 +58,10 @@ impl Cluster {
     fn start(fresh: bool) -> anyhow::Result<Cluster> {
         let bin_dir = bin_dir()?;
         let run = cache_dir().join("run");
-        control_plane::sweep_stale(&run);
+        sweep_stale(&run);
         let dir = run.join(format!("test-{}-node", std::process::id()));
         let mut cp = ControlPlane::start(&dir, Lifetime::Attached)?;
-        control_plane::stop_at_exit(cp.state_dir());
+        stop_at_exit(cp.state_dir());
         cp.start_controller_manager()?;
         let [port] = free_ports::<1>()?;
         let registry = format!("127.0.0.1:{port}");
@@ -384,7 +385,7 @@ pub struct Upstream {
 impl Upstream {
     /// Name of the namespace on network `n`; teardown of a node removes a leftover one.
     pub fn netns_name(network: u8) -> String {
-        format!("wa8s-upstream{network}")
+        crate::paths::upstream_netns(network)
     }
 
     /// Starts it on `node`'s bridge, which exists once a pod has run on the node.

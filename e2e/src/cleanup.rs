@@ -155,11 +155,19 @@ pub(crate) fn clean_up_after(state_dir: &Path) {
                 .status();
         }
     }
-    // A scenario's upstream server namespace (its veth goes with it).
-    let _ = Command::new("ip")
-        .args(["netns", "del", &upstream_netns(network)])
-        .stderr(std::process::Stdio::null())
-        .status();
+    // A scenario's upstream server namespaces (their veths go with them).
+    let prefix = upstream_netns(network);
+    let listed = Command::new("ip").args(["netns", "list"]).output();
+    let names = listed.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    for name in names.iter().flat_map(|text| text.lines()) {
+        let name = name.split_whitespace().next().unwrap_or_default();
+        if name.starts_with(&prefix) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", name])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
     remove_network(network);
 }
 

@@ -11,6 +11,7 @@ pub mod containerd;
 pub mod control_plane;
 pub mod dns;
 pub mod error;
+pub mod guests;
 pub mod helm;
 pub mod http;
 pub mod image;

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -323,6 +323,7 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 pub struct HttpResponder {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
 }
 
 impl HttpResponder {
@@ -330,10 +331,20 @@ impl HttpResponder {
     pub fn spawn(listener: TcpListener, body: &str) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), accepted.clone());
         let body = body.to_owned();
-        std::thread::spawn(move || serve(&listener, &body, &flag));
-        Ok(HttpResponder { addr, stop })
+        std::thread::spawn(move || serve(&listener, &body, &flag, &count));
+        Ok(HttpResponder {
+            addr,
+            stop,
+            accepted,
+        })
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Where it listens.
@@ -356,12 +367,13 @@ impl Drop for HttpResponder {
     }
 }
 
-fn serve(listener: &TcpListener, body: &str, stop: &AtomicBool) {
+fn serve(listener: &TcpListener, body: &str, stop: &AtomicBool, accepted: &AtomicUsize) {
     for conn in listener.incoming() {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         let Ok(mut s) = conn else { continue };
+        accepted.fetch_add(1, Ordering::SeqCst);
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf);
@@ -383,16 +395,30 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Name of the namespace on network `n`; teardown of a node removes a leftover one.
+    /// Name of the namespace on network `n`; teardown of a node removes a leftover one (and
+    /// those of upstreams started with a label).
     pub fn netns_name(network: u8) -> String {
         crate::paths::upstream_netns(network)
     }
 
     /// Starts it on `node`'s bridge, which exists once a pod has run on the node.
     pub fn start(node: &NodeOptions, ip: Ipv4Addr, port: u16, body: &str) -> anyhow::Result<Self> {
-        let name = Self::netns_name(node.network);
+        Self::start_labelled(node, "", ip, port, body)
+    }
+
+    /// [`Upstream::start`] for one of several upstreams on a node at once (tests running in
+    /// parallel): `label` (up to 6 characters) tells their namespaces and veths apart.
+    pub fn start_labelled(
+        node: &NodeOptions,
+        label: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        body: &str,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(label.len() <= 6, "upstream label {label:?} is too long");
+        let name = format!("{}{label}", Self::netns_name(node.network));
         let netns = Netns::new(&name)?;
-        let (outside, inside) = (format!("wa8s-up{}", node.network), "eth0");
+        let (outside, inside) = (format!("wa8s-up{}{label}", node.network), "eth0");
         let ip_cmd = crate::netns::ip;
         let _ = Command::new("ip")
             .args(["link", "del", &outside])
@@ -442,23 +468,9 @@ impl Upstream {
     }
 }
 
-/// A listener on `addr` inside the network namespace at `netns`: bound from a thread that
-/// joined it (a socket stays in the namespace it was made in).
-#[allow(unsafe_code)]
+/// A listener on `addr` inside the network namespace at `netns`.
 fn listen_in(netns: &Path, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(netns)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on a descriptor we own; it changes only this thread's namespace.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-            Ok(TcpListener::bind(addr)?)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
-    })
+    Ok(crate::netns::within(netns, || TcpListener::bind(addr))?)
 }
 
 /// A `WebAssembly` object `name` running `ghcr.io/<repository>:<tag>` (through the mirror):

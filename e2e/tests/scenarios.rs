@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use wa8s_e2e::Kubectl;
+use wa8s_e2e::guests::{built, python_guest};
 use wa8s_e2e::scenario::{Cluster, HttpResponder, Load, Upstream, manifest, variant};
 
 /// A GET to a test server or a port-forward (a guest may take a while on its first call).
@@ -151,27 +152,6 @@ fn the_users_manifest_runs_verbatim_from_the_mirrored_registry_and_answers_throu
     )?;
     assert_eq!(restarts.trim(), "0 0", "a replica restarted: {restarts}");
     Ok(())
-}
-
-/// Runs a build script (`bash SCRIPT ARGS... OUT.wasm`) and returns the component it wrote.
-fn built(script: &str, args: &[&str]) -> Result<Vec<u8>> {
-    let dir = tempfile::tempdir()?;
-    let out = dir.path().join("guest.wasm");
-    let mut cmd = std::process::Command::new("bash");
-    cmd.arg(wa8s_e2e::repo_root().join(script))
-        .args(args)
-        .arg(&out);
-    let run = wa8s_e2e::process::run_with_timeout(cmd, Duration::from_secs(600))?;
-    if !run.status.success() {
-        bail!("{script}: {}", String::from_utf8_lossy(&run.stderr));
-    }
-    Ok(std::fs::read(&out)?)
-}
-
-/// The Python test guest (componentize-py): `/env/NAME`, `/fetch/HOST:PORT/PATH`,
-/// `/write/N/PATH`, `/read/PATH`, `/log/TEXT`.
-fn python_guest() -> Result<Vec<u8>> {
-    built("shim/test-components/guests/build.sh", &["python"])
 }
 
 #[test]

@@ -1,0 +1,251 @@
+//! `wa8s run` resolving names through a real DNS server (issue 19): a granted name whose
+//! answer mixes loopback with an allowed address reaches only the allowed one, and a name
+//! answering only an IPv4-mapped or NAT64 form of loopback or of a node address is refused.
+//!
+//! Contained: the DNS server and the allowed server live in a network namespace the test
+//! creates, joined to this one by a veth pair (whose outer end is then one of the machine's
+//! own addresses); `wa8s run` reads a resolv.conf naming that server, bind-mounted over
+//! /etc/resolv.conf in a mount namespace of its own (`unshare --mount`). Needs root (`ip
+//! netns`, `unshare`); run under `flock /tmp/wa8s-heavy.lock`. Everything is removed on drop,
+//! `wa8s` stopped by its PID.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use wa8s_e2e::dns::{DnsServer, ipv4_embedded};
+use wa8s_e2e::netns::Netns;
+use wa8s_e2e::scenario::HttpResponder;
+
+/// The suffix the guest is granted (`--allow-host *.dns.wa8s.test`).
+const ZONE: &str = "dns.wa8s.test";
+
+/// The Python guest (its `/fetch/HOST:PORT/PATH` makes a wasi:http request), built once.
+fn python_guest() -> Result<&'static [u8]> {
+    static GUEST: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
+    GUEST
+        .get_or_init(|| wa8s_e2e::guests::python_guest().map_err(|e| format!("{e:#}")))
+        .as_deref()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Servers for one test: in the namespace, the DNS server and the allowed HTTP server; in
+/// this one, HTTP servers on loopback and on the veth's outer address (a node address), all
+/// on the same port so only the address a name resolves to decides which one is reached.
+struct Network {
+    // Dropped first: the servers' sockets, then the namespace (and its veth pair).
+    dns: DnsServer,
+    allowed: HttpResponder,
+    loopback: HttpResponder,
+    node: HttpResponder,
+    port: u16,
+    allowed_ip: Ipv4Addr,
+    node_ip: Ipv4Addr,
+    _netns: Netns,
+}
+
+impl Network {
+    /// Network `n` (each test its own: `10.250.5n.0/30`).
+    fn start(n: u8) -> Result<Network> {
+        let pid = std::process::id();
+        let netns = Netns::new(&format!("wa8s-dns{n}-{pid}"))?;
+        let (node_ip, allowed_ip) = (
+            Ipv4Addr::new(10, 250, 50 + n, 1),
+            Ipv4Addr::new(10, 250, 50 + n, 2),
+        );
+        netns.veth(
+            &format!("w8dns{n}-{}", pid % 100_000),
+            node_ip,
+            allowed_ip,
+            30,
+        )?;
+        let dns = netns.within(|| DnsServer::start(SocketAddr::from((allowed_ip, 53))))?;
+        // One port free on loopback, on the node address and (a fresh namespace) inside.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (loopback, node) = loop {
+            let loopback = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let port = loopback.local_addr()?.port();
+            match TcpListener::bind((node_ip, port)) {
+                Ok(node) => break (loopback, node),
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
+                Err(_) => continue,
+            }
+        };
+        let port = loopback.local_addr()?.port();
+        let allowed = netns.within(|| TcpListener::bind((allowed_ip, port)))?;
+        Ok(Network {
+            dns,
+            allowed: HttpResponder::spawn(allowed, "allowed")?,
+            loopback: HttpResponder::spawn(loopback, "loopback")?,
+            node: HttpResponder::spawn(node, "node")?,
+            port,
+            allowed_ip,
+            node_ip,
+            _netns: netns,
+        })
+    }
+
+    /// Connections the servers that must never be reached accepted.
+    fn blocked_reached(&self) -> usize {
+        self.loopback.accepted() + self.node.accepted()
+    }
+}
+
+/// `wa8s run --listen` serving the Python guest, granted `*.dns.wa8s.test`, resolving through
+/// `dns`; stopped by PID on drop.
+struct Wa8s {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Wa8s {
+    fn start(dns: &DnsServer) -> Result<Wa8s> {
+        let dir = tempfile::tempdir()?;
+        let guest = dir.path().join("python.wasm");
+        std::fs::write(&guest, python_guest()?)?;
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            format!(
+                "nameserver {}\noptions timeout:2 attempts:2\n",
+                dns.addr().ip()
+            ),
+        )?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        // unshare execs sh, which execs wa8s: the child's PID is wa8s's.
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(r#"mount --bind "$1" /etc/resolv.conf && shift && exec "$@""#)
+            .arg("sh")
+            .arg(&resolv)
+            .arg(env!("CARGO_BIN_EXE_wa8s"))
+            .args(["run", "--listen", &addr, "--allow-host"])
+            .arg(format!("*.{ZONE}"))
+            .args(["--memory", "256Mi", "--timeout", "30s", "--cache-dir"])
+            .arg(dir.path().join("cache"))
+            .arg(&guest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting unshare … wa8s run")?;
+        let mut me = Wa8s {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Some(status) = me.child.try_wait()? {
+                bail!("wa8s run exited before serving: {status}");
+            }
+            if let Ok((200, _)) = wa8s_e2e::http::get(&me.addr, "/", Duration::from_secs(60)) {
+                return Ok(me);
+            }
+            if Instant::now() > deadline {
+                bail!("wa8s run did not serve on {} within 180s", me.addr);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the guest's GET of `http://NAME:PORT/` came back with.
+    fn fetch(&self, name: &str, port: u16) -> Result<(u16, String)> {
+        let path = format!("/fetch/{name}:{port}/");
+        wa8s_e2e::http::get(&self.addr, &path, Duration::from_secs(60))
+            .with_context(|| format!("GET {path}"))
+    }
+}
+
+impl Drop for Wa8s {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's PID, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_granted_name_answering_loopback_and_an_allowed_address_reaches_only_the_allowed_one()
+-> Result<()> {
+    let net = Network::start(1)?;
+    let allowed = IpAddr::V4(net.allowed_ip);
+    let [mapped, nat64] = ipv4_embedded(Ipv4Addr::LOCALHOST).map(IpAddr::V6);
+    // Loopback listed first, in each family; the allowed address last.
+    net.dns.set(
+        &format!("mixed.{ZONE}"),
+        &[IpAddr::V4(Ipv4Addr::LOCALHOST), allowed],
+    );
+    net.dns.set(
+        &format!("mixed-mapped.{ZONE}"),
+        &[mapped, nat64, IpAddr::V4(Ipv4Addr::LOCALHOST), allowed],
+    );
+    let wa8s = Wa8s::start(&net.dns)?;
+    for name in ["mixed", "mixed-mapped"] {
+        let before = net.allowed.accepted();
+        let (status, body) = wa8s.fetch(&format!("{name}.{ZONE}"), net.port)?;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "upstream 200: allowed"),
+            "{name}"
+        );
+        assert_eq!(net.allowed.accepted(), before + 1, "{name}: one connection");
+    }
+    assert_eq!(net.blocked_reached(), 0, "loopback or the node was reached");
+    Ok(())
+}
+
+#[test]
+fn a_granted_name_answering_only_a_mapped_or_nat64_form_of_loopback_or_a_node_address_is_refused()
+-> Result<()> {
+    let net = Network::start(2)?;
+    let mut names = Vec::new();
+    for (what, ip) in [("loopback", Ipv4Addr::LOCALHOST), ("node", net.node_ip)] {
+        let [mapped, nat64] = ipv4_embedded(ip);
+        for (form, v6) in [("mapped", mapped), ("nat64", nat64)] {
+            let name = format!("{form}-{what}.{ZONE}");
+            net.dns.set(&name, &[IpAddr::V6(v6)]);
+            names.push(name);
+        }
+    }
+    // Both forms at once, and the node's IPv4 address beside them.
+    let [mapped, nat64] = ipv4_embedded(net.node_ip).map(IpAddr::V6);
+    net.dns.set(
+        &format!("all-node.{ZONE}"),
+        &[mapped, nat64, IpAddr::V4(net.node_ip)],
+    );
+    names.push(format!("all-node.{ZONE}"));
+    let wa8s = Wa8s::start(&net.dns)?;
+    for name in &names {
+        let (status, body) = wa8s.fetch(name, net.port)?;
+        assert!(
+            status == 502 && body.contains("DestinationIpProhibited"),
+            "{name}: {status} {body}"
+        );
+    }
+    // The server that is allowed is still reached through a name that points at it.
+    net.dns
+        .set(&format!("allowed.{ZONE}"), &[IpAddr::V4(net.allowed_ip)]);
+    assert_eq!(
+        wa8s.fetch(&format!("allowed.{ZONE}"), net.port)?,
+        (200, "upstream 200: allowed".into())
+    );
+    assert_eq!(net.blocked_reached(), 0, "loopback or the node was reached");
+    Ok(())
+}

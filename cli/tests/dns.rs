@@ -11,7 +11,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -21,15 +20,6 @@ use wa8s_e2e::scenario::HttpResponder;
 
 /// The suffix the guest is granted (`--allow-host *.dns.wa8s.test`).
 const ZONE: &str = "dns.wa8s.test";
-
-/// The Python guest (its `/fetch/HOST:PORT/PATH` makes a wasi:http request), built once.
-fn python_guest() -> Result<&'static [u8]> {
-    static GUEST: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
-    GUEST
-        .get_or_init(|| wa8s_e2e::guests::python_guest().map_err(|e| format!("{e:#}")))
-        .as_deref()
-        .map_err(anyhow::Error::msg)
-}
 
 /// Servers for one test: in the namespace, the DNS server and the allowed HTTP server; in
 /// this one, HTTP servers on loopback and on the veth's outer address (a node address), all
@@ -105,7 +95,8 @@ impl Wa8s {
     fn start(dns: &DnsServer) -> Result<Wa8s> {
         let dir = tempfile::tempdir()?;
         let guest = dir.path().join("python.wasm");
-        std::fs::write(&guest, python_guest()?)?;
+        // Its `/fetch/HOST:PORT/PATH` makes a wasi:http request.
+        std::fs::write(&guest, wa8s_e2e::guests::python_guest()?)?;
         let resolv = dir.path().join("resolv.conf");
         std::fs::write(
             &resolv,

@@ -1,6 +1,7 @@
 //! Test guests built by the toolchains users use (componentize-py, the examples' scripts),
 //! for tests that need more than the hand-written fixtures of `wa8s-test-components`.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -26,7 +27,13 @@ pub fn built(script: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
 /// The Python test guest (componentize-py, `shim/test-components/guests/python/app.py`), a
 /// wasi:http server: `/env/NAME`, `/fetch/HOST:PORT/PATH` (an outbound GET; 502 naming the
 /// host's refusal, e.g. `refused: DestinationIpProhibited`), `/write/N/PATH`, `/read/PATH`,
-/// `/log/TEXT`.
+/// `/log/TEXT`. Built once per test process.
 pub fn python_guest() -> anyhow::Result<Vec<u8>> {
-    built("shim/test-components/guests/build.sh", &["python"])
+    static GUEST: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
+    GUEST
+        .get_or_init(|| {
+            built("shim/test-components/guests/build.sh", &["python"]).map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }

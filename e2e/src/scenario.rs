@@ -288,6 +288,45 @@ impl Cluster {
         self.cp.state_dir()
     }
 
+    /// The network namespace (a path under /var/run/netns) of the first ready pod in
+    /// Kubernetes namespace `namespace`, from the node's CRI: where a wa8s pod's guest makes
+    /// its connections, so `127.0.0.1` inside it is the loopback a guest would reach.
+    pub fn pod_netns(&self, namespace: &str) -> anyhow::Result<PathBuf> {
+        let crictl = crate::binaries::ensure(&["crictl"])?["crictl"].clone();
+        let endpoint = format!(
+            "unix://{}",
+            crate::paths::containerd_socket(self.state_dir()).display()
+        );
+        let run = |args: &[&str]| -> anyhow::Result<String> {
+            let mut cmd = Command::new(&crictl);
+            cmd.args(["--runtime-endpoint", &endpoint, "--timeout", "30s"])
+                .args(args);
+            let out = crate::process::run_with_timeout(cmd, Duration::from_secs(60))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "crictl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let pods = run(&["pods", "--namespace", namespace, "--state", "ready", "-q"])?;
+        let id = pods
+            .split_whitespace()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no ready pod in namespace {namespace}"))?;
+        let info: serde_json::Value = serde_json::from_str(&run(&["inspectp", id])?)?;
+        let namespaces = &info["info"]["runtimeSpec"]["linux"]["namespaces"];
+        namespaces
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["type"] == "network")
+            .and_then(|n| n["path"].as_str())
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow::anyhow!("no network namespace for pod {id}: {namespaces}"))
+    }
+
     /// Pushes `wasm` with the `wa8s` CLI as `<registry>/<repository>:<tag>`, i.e. as
     /// `ghcr.io/<repository>:<tag>` for the cluster. Returns the manifest digest.
     pub fn push(&self, wasm: &[u8], repository_tag: &str) -> anyhow::Result<String> {
@@ -324,6 +363,8 @@ pub struct HttpResponder {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
+    /// The network namespace its listener is in, when not the test's own.
+    netns: Option<PathBuf>,
 }
 
 impl HttpResponder {
@@ -339,7 +380,15 @@ impl HttpResponder {
             addr,
             stop,
             accepted,
+            netns: None,
         })
+    }
+
+    /// Serves on `addr` inside the network namespace at `netns` (a pod's: its loopback).
+    pub fn spawn_in(netns: &Path, addr: SocketAddr, body: &str) -> anyhow::Result<Self> {
+        let mut me = Self::spawn(listen_in(netns, addr)?, body)?;
+        me.netns = Some(netns.to_owned());
+        Ok(me)
     }
 
     /// How many connections it has accepted so far.
@@ -363,7 +412,11 @@ impl Drop for HttpResponder {
         } else {
             self.addr
         };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+        let wake = || TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+        let _ = match &self.netns {
+            Some(netns) => crate::netns::within(netns, wake),
+            None => wake(),
+        };
     }
 }
 

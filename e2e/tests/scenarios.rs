@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use wa8s_e2e::Kubectl;
+use wa8s_e2e::dns::ipv4_embedded;
 use wa8s_e2e::guests::{built, python_guest};
 use wa8s_e2e::scenario::{Cluster, HttpResponder, Load, Upstream, manifest, variant};
 
@@ -337,6 +338,110 @@ spec:
         },
     )?;
     assert!(logs.contains("a-line-for-kubectl-logs"));
+    Ok(())
+}
+
+#[test]
+fn inside_a_pod_a_granted_name_reaches_only_its_allowed_address_among_loopback_and_mapped_answers()
+-> Result<()> {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("dns")?;
+    let n = ns.name();
+    c.push(&python_guest()?, "myorg/dns-probe:v1")?;
+    let manifest = r#"
+apiVersion: wa8s.reconciler.io/v1
+kind: WebAssembly
+metadata:
+  name: dns-probe
+spec:
+  module:
+    registry: ghcr.io/myorg/dns-probe
+    tag: v1
+  resources:
+    memory: "128Mi"
+    cpu: "250m"
+  wasi:
+    network:
+      - outbound: true
+        allowedHosts:
+          - "*.dns.example.com"
+"#;
+    let applied = k.apply(n, manifest)?;
+    assert!(applied.success, "{}", applied.stderr);
+    c.wait_ready(n, "dns-probe", READY)?;
+
+    // Three servers on one port, so only the address a name resolves to decides which is
+    // reached: the upstream (a separate host on the pod network, the one allowed address),
+    // the node (on every address of it, the pod network's gateway among them) and the pod's
+    // own loopback, where the guest's connections would land for 127.0.0.1.
+    let node = c.node();
+    let on_node = HttpResponder::spawn(TcpListener::bind("0.0.0.0:0")?, "node")?;
+    let port = on_node.addr().port();
+    let upstream_ip = Ipv4Addr::new(10, 244 + node.network, 0, 251);
+    let _upstream = Upstream::start_labelled(node, "dns", upstream_ip, port, "upstream ok")?;
+    let pod_loopback = HttpResponder::spawn_in(
+        &c.pod_netns(n)?,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        "pod loopback",
+    )?;
+
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let gateway = IpAddr::V4(node.gateway());
+    let [mapped_loopback, nat64_loopback] = ipv4_embedded(Ipv4Addr::LOCALHOST).map(IpAddr::V6);
+    let [mapped_node, nat64_node] = ipv4_embedded(node.gateway()).map(IpAddr::V6);
+    let dns = c.dns();
+    // Mixed: blocked addresses first in each family, the upstream last.
+    dns.set(
+        "mixed.dns.example.com",
+        &[loopback, IpAddr::V4(upstream_ip)],
+    );
+    dns.set(
+        "mixed-mapped.dns.example.com",
+        &[
+            mapped_loopback,
+            nat64_loopback,
+            mapped_node,
+            loopback,
+            gateway,
+            IpAddr::V4(upstream_ip),
+        ],
+    );
+    let refused = [
+        ("mapped-loopback", mapped_loopback),
+        ("nat64-loopback", nat64_loopback),
+        ("mapped-node", mapped_node),
+        ("nat64-node", nat64_node),
+    ];
+    for (name, ip) in refused {
+        dns.set(&format!("{name}.dns.example.com"), &[ip]);
+    }
+
+    let forward = k.port_forward(n, "svc/dns-probe", 80)?;
+    let fetch = |name: &str| -> Result<(u16, String)> {
+        let path = format!("/fetch/{name}.dns.example.com:{port}/");
+        http_get(forward.addr(), &path).with_context(|| format!("GET {path}"))
+    };
+    for name in ["mixed", "mixed-mapped"] {
+        assert_eq!(
+            fetch(name)?,
+            (200, "upstream 200: upstream ok".into()),
+            "{name}"
+        );
+    }
+    for (name, _) in refused {
+        let (status, body) = fetch(name)?;
+        assert!(
+            status == 502 && body.contains("DestinationIpProhibited"),
+            "{name}: {status} {body}"
+        );
+    }
+    assert_eq!(
+        (pod_loopback.accepted(), on_node.accepted()),
+        (0, 0),
+        "the pod's loopback or the node was reached"
+    );
     Ok(())
 }
 

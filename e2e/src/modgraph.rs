@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::Path;
 
 /// A module's path from the crate root (`[]` is the root itself).
 pub type Module = Vec<String>;
@@ -34,7 +33,7 @@ pub fn display(m: &[String]) -> String {
 
 impl Graph {
     /// Reads every `.rs` file under `src` (but `src/bin`).
-    pub fn of_dir(src: &Path) -> io::Result<Graph> {
+    pub fn of_dir(src: &std::path::Path) -> io::Result<Graph> {
         let mut files = Vec::new();
         collect(src, src, &mut files)?;
         Ok(Graph::of_sources(&files))
@@ -43,15 +42,36 @@ impl Graph {
     /// The graph of `(module, source text)` pairs.
     pub fn of_sources(files: &[(Module, String)]) -> Graph {
         let known: BTreeSet<Module> = files.iter().map(|(m, _)| m.clone()).collect();
+        let parsed: Vec<(&Module, Vec<Path>)> = files
+            .iter()
+            .map(|(m, text)| (m, paths(&tokens(text))))
+            .collect();
+        // The names each module imports at its top level (`use a::X;`, `pub use a::X;`): a
+        // path through them names the item where it is defined.
+        let mut aliases: Aliases = BTreeMap::new();
+        for (module, paths) in &parsed {
+            for p in paths.iter().filter(|p| p.in_use && p.inline.is_empty()) {
+                if let (Some(name), Some(target)) = (
+                    p.segments.last(),
+                    absolute(&known, module, module, &p.segments),
+                ) {
+                    aliases
+                        .entry((*module).clone())
+                        .or_default()
+                        .insert(name.clone(), target);
+                }
+            }
+        }
         let mut edges = BTreeMap::new();
-        for (module, text) in files {
+        for (module, paths) in parsed {
             let mut deps = BTreeSet::new();
-            for (base, path) in paths(&tokens(text)) {
-                let mut base: Module = module.iter().cloned().chain(base).collect();
-                if let Some(target) = resolve(&known, module, &mut base, &path)
-                    && &target != module
-                {
-                    deps.insert(target);
+            for p in paths {
+                let base: Module = module.iter().cloned().chain(p.inline).collect();
+                if let Some(path) = absolute(&known, module, &base, &p.segments) {
+                    let target = file_of(&known, &aliases, path, MAX_HOPS);
+                    if &target != module {
+                        deps.insert(target);
+                    }
                 }
             }
             edges.insert(module.clone(), deps);
@@ -139,7 +159,11 @@ impl<'g> Tarjan<'g> {
     }
 }
 
-fn collect(root: &Path, dir: &Path, out: &mut Vec<(Module, String)>) -> io::Result<()> {
+fn collect(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    out: &mut Vec<(Module, String)>,
+) -> io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -165,37 +189,64 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(Module, String)>) -> io::Resu
     Ok(())
 }
 
-/// The file module a path written in `module` (inside its inline modules `base`) names.
-fn resolve(
+/// A path as written: the inline modules it is in, its segments, whether a `use` declares it.
+struct Path {
+    inline: Module,
+    segments: Vec<String>,
+    in_use: bool,
+}
+
+/// `module → (imported name → the absolute path it stands for)`.
+type Aliases = BTreeMap<Module, BTreeMap<String, Vec<String>>>;
+
+/// How many re-exports a path is followed through (more means a loop of `use`s).
+const MAX_HOPS: usize = 8;
+
+/// The absolute path (from the crate root) of `path` written in `module`, inside its inline
+/// modules `base`; `None` for paths outside the crate (`std::…`, other crates, locals).
+fn absolute(
     known: &BTreeSet<Module>,
     module: &Module,
-    base: &mut Module,
+    base: &Module,
     path: &[String],
-) -> Option<Module> {
+) -> Option<Vec<String>> {
     let (first, rest) = path.split_first()?;
-    let absolute: Module = match first.as_str() {
-        "crate" => rest.to_vec(),
-        "self" => base.iter().chain(rest).cloned().collect(),
+    match first.as_str() {
+        "crate" => Some(rest.to_vec()),
+        "self" => Some(base.iter().chain(rest).cloned().collect()),
         "super" => {
             let supers = path.iter().take_while(|s| *s == "super").count();
             let mut m = base.clone();
             m.truncate(m.len().saturating_sub(supers));
             m.extend(path[supers..].iter().cloned());
-            m
+            Some(m)
         }
         _ => {
             let mut child = module.clone();
             child.push(first.clone());
-            if !known.contains(&child) {
-                return None;
-            }
-            module.iter().chain(path).cloned().collect()
+            known
+                .contains(&child)
+                .then(|| module.iter().chain(path).cloned().collect())
         }
-    };
-    (0..=absolute.len())
+    }
+}
+
+/// The file module that defines what the absolute `path` names: its longest prefix that is a
+/// file module, followed through that module's imports when the next segment is one.
+fn file_of(known: &BTreeSet<Module>, aliases: &Aliases, path: Vec<String>, hops: usize) -> Module {
+    let n = (0..=path.len())
         .rev()
-        .map(|n| absolute[..n].to_vec())
-        .find(|m| known.contains(m))
+        .find(|n| known.contains(&path[..*n]))
+        .unwrap_or(0);
+    let module = path[..n].to_vec();
+    let imported = path.get(n).and_then(|name| aliases.get(&module)?.get(name));
+    match imported {
+        Some(target) if hops > 0 && target[..] != path[..=n] => {
+            let next = target.iter().chain(&path[n + 1..]).cloned().collect();
+            file_of(known, aliases, next, hops - 1)
+        }
+        _ => module,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,7 +362,7 @@ fn raw_string_start(s: &[char], i: usize) -> Option<(usize, usize)> {
 
 /// Every path of two or more segments (use-tree groups expanded), with the inline modules
 /// (`mod m { … }`) it is written in.
-fn paths(tokens: &[Token]) -> Vec<(Module, Vec<String>)> {
+fn paths(tokens: &[Token]) -> Vec<Path> {
     let mut out = Vec::new();
     let mut inline: Vec<(String, usize)> = Vec::new();
     let mut depth: usize = 0;
@@ -338,7 +389,12 @@ fn paths(tokens: &[Token]) -> Vec<(Module, Vec<String>)> {
             {
                 let (trees, end) = use_tree(tokens, i);
                 let base: Module = inline.iter().map(|(n, _)| n.clone()).collect();
-                out.extend(trees.into_iter().map(|p| (base.clone(), p)));
+                let in_use = i > 0 && tokens[i - 1] == Token::Ident("use".into());
+                out.extend(trees.into_iter().map(|segments| Path {
+                    inline: base.clone(),
+                    segments,
+                    in_use,
+                }));
                 // Braces of a use-tree group are not blocks.
                 i = end;
                 continue;
@@ -462,6 +518,24 @@ mod tests {
     }
 
     #[test]
+    fn an_item_named_through_a_re_export_is_a_dependency_on_the_module_defining_it() {
+        let g = graph(&[
+            ("crate", "mod a; mod b; mod net; pub use net::Policy;"),
+            ("a", "fn f(p: crate::Policy) {}"),
+            (
+                "b",
+                "use crate::Policy as P;\nfn g() { crate::net::Policy::new(); }",
+            ),
+            ("net", "mod policy; pub use policy::Policy;"),
+            ("net::policy", "pub struct Policy;"),
+        ]);
+        assert_eq!(deps(&g, "a"), ["crate::net::policy"]);
+        assert_eq!(deps(&g, "b"), ["crate::net::policy"]);
+        assert_eq!(deps(&g, "crate"), ["crate::net::policy"]);
+        assert!(g.cycles().is_empty());
+    }
+
+    #[test]
     fn modules_importing_each_other_through_a_third_are_one_cycle() {
         let g = graph(&[
             ("crate", "mod a; mod b; mod c; mod d;"),
@@ -475,7 +549,7 @@ mod tests {
 
     #[test]
     fn the_e2e_harness_modules_import_each_other_without_a_cycle() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let g = Graph::of_dir(&src).expect("reading e2e/src");
         assert!(g.edges.len() > 10, "{}", g.render());
         let cycles = g.cycles();

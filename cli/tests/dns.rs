@@ -9,7 +9,9 @@
 //! netns`, `unshare`); run under `flock /tmp/wa8s-heavy.lock`. Everything is removed on drop,
 //! `wa8s` stopped by its PID.
 
+use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -91,34 +93,44 @@ struct Wa8s {
     _dir: tempfile::TempDir,
 }
 
+/// `wa8s run ARGS`, granted `*.dns.wa8s.test`, resolving through `dns` only: in a mount
+/// namespace of its own where a resolv.conf naming `dns` (written to `dir`) covers
+/// /etc/resolv.conf. `unshare` execs sh, which execs wa8s: the child's PID is wa8s's.
+fn wa8s_run(dir: &Path, dns: &DnsServer, args: &[&OsStr]) -> Result<Command> {
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!(
+            "nameserver {}\noptions timeout:2 attempts:2\n",
+            dns.addr().ip()
+        ),
+    )?;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /etc/resolv.conf && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&resolv)
+        .arg(env!("CARGO_BIN_EXE_wa8s"))
+        .args(["run", "--allow-host"])
+        .arg(format!("*.{ZONE}"))
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(args);
+    Ok(cmd)
+}
+
 impl Wa8s {
     fn start(dns: &DnsServer) -> Result<Wa8s> {
         let dir = tempfile::tempdir()?;
         let guest = dir.path().join("python.wasm");
         // Its `/fetch/HOST:PORT/PATH` makes a wasi:http request.
         std::fs::write(&guest, wa8s_e2e::guests::python_guest()?)?;
-        let resolv = dir.path().join("resolv.conf");
-        std::fs::write(
-            &resolv,
-            format!(
-                "nameserver {}\noptions timeout:2 attempts:2\n",
-                dns.addr().ip()
-            ),
-        )?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
-        // unshare execs sh, which execs wa8s: the child's PID is wa8s's.
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg(r#"mount --bind "$1" /etc/resolv.conf && shift && exec "$@""#)
-            .arg("sh")
-            .arg(&resolv)
-            .arg(env!("CARGO_BIN_EXE_wa8s"))
-            .args(["run", "--listen", &addr, "--allow-host"])
-            .arg(format!("*.{ZONE}"))
-            .args(["--memory", "256Mi", "--timeout", "30s", "--cache-dir"])
-            .arg(dir.path().join("cache"))
-            .arg(&guest)
+        let args = ["--listen", &addr, "--memory", "256Mi", "--timeout", "30s"];
+        let mut args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        args.push(guest.as_os_str());
+        let child = wa8s_run(dir.path(), dns, &args)?
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -237,6 +249,43 @@ fn a_granted_name_answering_only_a_mapped_or_nat64_form_of_loopback_or_a_node_ad
         wa8s.fetch(&format!("allowed.{ZONE}"), net.port)?,
         (200, "upstream 200: allowed".into())
     );
+    assert_eq!(net.blocked_reached(), 0, "loopback or the node was reached");
+    Ok(())
+}
+
+#[test]
+fn a_socket_to_a_granted_name_connects_only_to_addresses_the_gate_allows() -> Result<()> {
+    let net = Network::start(3)?;
+    let dir = tempfile::tempdir()?;
+    let probe = dir.path().join("sockprobe.wasm");
+    std::fs::write(&probe, wa8s_test_components::SOCKPROBE_COMPONENT)?;
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let allowed = IpAddr::V4(net.allowed_ip);
+    let node = IpAddr::V4(net.node_ip);
+    // sockprobe connects to the first IPv4 address the lookup yields (the resolver orders
+    // them, RFC 6724): names with one address each, and a mixed one where either outcome is
+    // right as long as only the allowed server could be reached.
+    let cases = [
+        ("loopback", vec![loopback], Some("connect=err")),
+        ("node", vec![node], Some("connect=err")),
+        ("allowed", vec![allowed], Some("connect=ok")),
+        ("mixed", vec![loopback, node, allowed], None),
+    ];
+    let port = net.port.to_string();
+    for (name, ips, expected) in &cases {
+        let name = format!("{name}.{ZONE}");
+        net.dns.set(&name, ips);
+        let args = [probe.as_os_str(), OsStr::new("--"), OsStr::new("lookup")];
+        let mut cmd = wa8s_run(dir.path(), &net.dns, &args)?;
+        cmd.args([&name, &port]);
+        let out = wa8s_e2e::process::run_with_timeout(cmd, Duration::from_secs(120))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("lookup=ok") && expected.is_none_or(|e| stdout.contains(e)),
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert_eq!(net.blocked_reached(), 0, "loopback or the node was reached");
     Ok(())
 }

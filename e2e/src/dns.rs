@@ -69,6 +69,54 @@ impl DnsServer {
         self.set(name, &[IpAddr::V4(ip)]);
     }
 
+    /// Holds the mixed and IPv4-embedded answers of [`HostileNames`] under `zone`, for a
+    /// guest whose node has address `node` and whose one allowed destination is `allowed`.
+    pub fn hold_hostile(&self, zone: &str, node: Ipv4Addr, allowed: Ipv4Addr) -> HostileNames {
+        let (loopback, node_v4) = (Ipv4Addr::LOCALHOST, node);
+        let [mapped_loopback, nat64_loopback] = ipv4_embedded(loopback).map(IpAddr::V6);
+        let [mapped_node, nat64_node] = ipv4_embedded(node_v4).map(IpAddr::V6);
+        let (loopback, node, allowed) = (
+            IpAddr::V4(loopback),
+            IpAddr::V4(node_v4),
+            IpAddr::V4(allowed),
+        );
+        let mixed = [
+            ("mixed", vec![loopback, allowed]),
+            (
+                "mixed-mapped",
+                vec![
+                    mapped_loopback,
+                    nat64_loopback,
+                    mapped_node,
+                    nat64_node,
+                    loopback,
+                    node,
+                    allowed,
+                ],
+            ),
+        ];
+        let embedded_only = [
+            ("mapped-loopback", vec![mapped_loopback]),
+            ("nat64-loopback", vec![nat64_loopback]),
+            ("mapped-node", vec![mapped_node]),
+            ("nat64-node", vec![nat64_node]),
+        ];
+        let hold = |names: &[(&str, Vec<IpAddr>)]| -> Vec<String> {
+            names
+                .iter()
+                .map(|(label, ips)| {
+                    let name = format!("{label}.{zone}");
+                    self.set(&name, ips);
+                    name
+                })
+                .collect()
+        };
+        HostileNames {
+            mixed: hold(&mixed),
+            embedded_only: hold(&embedded_only),
+        }
+    }
+
     /// Answers `name` with `ips` from now on: its IPv4 ones for A, its IPv6 ones for AAAA.
     pub fn set(&self, name: &str, ips: &[IpAddr]) {
         self.records
@@ -79,6 +127,18 @@ impl DnsServer {
                 ips.to_vec(),
             );
     }
+}
+
+/// Names a network gate must see through, as [`DnsServer::hold_hostile`] holds them.
+#[derive(Debug, Clone)]
+pub struct HostileNames {
+    /// `mixed.<zone>` (loopback, then the allowed address) and `mixed-mapped.<zone>` (the
+    /// mapped and NAT64 forms of loopback and of the node, loopback, the node, then the
+    /// allowed address): a guest must reach the allowed address and nothing else.
+    pub mixed: Vec<String>,
+    /// `{mapped,nat64}-{loopback,node}.<zone>`, each answering that one IPv6 form only: a
+    /// guest must be refused.
+    pub embedded_only: Vec<String>,
 }
 
 /// The IPv6 forms that embed `ip`: IPv4-mapped (`::ffff:a.b.c.d`) and NAT64's well-known

@@ -111,6 +111,17 @@ pub fn within<T: Send>(
     })
 }
 
+/// The network namespace of a pod sandbox, from `crictl inspectp`'s JSON (the sandbox's
+/// runtime spec): where a wa8s pod's guest makes its connections.
+pub fn of_sandbox(inspectp: &serde_json::Value) -> Option<PathBuf> {
+    inspectp["info"]["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .map(PathBuf::from)
+}
+
 /// Makes `/run/netns` the shared mount point `ip netns` turns it into on its first use, before
 /// anything (containerd's CRI) mounts pod namespaces there. `ip netns add` bind-mounts the
 /// directory onto itself when it is not a mount point yet; done while pod namespaces are

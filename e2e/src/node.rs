@@ -55,7 +55,7 @@ impl NodeOptions {
     /// The bridge's own address, the pods' gateway (`10.24<N>.0.1`): how pods reach
     /// servers on the node.
     pub fn gateway(&self) -> std::net::Ipv4Addr {
-        std::net::Ipv4Addr::new(10, 244 + self.network, 0, 1)
+        crate::paths::gateway(self.network)
     }
 
     /// The pod subnet (`10.24<N>.0.0/24`).

@@ -33,6 +33,12 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("wa8s")
 }
 
+/// The bridge's own address on network `n`, the pods' gateway (`10.<244+n>.0.1`): how pods
+/// reach servers on the node.
+pub fn gateway(n: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 244 + n, 0, 1)
+}
+
 /// The pod subnet of network `n` (`10.<244+n>.0.0/24`; the indexes in use are 0 to 3).
 pub(crate) fn pod_subnet(n: u8) -> String {
     format!("10.{}.0.0/24", 244 + u16::from(n))

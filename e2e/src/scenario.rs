@@ -316,15 +316,8 @@ impl Cluster {
             .next()
             .ok_or_else(|| anyhow::anyhow!("no ready pod in namespace {namespace}"))?;
         let info: serde_json::Value = serde_json::from_str(&run(&["inspectp", id])?)?;
-        let namespaces = &info["info"]["runtimeSpec"]["linux"]["namespaces"];
-        namespaces
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["type"] == "network")
-            .and_then(|n| n["path"].as_str())
-            .map(PathBuf::from)
-            .ok_or_else(|| anyhow::anyhow!("no network namespace for pod {id}: {namespaces}"))
+        crate::netns::of_sandbox(&info)
+            .ok_or_else(|| anyhow::anyhow!("no network namespace for pod {id}: {info}"))
     }
 
     /// Pushes `wasm` with the `wa8s` CLI as `<registry>/<repository>:<tag>`, i.e. as
@@ -460,7 +453,7 @@ impl Upstream {
     }
 
     /// [`Upstream::start`] for one of several upstreams on a node at once (tests running in
-    /// parallel): `label` (up to 6 characters) tells their namespaces and veths apart.
+    /// parallel): `label` (up to 6 letters) tells their namespaces and veths apart.
     pub fn start_labelled(
         node: &NodeOptions,
         label: &str,
@@ -468,10 +461,25 @@ impl Upstream {
         port: u16,
         body: &str,
     ) -> anyhow::Result<Self> {
-        anyhow::ensure!(label.len() <= 6, "upstream label {label:?} is too long");
-        let name = format!("{}{label}", Self::netns_name(node.network));
+        Self::on_network(node.network, label, ip, port, body)
+    }
+
+    /// [`Upstream::start_labelled`] on the bridge of CNI network `network` (a node's, or a
+    /// CRI test's containerd's), which exists once a pod has run on it.
+    pub fn on_network(
+        network: u8,
+        label: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        body: &str,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            label.len() <= 6 && label.chars().all(|c| c.is_ascii_alphabetic()),
+            "upstream label {label:?}: up to 6 letters"
+        );
+        let name = format!("{}{label}", Self::netns_name(network));
         let netns = Netns::new(&name)?;
-        let (outside, inside) = (format!("wa8s-up{}{label}", node.network), "eth0");
+        let (outside, inside) = (format!("wa8s-up{network}{label}"), "eth0");
         let ip_cmd = crate::netns::ip;
         let _ = Command::new("ip")
             .args(["link", "del", &outside])
@@ -485,7 +493,7 @@ impl Upstream {
             "set",
             &outside,
             "master",
-            &format!("wa8s{}", node.network),
+            &crate::paths::bridge(network),
             "up",
         ])?;
         ip_cmd(&[
@@ -505,7 +513,7 @@ impl Upstream {
             "add",
             "default",
             "via",
-            &node.gateway().to_string(),
+            &crate::paths::gateway(network).to_string(),
         ])?;
         let listener = listen_in(&netns.path(), SocketAddr::from((ip, port)))?;
         Ok(Upstream {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use wa8s_e2e::Kubectl;
-use wa8s_e2e::dns::ipv4_embedded;
 use wa8s_e2e::guests::{built, python_guest};
 use wa8s_e2e::scenario::{Cluster, HttpResponder, Load, Upstream, manifest, variant};
 
@@ -344,7 +343,7 @@ spec:
 #[test]
 fn inside_a_pod_a_granted_name_reaches_only_its_allowed_address_among_loopback_and_mapped_answers()
 -> Result<()> {
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener};
     let c = cluster()?;
     let k = c.kubectl();
     let ns = k.namespace("dns")?;
@@ -387,50 +386,23 @@ spec:
         "pod loopback",
     )?;
 
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let gateway = IpAddr::V4(node.gateway());
-    let [mapped_loopback, nat64_loopback] = ipv4_embedded(Ipv4Addr::LOCALHOST).map(IpAddr::V6);
-    let [mapped_node, nat64_node] = ipv4_embedded(node.gateway()).map(IpAddr::V6);
-    let dns = c.dns();
-    // Mixed: blocked addresses first in each family, the upstream last.
-    dns.set(
-        "mixed.dns.example.com",
-        &[loopback, IpAddr::V4(upstream_ip)],
-    );
-    dns.set(
-        "mixed-mapped.dns.example.com",
-        &[
-            mapped_loopback,
-            nat64_loopback,
-            mapped_node,
-            loopback,
-            gateway,
-            IpAddr::V4(upstream_ip),
-        ],
-    );
-    let refused = [
-        ("mapped-loopback", mapped_loopback),
-        ("nat64-loopback", nat64_loopback),
-        ("mapped-node", mapped_node),
-        ("nat64-node", nat64_node),
-    ];
-    for (name, ip) in refused {
-        dns.set(&format!("{name}.dns.example.com"), &[ip]);
-    }
+    let names = c
+        .dns()
+        .hold_hostile("dns.example.com", node.gateway(), upstream_ip);
 
     let forward = k.port_forward(n, "svc/dns-probe", 80)?;
     let fetch = |name: &str| -> Result<(u16, String)> {
-        let path = format!("/fetch/{name}.dns.example.com:{port}/");
+        let path = format!("/fetch/{name}:{port}/");
         http_get(forward.addr(), &path).with_context(|| format!("GET {path}"))
     };
-    for name in ["mixed", "mixed-mapped"] {
+    for name in &names.mixed {
         assert_eq!(
             fetch(name)?,
             (200, "upstream 200: upstream ok".into()),
             "{name}"
         );
     }
-    for (name, _) in refused {
+    for name in &names.embedded_only {
         let (status, body) = fetch(name)?;
         assert!(
             status == 502 && body.contains("DestinationIpProhibited"),

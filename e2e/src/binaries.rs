@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::repo_root;
+use crate::paths::repo_root;
 
 /// Errors while obtaining binaries.
 #[derive(Debug, thiserror::Error)]

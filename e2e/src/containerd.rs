@@ -12,6 +12,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::binaries;
+use crate::cleanup::{remove_all_pods, remove_cgroups, remove_network, unmount_under};
+use crate::error::{self, io_err};
+use crate::image;
+use crate::paths::{bridge, cni_network, pod_subnet, repo_root};
 use crate::process::{self, Lifetime};
 
 /// Errors starting containerd or running `ctr`.
@@ -126,7 +130,7 @@ impl Containerd {
             wa8s_runtime()
         );
         if let Some((network, registries)) = cri {
-            let node_err = |e: crate::control_plane::Error| Error::Io {
+            let node_err = |e: crate::error::Error| Error::Io {
                 what: "preparing the CRI's network and registries".into(),
                 source: std::io::Error::other(e.to_string()),
             };
@@ -134,9 +138,9 @@ impl Containerd {
             for sub in ["cni/net.d", "cni/ipam", "certs.d"] {
                 std::fs::create_dir_all(dir.join(sub)).map_err(io(format!("creating {sub}")))?;
             }
-            crate::node::write_cni_config(&dir, network).map_err(node_err)?;
-            crate::node::write_registry_hosts(&dir, registries, &[]).map_err(node_err)?;
-            config.push_str(&crate::node::cri_config(&dir));
+            write_cni_config(&dir, network).map_err(node_err)?;
+            write_registry_hosts(&dir, registries, &[]).map_err(node_err)?;
+            config.push_str(&cri_config(&dir));
         }
         std::fs::write(dir.join("config.toml"), config).map_err(io("writing config.toml"))?;
         std::fs::write(
@@ -181,11 +185,9 @@ impl Containerd {
             return Err(Error::NotReady(me.log()));
         }
         if me.cri.is_some() {
-            crate::node::import_pause_image(&me.dir, &me.ctr, &me.socket()).map_err(|e| {
-                Error::Io {
-                    what: "importing the pause image".into(),
-                    source: std::io::Error::other(e.to_string()),
-                }
+            import_pause_image(&me.dir, &me.ctr, &me.socket()).map_err(|e| Error::Io {
+                what: "importing the pause image".into(),
+                source: std::io::Error::other(e.to_string()),
             })?;
         }
         Ok(me)
@@ -377,17 +379,152 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         if self.cri.is_some() {
             // While containerd runs: CNI DEL for each pod (its netns, address, rules).
-            crate::node::remove_all_pods(&self.socket());
+            remove_all_pods(&self.socket());
         }
         self.cleanup_tasks();
         process::terminate(self.pid, Some(&self.exe), Duration::from_secs(10));
         // The namespace-level cgroup parents the tasks' (and CRI pods') cgroups were made
         // under, deepest first.
-        crate::node::remove_cgroups(&self.namespace);
+        remove_cgroups(&self.namespace);
         // Snapshot mounts of anything that was still running.
-        crate::node::unmount_under(&self.dir);
+        unmount_under(&self.dir);
         if let Some((_, network)) = &self.cri {
-            crate::node::remove_network(*network);
+            remove_network(*network);
         }
     }
+}
+
+/// The sandbox (pause) image every pod's sandbox uses; imported, never pulled.
+pub const PAUSE_IMAGE: &str = "wa8s.local/pause:1";
+
+/// containerd's CRI settings for a node whose files are in `dir`: CNI from Debian's
+/// plugins and `dir/cni/net.d`, the imported pause image (never pulled), registry hosts
+/// from `dir/certs.d`, streaming (logs, exec, port-forward) on loopback.
+pub(crate) fn cri_config(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["/usr/lib/cni"]
+  conf_dir = "{d}/cni/net.d"
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = "{d}/certs.d"
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+"#
+    )
+}
+
+/// The CNI configuration of network `n` (a bridge, host-local addresses) in `dir/cni/net.d`.
+pub(crate) fn write_cni_config(dir: &Path, n: u8) -> Result<(), error::Error> {
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": cni_network(n),
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge(n),
+            "isGateway": true,
+            "ipMasq": true,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": pod_subnet(n) }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+                "dataDir": dir.join("cni/ipam"),
+            },
+        }],
+    });
+    std::fs::write(
+        dir.join("cni/net.d/10-wa8s.conflist"),
+        serde_json::to_vec_pretty(&config).unwrap_or_default(),
+    )
+    .map_err(io_err("writing the CNI configuration"))
+}
+
+/// containerd's per-registry hosts.toml: plain HTTP for the local registries, and mirrors.
+pub(crate) fn write_registry_hosts(
+    dir: &Path,
+    insecure_registries: &[String],
+    mirrors: &[(String, String)],
+) -> Result<(), error::Error> {
+    let plain = |host: &str| insecure_registries.iter().any(|r| r == host);
+    let scheme = |host: &str| if plain(host) { "http" } else { "https" };
+    let mut files: Vec<(String, String)> = Vec::new();
+    for reg in insecure_registries {
+        files.push((
+            reg.clone(),
+            format!(
+                "server = \"http://{reg}\"\n[host.\"http://{reg}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n"
+            ),
+        ));
+    }
+    for (from, to) in mirrors {
+        files.push((
+            from.clone(),
+            format!(
+                "server = \"{}://{from}\"\n[host.\"{}://{to}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                scheme(from),
+                scheme(to)
+            ),
+        ));
+    }
+    for (host, text) in files {
+        let d = dir.join("certs.d").join(&host);
+        std::fs::create_dir_all(&d).map_err(io_err(format!("creating {}", d.display())))?;
+        std::fs::write(d.join("hosts.toml"), text)
+            .map_err(io_err(format!("writing {}/hosts.toml", d.display())))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn ctr_cmd(
+    ctr: &Path,
+    socket: &Path,
+    args: &[&str],
+) -> std::io::Result<std::process::Output> {
+    let mut cmd = Command::new(ctr);
+    cmd.arg("-a").arg(socket).args(["-n", "k8s.io"]).args(args);
+    process::run_with_timeout(cmd, Duration::from_secs(60))
+}
+
+/// Builds the pause program (static, from `e2e/pause/pause.c`) into an image and imports it
+/// into the CRI's namespace. Sandbox images are never pulled here: no outside registry.
+pub(crate) fn import_pause_image(
+    dir: &Path,
+    ctr: &Path,
+    socket: &Path,
+) -> Result<(), error::Error> {
+    let source = repo_root().join("e2e/pause/pause.c");
+    let binary = dir.join("pause");
+    let mut cc = Command::new("gcc");
+    cc.args(["-static", "-Os", "-s", "-o"])
+        .arg(&binary)
+        .arg(&source);
+    let out = process::run_with_timeout(cc, Duration::from_secs(60))
+        .map_err(io_err("running gcc for the pause image"))?;
+    if !out.status.success() {
+        return Err(error::Error::Io {
+            what: format!("building {} with gcc -static", source.display()),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        });
+    }
+    let bytes = std::fs::read(&binary).map_err(io_err("reading the pause binary"))?;
+    let tarball = image::linux(PAUSE_IMAGE, &[("pause", &bytes, 0o755)], &["/pause"])
+        .map_err(io_err("writing the pause image"))?;
+    let path = dir.join("pause.tar");
+    std::fs::write(&path, tarball).map_err(io_err("writing pause.tar"))?;
+    let out = ctr_cmd(
+        ctr,
+        socket,
+        &["image", "import", "--local", &path.to_string_lossy()],
+    )
+    .map_err(io_err("running ctr image import"))?;
+    if !out.status.success() {
+        return Err(error::Error::Io {
+            what: "importing the pause image".into(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        });
+    }
+    Ok(())
 }

@@ -7,54 +7,22 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::binaries;
+use crate::cleanup::{STOP_GRACE, stop_at_exit, sweep_stale};
 use crate::kubectl::Kubectl;
-use crate::pki::{self, Pki};
+use crate::paths::cache_dir;
+use crate::pki::Pki;
 use crate::process::{self, Lifetime, eventually};
-use crate::{binaries, cache_dir};
+
+pub use crate::cleanup::{is_up, stop_state_dir};
+pub use crate::error::Error;
+pub(crate) use crate::error::io_err;
 
 /// How long etcd and the API server get to become healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long each process gets to exit after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Cluster IP of the `kubernetes` Service (first address of the service range).
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
-
-/// Errors while starting or stopping the control plane.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Binaries could not be built or found.
-    #[error(transparent)]
-    Binaries(#[from] binaries::Error),
-    /// The PKI could not be created.
-    #[error(transparent)]
-    Pki(#[from] pki::Error),
-    /// A file or process operation failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A component exited or did not become healthy in time.
-    #[error("{component} {outcome}; last lines of {log}:\n{tail}")]
-    NotHealthy {
-        /// etcd, kube-apiserver or kube-controller-manager.
-        component: &'static str,
-        /// "exited during startup" or "was not healthy within …".
-        outcome: String,
-        /// Its log file.
-        log: String,
-        /// The end of its log.
-        tail: String,
-    },
-}
-
-pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Io { what, source }
-}
 
 /// A running etcd + kube-apiserver pair and the files that describe it.
 ///
@@ -377,72 +345,6 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Stops the processes recorded in `state_dir/pids` (only if they still run the recorded
-/// executable) and removes the directory. Safe to call on a directory that does not exist.
-pub fn stop_state_dir(state_dir: &Path) {
-    if let Ok(text) = std::fs::read_to_string(state_dir.join("pids")) {
-        let entries: Vec<(String, u32, PathBuf)> = text
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.splitn(3, ' ');
-                let (name, pid, exe) = (f.next()?, f.next()?.parse().ok()?, f.next()?);
-                Some((name.to_owned(), pid, PathBuf::from(exe)))
-            })
-            .collect();
-        for (name, pid, exe) in entries.into_iter().rev() {
-            if name == "containerd" && process::is_running(pid, Some(&exe)) {
-                // The kubelet is already stopped, so nothing restarts what this removes.
-                crate::node::remove_pods(state_dir);
-            }
-            process::terminate(pid, Some(&exe), STOP_GRACE);
-        }
-    }
-    crate::node::clean_up_after(state_dir);
-    let _ = std::fs::remove_dir_all(state_dir);
-}
-
-/// Whether the control plane recorded in `state_dir` has all its processes running.
-pub fn is_up(state_dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(state_dir.join("pids")) else {
-        return false;
-    };
-    let mut n = 0;
-    for l in text.lines() {
-        let mut f = l.splitn(3, ' ');
-        let (Some(_), Some(pid), Some(exe)) = (f.next(), f.next(), f.next()) else {
-            return false;
-        };
-        let Ok(pid) = pid.parse() else { return false };
-        if !process::is_running(pid, Some(Path::new(exe))) {
-            return false;
-        }
-        n += 1;
-    }
-    // etcd and kube-apiserver, plus kube-controller-manager when it was started.
-    n >= 2
-}
-
-/// Removes test control planes left by runs whose process no longer exists.
-pub(crate) fn sweep_stale(run: &Path) {
-    let Ok(entries) = std::fs::read_dir(run) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        // `test-<pid>`, `test-<pid>-kcm`, `test-<pid>-node`.
-        let Some(pid) = name
-            .strip_prefix("test-")
-            .and_then(|p| p.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !process::is_running(pid, None) {
-            stop_state_dir(&e.path());
-        }
-    }
-}
-
 pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
     // Hold every listener until all ports are chosen so the kernel cannot hand one out twice.
     let listeners: Vec<TcpListener> = (0..N)
@@ -479,29 +381,6 @@ fn apiserver_ready(kubectl: &Kubectl) -> bool {
         .ok(&["get", "--raw=/readyz"])
         .map(|body| body.trim() == "ok")
         .unwrap_or(false)
-}
-
-/// The shared control plane lives in a static that is never dropped; its processes would die
-/// with the test process anyway (PR_SET_PDEATHSIG), but stopping them by PID and removing the
-/// state directory at exit leaves nothing behind.
-pub(crate) fn stop_at_exit(dir: &Path) {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    extern "C" fn stop() {
-        if let Some(dir) = DIR.get() {
-            stop_state_dir(dir);
-        }
-    }
-    if DIR.set(dir.to_owned()).is_ok() {
-        register_at_exit(stop);
-    }
-}
-
-#[allow(unsafe_code)]
-fn register_at_exit(f: extern "C" fn()) {
-    // SAFETY: atexit only records the function pointer; `f` is a plain extern "C" fn.
-    unsafe {
-        libc::atexit(f);
-    }
 }
 
 /// The last `lines` lines of the file at `path` (empty if it cannot be read), for errors.

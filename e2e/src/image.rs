@@ -70,7 +70,7 @@ pub fn linux_platform() -> String {
 pub fn hello_server(name: &str) -> std::io::Result<Vec<u8>> {
     let work = tempfile::tempdir()?;
     let binary = work.path().join("hello-server");
-    let source = crate::repo_root().join("e2e/bench/hello-server.c");
+    let source = crate::paths::repo_root().join("e2e/bench/hello-server.c");
     let out = std::process::Command::new("gcc")
         .args(["-static", "-Os", "-s", "-o"])
         .arg(&binary)
@@ -204,7 +204,7 @@ fn shared_libraries(binary: &std::path::Path) -> std::io::Result<Vec<String>> {
 /// The wa8s image tarballs `e2e/scripts/images.sh` writes to `target/images/` (operator,
 /// node installer), or an error saying how to build them.
 pub fn wa8s_tarballs() -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let dir = crate::repo_root().join("target/images");
+    let dir = crate::paths::repo_root().join("target/images");
     let tarballs: Vec<std::path::PathBuf> = ["wa8s-operator.tar", "wa8s-node-installer.tar"]
         .iter()
         .map(|n| dir.join(n))

@@ -36,7 +36,7 @@ pub struct KindCluster {
 }
 
 fn script() -> PathBuf {
-    crate::repo_root().join("e2e/scripts/kind.sh")
+    crate::paths::repo_root().join("e2e/scripts/kind.sh")
 }
 
 /// Runs `cmd` with a deadline; its output (both streams) when it fails.
@@ -45,7 +45,7 @@ fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<String, Error>
     // no higher than the host's, which has no CAP_SYS_RESOURCE).
     cmd.env("KIND_EXPERIMENTAL_PROVIDER", "podman").env(
         "CONTAINERS_CONF",
-        crate::repo_root().join("e2e/kind/containers.conf"),
+        crate::paths::repo_root().join("e2e/kind/containers.conf"),
     );
     let out = crate::process::run_with_timeout(cmd, timeout).map_err(|source| Error::Run {
         what: what.to_owned(),
@@ -171,7 +171,7 @@ impl KindCluster {
 
     /// `kind get clusters`.
     pub fn clusters() -> Result<Vec<String>, Error> {
-        let kind = crate::cache_dir().join(format!("bin/kind-{}/kind", kind_version()));
+        let kind = crate::paths::cache_dir().join(format!("bin/kind-{}/kind", kind_version()));
         let out = run(
             {
                 let mut c = Command::new(kind);
@@ -200,7 +200,7 @@ impl KindCluster {
 
 /// The kind version `e2e/scripts/versions.sh` pins.
 pub fn kind_version() -> String {
-    let text = std::fs::read_to_string(crate::repo_root().join("e2e/scripts/versions.sh"))
+    let text = std::fs::read_to_string(crate::paths::repo_root().join("e2e/scripts/versions.sh"))
         .unwrap_or_default();
     text.lines()
         .find_map(|l| {

@@ -5,8 +5,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::paths::repo_root;
 use crate::process::{self, eventually};
-use crate::repo_root;
 
 /// Deadline for one kubectl invocation that sets no `--timeout=` of its own.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -12,13 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::control_plane::{ControlPlane, Error, io_err};
+use crate::containerd::{
+    cri_config, ctr_cmd, import_pause_image, write_cni_config, write_registry_hosts,
+};
+use crate::control_plane::ControlPlane;
+use crate::error::{Error, io_err};
+use crate::paths::{cgroup_root, node_dir, pod_subnet};
 use crate::pki::NODE_NAME;
-use crate::process;
-use crate::{binaries, image, registry};
+use crate::{binaries, registry};
 
-/// The sandbox (pause) image every pod's sandbox uses; imported, never pulled.
-pub const PAUSE_IMAGE: &str = "wa8s.local/pause:1";
+pub use crate::containerd::PAUSE_IMAGE;
+pub use crate::paths::{containerd_config_file, containerd_socket, installed_shim_dir};
 
 /// What the node is wired to.
 #[derive(Debug, Clone)]
@@ -51,52 +55,13 @@ impl NodeOptions {
     /// The bridge's own address, the pods' gateway (`10.24<N>.0.1`): how pods reach
     /// servers on the node.
     pub fn gateway(&self) -> std::net::Ipv4Addr {
-        std::net::Ipv4Addr::new(10, 244 + self.network, 0, 1)
+        crate::paths::gateway(self.network)
     }
 
     /// The pod subnet (`10.24<N>.0.0/24`).
     pub fn pod_subnet(&self) -> String {
         pod_subnet(self.network)
     }
-}
-
-/// The pod subnet of network `n` (`10.<244+n>.0.0/24`; the indexes in use are 0 to 3).
-pub(crate) fn pod_subnet(n: u8) -> String {
-    format!("10.{}.0.0/24", 244 + u16::from(n))
-}
-
-/// The machine-wide names a node on network `n` creates; teardown derives them the same way.
-pub(crate) fn bridge(n: u8) -> String {
-    format!("wa8s{n}")
-}
-
-fn cgroup_root(n: u8) -> String {
-    format!("wa8s-node-{n}")
-}
-
-pub(crate) fn cni_network(n: u8) -> String {
-    format!("wa8s-{n}")
-}
-
-/// The node's files: `<state>/node/…`. Short paths: unix sockets are limited to 108 bytes.
-fn node_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("node")
-}
-
-/// containerd's CRI socket of the node recorded under `state_dir`.
-pub fn containerd_socket(state_dir: &Path) -> PathBuf {
-    node_dir(state_dir).join("containerd.sock")
-}
-
-/// The containerd configuration file of the node in `state_dir`.
-pub fn containerd_config_file(state_dir: &Path) -> PathBuf {
-    node_dir(state_dir).join("containerd.toml")
-}
-
-/// The directory on the node's containerd PATH where the chart's installer puts the shim
-/// (empty on a node started without the wa8s runtime).
-pub fn installed_shim_dir(state_dir: &Path) -> PathBuf {
-    node_dir(state_dir).join("bin")
 }
 
 /// The chart values (`key=value`, for `helm --set`) that install wa8s on the local node in
@@ -570,87 +535,6 @@ fn containerd_config(dir: &Path, wa8s_runtime: bool) -> String {
     )
 }
 
-/// containerd's CRI settings for a node whose files are in `dir`: CNI from Debian's
-/// plugins and `dir/cni/net.d`, the imported pause image (never pulled), registry hosts
-/// from `dir/certs.d`, streaming (logs, exec, port-forward) on loopback.
-pub(crate) fn cri_config(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        r#"[plugins.'io.containerd.cri.v1.runtime'.cni]
-  bin_dirs = ["/usr/lib/cni"]
-  conf_dir = "{d}/cni/net.d"
-[plugins.'io.containerd.cri.v1.images'.pinned_images]
-  sandbox = "{PAUSE_IMAGE}"
-[plugins.'io.containerd.cri.v1.images'.registry]
-  config_path = "{d}/certs.d"
-[plugins.'io.containerd.grpc.v1.cri']
-  stream_server_address = "127.0.0.1"
-"#
-    )
-}
-
-/// The CNI configuration of network `n` (a bridge, host-local addresses) in `dir/cni/net.d`.
-pub(crate) fn write_cni_config(dir: &Path, n: u8) -> Result<(), Error> {
-    let config = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": cni_network(n),
-        "plugins": [{
-            "type": "bridge",
-            "bridge": bridge(n),
-            "isGateway": true,
-            "ipMasq": true,
-            "hairpinMode": true,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{ "subnet": pod_subnet(n) }]],
-                "routes": [{ "dst": "0.0.0.0/0" }],
-                "dataDir": dir.join("cni/ipam"),
-            },
-        }],
-    });
-    std::fs::write(
-        dir.join("cni/net.d/10-wa8s.conflist"),
-        serde_json::to_vec_pretty(&config).unwrap_or_default(),
-    )
-    .map_err(io_err("writing the CNI configuration"))
-}
-
-/// containerd's per-registry hosts.toml: plain HTTP for the local registries, and mirrors.
-pub(crate) fn write_registry_hosts(
-    dir: &Path,
-    insecure_registries: &[String],
-    mirrors: &[(String, String)],
-) -> Result<(), Error> {
-    let plain = |host: &str| insecure_registries.iter().any(|r| r == host);
-    let scheme = |host: &str| if plain(host) { "http" } else { "https" };
-    let mut files: Vec<(String, String)> = Vec::new();
-    for reg in insecure_registries {
-        files.push((
-            reg.clone(),
-            format!(
-                "server = \"http://{reg}\"\n[host.\"http://{reg}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n"
-            ),
-        ));
-    }
-    for (from, to) in mirrors {
-        files.push((
-            from.clone(),
-            format!(
-                "server = \"{}://{from}\"\n[host.\"{}://{to}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-                scheme(from),
-                scheme(to)
-            ),
-        ));
-    }
-    for (host, text) in files {
-        let d = dir.join("certs.d").join(&host);
-        std::fs::create_dir_all(&d).map_err(io_err(format!("creating {}", d.display())))?;
-        std::fs::write(d.join("hosts.toml"), text)
-            .map_err(io_err(format!("writing {}/hosts.toml", d.display())))?;
-    }
-    Ok(())
-}
-
 /// The shim's node configuration (`WA8S_SHIM_CONFIG`): the same mirrors as containerd's.
 fn write_shim_config(dir: &Path, options: &NodeOptions) -> Result<(), Error> {
     let mirrors: serde_json::Map<String, serde_json::Value> = options
@@ -737,130 +621,6 @@ fn kubeconfig(server: &str, ca: &Path, cert: &Path, key: &Path) -> String {
     )
 }
 
-fn ctr_cmd(ctr: &Path, socket: &Path, args: &[&str]) -> std::io::Result<std::process::Output> {
-    let mut cmd = Command::new(ctr);
-    cmd.arg("-a").arg(socket).args(["-n", "k8s.io"]).args(args);
-    process::run_with_timeout(cmd, Duration::from_secs(60))
-}
-
-/// Builds the pause program (static, from `e2e/pause/pause.c`) into an image and imports it
-/// into the CRI's namespace. Sandbox images are never pulled here: no outside registry.
-pub(crate) fn import_pause_image(dir: &Path, ctr: &Path, socket: &Path) -> Result<(), Error> {
-    let source = crate::repo_root().join("e2e/pause/pause.c");
-    let binary = dir.join("pause");
-    let mut cc = Command::new("gcc");
-    cc.args(["-static", "-Os", "-s", "-o"])
-        .arg(&binary)
-        .arg(&source);
-    let out = process::run_with_timeout(cc, Duration::from_secs(60))
-        .map_err(io_err("running gcc for the pause image"))?;
-    if !out.status.success() {
-        return Err(Error::Io {
-            what: format!("building {} with gcc -static", source.display()),
-            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
-        });
-    }
-    let bytes = std::fs::read(&binary).map_err(io_err("reading the pause binary"))?;
-    let tarball = image::linux(PAUSE_IMAGE, &[("pause", &bytes, 0o755)], &["/pause"])
-        .map_err(io_err("writing the pause image"))?;
-    let path = dir.join("pause.tar");
-    std::fs::write(&path, tarball).map_err(io_err("writing pause.tar"))?;
-    let out = ctr_cmd(
-        ctr,
-        socket,
-        &["image", "import", "--local", &path.to_string_lossy()],
-    )
-    .map_err(io_err("running ctr image import"))?;
-    if !out.status.success() {
-        return Err(Error::Io {
-            what: "importing the pause image".into(),
-            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
-        });
-    }
-    Ok(())
-}
-
-/// Removes every pod of the node recorded under `state_dir` through the CRI (so CNI DEL runs
-/// and each pod's netns and iptables rules go), while its containerd still runs.
-pub(crate) fn remove_pods(state_dir: &Path) {
-    remove_all_pods(&containerd_socket(state_dir));
-}
-
-/// Removes every pod of the CRI at `socket` (CNI DEL runs for each), bounded in time.
-pub(crate) fn remove_all_pods(socket: &Path) {
-    if !socket.exists() {
-        return;
-    }
-    let Ok(bins) = binaries::ensure(&["crictl"]) else {
-        return;
-    };
-    let endpoint = format!("unix://{}", socket.display());
-    let crictl = |args: &[&str]| {
-        let mut cmd = Command::new(&bins["crictl"]);
-        cmd.args(["--runtime-endpoint", &endpoint, "--timeout", "30s"])
-            .args(args);
-        process::run_with_timeout(cmd, Duration::from_secs(90)).ok()
-    };
-    let _ = crictl(&["rmp", "--all", "--force"]);
-}
-
-/// After the node's processes are gone: stops shims still serving its containerd address,
-/// unmounts what is left under the state directory, removes its cgroups and its bridge.
-pub(crate) fn clean_up_after(state_dir: &Path) {
-    let dir = node_dir(state_dir);
-    let Ok(network) = std::fs::read_to_string(state_dir.join("node-network")) else {
-        return;
-    };
-    let Ok(network) = network.trim().parse::<u8>() else {
-        return;
-    };
-    // Shims outlive containerd by design; ours carry its socket path on their command line.
-    let address = containerd_socket(state_dir).to_string_lossy().into_owned();
-    for pid in processes_mentioning(&address) {
-        process::terminate(pid, None, Duration::from_secs(5));
-    }
-    unmount_under(&dir);
-    remove_cgroups(&cgroup_root(network));
-    // kube-proxy's rules: the nftables tables it was started with (kube-proxy is stopped).
-    if let Ok(tables) = std::fs::read_to_string(dir.join("kube-proxy-tables")) {
-        for table in tables.lines().filter(|l| !l.trim().is_empty()) {
-            let mut args = vec!["delete", "table"];
-            args.extend(table.split_whitespace());
-            let _ = Command::new("nft")
-                .args(&args)
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-    // A scenario's upstream server namespace (its veth goes with it).
-    let _ = Command::new("ip")
-        .args([
-            "netns",
-            "del",
-            &crate::scenario::Upstream::netns_name(network),
-        ])
-        .stderr(std::process::Stdio::null())
-        .status();
-    remove_network(network);
-}
-
-/// Removes network `n`'s bridge and libcni's cached results for it (its pods are gone).
-pub(crate) fn remove_network(n: u8) {
-    let _ = Command::new("ip")
-        .args(["link", "del", &bridge(n)])
-        .stderr(std::process::Stdio::null())
-        .status();
-    // libcni's result cache is machine-wide; drop only this network's entries.
-    if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
-        let prefix = format!("{}-", cni_network(n));
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
 /// Processes whose executable's file name is `name`.
 fn processes_named(name: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -876,39 +636,6 @@ fn processes_named(name: &str) -> Vec<u32> {
         .collect()
 }
 
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()))
-        })
-        .collect()
-}
-
-/// Lazily unmounts everything mounted under `dir`, deepest first.
-pub(crate) fn unmount_under(dir: &Path) {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
-        return;
-    };
-    let prefix = dir.to_string_lossy().into_owned();
-    let mut targets: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter(|t| t.starts_with(&prefix))
-        .collect();
-    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-    for t in targets {
-        let _ = Command::new("umount").arg("-l").arg(t).status();
-    }
-}
-
 fn create_cgroups(root: &str) -> Result<(), Error> {
     let hierarchies =
         std::fs::read_dir("/sys/fs/cgroup").map_err(io_err("listing /sys/fs/cgroup"))?;
@@ -919,30 +646,6 @@ fn create_cgroups(root: &str) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// Removes `/<root>` in every cgroup hierarchy, deepest directories first.
-pub(crate) fn remove_cgroups(root: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for h in hierarchies.flatten() {
-        let top = h.path().join(root);
-        if top.is_dir() {
-            remove_tree(&top);
-        }
-    }
-}
-
-fn remove_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 impl ControlPlane {

@@ -11,17 +11,18 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::control_plane::{self, ControlPlane, free_ports};
+use crate::cleanup::{stop_at_exit, sweep_stale};
+use crate::control_plane::{ControlPlane, free_ports};
 use crate::dns::DnsServer;
 use crate::kubectl::Kubectl;
 use crate::netns::Netns;
 use crate::node::NodeOptions;
+use crate::paths::{cache_dir, repo_root};
 use crate::process::Lifetime;
-use crate::{cache_dir, repo_root};
 
 /// The node network the scenarios use (the quickstart's is 0).
 const NETWORK: u8 = 1;
@@ -57,10 +58,10 @@ impl Cluster {
     fn start(fresh: bool) -> anyhow::Result<Cluster> {
         let bin_dir = bin_dir()?;
         let run = cache_dir().join("run");
-        control_plane::sweep_stale(&run);
+        sweep_stale(&run);
         let dir = run.join(format!("test-{}-node", std::process::id()));
         let mut cp = ControlPlane::start(&dir, Lifetime::Attached)?;
-        control_plane::stop_at_exit(cp.state_dir());
+        stop_at_exit(cp.state_dir());
         cp.start_controller_manager()?;
         let [port] = free_ports::<1>()?;
         let registry = format!("127.0.0.1:{port}");
@@ -288,6 +289,38 @@ impl Cluster {
         self.cp.state_dir()
     }
 
+    /// The network namespace (a path under /var/run/netns) of the first ready pod in
+    /// Kubernetes namespace `namespace`, from the node's CRI: where a wa8s pod's guest makes
+    /// its connections, so `127.0.0.1` inside it is the loopback a guest would reach.
+    pub fn pod_netns(&self, namespace: &str) -> anyhow::Result<PathBuf> {
+        let crictl = crate::binaries::ensure(&["crictl"])?["crictl"].clone();
+        let endpoint = format!(
+            "unix://{}",
+            crate::paths::containerd_socket(self.state_dir()).display()
+        );
+        let run = |args: &[&str]| -> anyhow::Result<String> {
+            let mut cmd = Command::new(&crictl);
+            cmd.args(["--runtime-endpoint", &endpoint, "--timeout", "30s"])
+                .args(args);
+            let out = crate::process::run_with_timeout(cmd, Duration::from_secs(60))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "crictl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let pods = run(&["pods", "--namespace", namespace, "--state", "ready", "-q"])?;
+        let id = pods
+            .split_whitespace()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no ready pod in namespace {namespace}"))?;
+        let info: serde_json::Value = serde_json::from_str(&run(&["inspectp", id])?)?;
+        crate::netns::of_sandbox(&info)
+            .ok_or_else(|| anyhow::anyhow!("no network namespace for pod {id}: {info}"))
+    }
+
     /// Pushes `wasm` with the `wa8s` CLI as `<registry>/<repository>:<tag>`, i.e. as
     /// `ghcr.io/<repository>:<tag>` for the cluster. Returns the manifest digest.
     pub fn push(&self, wasm: &[u8], repository_tag: &str) -> anyhow::Result<String> {
@@ -323,6 +356,9 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 pub struct HttpResponder {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    /// The network namespace its listener is in, when not the test's own.
+    netns: Option<PathBuf>,
 }
 
 impl HttpResponder {
@@ -330,10 +366,28 @@ impl HttpResponder {
     pub fn spawn(listener: TcpListener, body: &str) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), accepted.clone());
         let body = body.to_owned();
-        std::thread::spawn(move || serve(&listener, &body, &flag));
-        Ok(HttpResponder { addr, stop })
+        std::thread::spawn(move || serve(&listener, &body, &flag, &count));
+        Ok(HttpResponder {
+            addr,
+            stop,
+            accepted,
+            netns: None,
+        })
+    }
+
+    /// Serves on `addr` inside the network namespace at `netns` (a pod's: its loopback).
+    pub fn spawn_in(netns: &Path, addr: SocketAddr, body: &str) -> anyhow::Result<Self> {
+        let mut me = Self::spawn(listen_in(netns, addr)?, body)?;
+        me.netns = Some(netns.to_owned());
+        Ok(me)
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Where it listens.
@@ -352,16 +406,21 @@ impl Drop for HttpResponder {
         } else {
             self.addr
         };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+        let wake = || TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+        let _ = match &self.netns {
+            Some(netns) => crate::netns::within(netns, wake),
+            None => wake(),
+        };
     }
 }
 
-fn serve(listener: &TcpListener, body: &str, stop: &AtomicBool) {
+fn serve(listener: &TcpListener, body: &str, stop: &AtomicBool, accepted: &AtomicUsize) {
     for conn in listener.incoming() {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         let Ok(mut s) = conn else { continue };
+        accepted.fetch_add(1, Ordering::SeqCst);
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf);
@@ -383,16 +442,45 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Name of the namespace on network `n`; teardown of a node removes a leftover one.
+    /// Name of the namespace on network `n`; teardown of a node removes a leftover one (and
+    /// those of upstreams started with a label).
     pub fn netns_name(network: u8) -> String {
-        format!("wa8s-upstream{network}")
+        crate::paths::upstream_netns(network)
     }
 
     /// Starts it on `node`'s bridge, which exists once a pod has run on the node.
     pub fn start(node: &NodeOptions, ip: Ipv4Addr, port: u16, body: &str) -> anyhow::Result<Self> {
-        let name = Self::netns_name(node.network);
+        Self::start_labelled(node, "", ip, port, body)
+    }
+
+    /// [`Upstream::start`] for one of several upstreams on a node at once (tests running in
+    /// parallel): `label` (up to 6 letters) tells their namespaces and veths apart.
+    pub fn start_labelled(
+        node: &NodeOptions,
+        label: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        body: &str,
+    ) -> anyhow::Result<Self> {
+        Self::on_network(node.network, label, ip, port, body)
+    }
+
+    /// [`Upstream::start_labelled`] on the bridge of CNI network `network` (a node's, or a
+    /// CRI test's containerd's), which exists once a pod has run on it.
+    pub fn on_network(
+        network: u8,
+        label: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        body: &str,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            label.len() <= 6 && label.chars().all(|c| c.is_ascii_alphabetic()),
+            "upstream label {label:?}: up to 6 letters"
+        );
+        let name = format!("{}{label}", Self::netns_name(network));
         let netns = Netns::new(&name)?;
-        let (outside, inside) = (format!("wa8s-up{}", node.network), "eth0");
+        let (outside, inside) = (format!("wa8s-up{network}{label}"), "eth0");
         let ip_cmd = crate::netns::ip;
         let _ = Command::new("ip")
             .args(["link", "del", &outside])
@@ -406,7 +494,7 @@ impl Upstream {
             "set",
             &outside,
             "master",
-            &format!("wa8s{}", node.network),
+            &crate::paths::bridge(network),
             "up",
         ])?;
         ip_cmd(&[
@@ -426,7 +514,7 @@ impl Upstream {
             "add",
             "default",
             "via",
-            &node.gateway().to_string(),
+            &crate::paths::gateway(network).to_string(),
         ])?;
         let listener = listen_in(&netns.path(), SocketAddr::from((ip, port)))?;
         Ok(Upstream {
@@ -442,23 +530,9 @@ impl Upstream {
     }
 }
 
-/// A listener on `addr` inside the network namespace at `netns`: bound from a thread that
-/// joined it (a socket stays in the namespace it was made in).
-#[allow(unsafe_code)]
+/// A listener on `addr` inside the network namespace at `netns`.
 fn listen_in(netns: &Path, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(netns)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on a descriptor we own; it changes only this thread's namespace.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-            Ok(TcpListener::bind(addr)?)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
-    })
+    Ok(crate::netns::within(netns, || TcpListener::bind(addr))?)
 }
 
 /// A `WebAssembly` object `name` running `ghcr.io/<repository>:<tag>` (through the mirror):

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use wa8s_e2e::Kubectl;
+use wa8s_e2e::guests::{built, python_guest};
 use wa8s_e2e::scenario::{Cluster, HttpResponder, Load, Upstream, manifest, variant};
 
 /// A GET to a test server or a port-forward (a guest may take a while on its first call).
@@ -151,27 +152,6 @@ fn the_users_manifest_runs_verbatim_from_the_mirrored_registry_and_answers_throu
     )?;
     assert_eq!(restarts.trim(), "0 0", "a replica restarted: {restarts}");
     Ok(())
-}
-
-/// Runs a build script (`bash SCRIPT ARGS... OUT.wasm`) and returns the component it wrote.
-fn built(script: &str, args: &[&str]) -> Result<Vec<u8>> {
-    let dir = tempfile::tempdir()?;
-    let out = dir.path().join("guest.wasm");
-    let mut cmd = std::process::Command::new("bash");
-    cmd.arg(wa8s_e2e::repo_root().join(script))
-        .args(args)
-        .arg(&out);
-    let run = wa8s_e2e::process::run_with_timeout(cmd, Duration::from_secs(600))?;
-    if !run.status.success() {
-        bail!("{script}: {}", String::from_utf8_lossy(&run.stderr));
-    }
-    Ok(std::fs::read(&out)?)
-}
-
-/// The Python test guest (componentize-py): `/env/NAME`, `/fetch/HOST:PORT/PATH`,
-/// `/write/N/PATH`, `/read/PATH`, `/log/TEXT`.
-fn python_guest() -> Result<Vec<u8>> {
-    built("shim/test-components/guests/build.sh", &["python"])
 }
 
 #[test]
@@ -357,6 +337,83 @@ spec:
         },
     )?;
     assert!(logs.contains("a-line-for-kubectl-logs"));
+    Ok(())
+}
+
+#[test]
+fn inside_a_pod_a_granted_name_reaches_only_its_allowed_address_among_loopback_and_mapped_answers()
+-> Result<()> {
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("dns")?;
+    let n = ns.name();
+    c.push(&python_guest()?, "myorg/dns-probe:v1")?;
+    let manifest = r#"
+apiVersion: wa8s.reconciler.io/v1
+kind: WebAssembly
+metadata:
+  name: dns-probe
+spec:
+  module:
+    registry: ghcr.io/myorg/dns-probe
+    tag: v1
+  resources:
+    memory: "128Mi"
+    cpu: "250m"
+  wasi:
+    network:
+      - outbound: true
+        allowedHosts:
+          - "*.dns.example.com"
+"#;
+    let applied = k.apply(n, manifest)?;
+    assert!(applied.success, "{}", applied.stderr);
+    c.wait_ready(n, "dns-probe", READY)?;
+
+    // Three servers on one port, so only the address a name resolves to decides which is
+    // reached: the upstream (a separate host on the pod network, the one allowed address),
+    // the node (on every address of it, the pod network's gateway among them) and the pod's
+    // own loopback, where the guest's connections would land for 127.0.0.1.
+    let node = c.node();
+    let on_node = HttpResponder::spawn(TcpListener::bind("0.0.0.0:0")?, "node")?;
+    let port = on_node.addr().port();
+    let upstream_ip = Ipv4Addr::new(10, 244 + node.network, 0, 251);
+    let _upstream = Upstream::start_labelled(node, "dns", upstream_ip, port, "upstream ok")?;
+    let pod_loopback = HttpResponder::spawn_in(
+        &c.pod_netns(n)?,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        "pod loopback",
+    )?;
+
+    let names = c
+        .dns()
+        .hold_hostile("dns.example.com", node.gateway(), upstream_ip);
+
+    let forward = k.port_forward(n, "svc/dns-probe", 80)?;
+    let fetch = |name: &str| -> Result<(u16, String)> {
+        let path = format!("/fetch/{name}:{port}/");
+        http_get(forward.addr(), &path).with_context(|| format!("GET {path}"))
+    };
+    for name in &names.mixed {
+        assert_eq!(
+            fetch(name)?,
+            (200, "upstream 200: upstream ok".into()),
+            "{name}"
+        );
+    }
+    for name in &names.embedded_only {
+        let (status, body) = fetch(name)?;
+        assert!(
+            status == 502 && body.contains("DestinationIpProhibited"),
+            "{name}: {status} {body}"
+        );
+    }
+    assert_eq!(
+        (pod_loopback.accepted(), on_node.accepted()),
+        (0, 0),
+        "the pod's loopback or the node was reached"
+    );
     Ok(())
 }
 

@@ -561,3 +561,90 @@ fn a_max_size_volume_ends_writes_past_its_bound_in_the_kernel_and_keeps_what_was
     c.crictl_ok(&["rmp", &pod_id])?;
     Ok(())
 }
+
+#[test]
+fn a_pods_guest_reaches_only_the_allowed_address_of_names_answering_loopback_the_node_and_mapped_forms()
+-> Result<()> {
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+    use wa8s_e2e::dns::DnsServer;
+    use wa8s_e2e::scenario::{HttpResponder, Upstream};
+    const NETWORK: u8 = 7;
+    const ZONE: &str = "dns.example.com";
+    let registry = private_registry()?;
+    // The Python guest: `/fetch/HOST:PORT/PATH` makes a wasi:http request.
+    let (image, _) = push(&registry, "dns", &wa8s_e2e::guests::python_guest()?)?;
+    let c = cri(NETWORK, &registry)?;
+    pull(&c, &image)?;
+    // The pod resolves through the test DNS server on the bridge's address (the node's), as
+    // the kubelet's clusterDNS makes pods do.
+    let gateway = wa8s_e2e::paths::gateway(NETWORK);
+    let dns = DnsServer::start(SocketAddr::from((gateway, 53)))?;
+    let mut policy = common::policy(&[]);
+    policy.allowed_hosts = vec![format!("*.{ZONE}")];
+    policy.limits.memory_bytes = Some(256 << 20);
+    let mut pod_config = json_of(&std::fs::read_to_string(pod(
+        &c,
+        "dns",
+        &policy.to_annotations(),
+    )?)?)?;
+    pod_config["dns_config"] = json!({ "servers": [gateway.to_string()], "options": ["ndots:1"] });
+    let pod_config = config_file(&c, "pod-dns-resolving", &pod_config)?;
+    let pod_id = run_pod(&c, &pod_config)?;
+    start_container(
+        &c,
+        &pod_id,
+        &pod_config,
+        &container(&c, "dns", &image, &[])?,
+    )?;
+    let sandbox = json_of(&c.crictl_ok(&["inspectp", "-o", "json", &pod_id])?)?;
+    let ip = sandbox["status"]["network"]["ip"]
+        .as_str()
+        .with_context(|| format!("no pod IP in {}", sandbox["status"]))?;
+    let addr = format!("{ip}:8080");
+    eventually(Duration::from_secs(120), Duration::from_millis(200), || {
+        wa8s_e2e::http::get(&addr, "/", Duration::from_secs(60))
+            .ok()
+            .filter(|(status, _)| *status == 200)
+    })
+    .with_context(|| format!("no answer on the pod IP {addr}:\n{}", c.log()))?;
+
+    // Three servers on one port, so only the address a name resolves to decides which is
+    // reached: the upstream (a separate host on the pod network, the one allowed address),
+    // the node (every address of it, the pod network's gateway among them) and the pod's own
+    // loopback, where the guest's connections to 127.0.0.1 would land.
+    let on_node = HttpResponder::spawn(TcpListener::bind("0.0.0.0:0")?, "node")?;
+    let port = on_node.addr().port();
+    let upstream_ip = Ipv4Addr::new(10, 244 + NETWORK, 0, 250);
+    let _upstream = Upstream::on_network(NETWORK, "cri", upstream_ip, port, "upstream ok")?;
+    let pod_netns = wa8s_e2e::netns::of_sandbox(&sandbox).context("the pod's netns")?;
+    let pod_loopback = HttpResponder::spawn_in(
+        &pod_netns,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        "pod loopback",
+    )?;
+    let names = dns.hold_hostile(ZONE, gateway, upstream_ip);
+    let fetch = |name: &str| {
+        let path = format!("/fetch/{name}:{port}/");
+        wa8s_e2e::http::get(&addr, &path, Duration::from_secs(60))
+            .with_context(|| format!("GET {path}"))
+    };
+    for name in &names.mixed {
+        let (status, body) = fetch(name)?;
+        ensure!(
+            (status, body.as_str()) == (200, "upstream 200: upstream ok"),
+            "{name}: {status} {body}"
+        );
+    }
+    for name in &names.embedded_only {
+        let (status, body) = fetch(name)?;
+        ensure!(
+            status == 502 && body.contains("DestinationIpProhibited"),
+            "{name}: {status} {body}"
+        );
+    }
+    ensure!(
+        (pod_loopback.accepted(), on_node.accepted()) == (0, 0),
+        "the pod's loopback or the node was reached"
+    );
+    Ok(())
+}

@@ -7,6 +7,11 @@ use wa8s_api::contract::{CONTRACT_VERSION, Limits, Policy};
 /// The pod-contract annotations of a policy granting env names `env` (and nothing else), 32Mi,
 /// HTTP on 8080.
 pub fn policy_annotations(env: &[&str]) -> BTreeMap<String, String> {
+    policy(env).to_annotations()
+}
+
+/// The policy of [`policy_annotations`], for a test to grant more.
+pub fn policy(env: &[&str]) -> Policy {
     Policy {
         version: CONTRACT_VERSION,
         fs: Vec::new(),
@@ -19,5 +24,4 @@ pub fn policy_annotations(env: &[&str]) -> BTreeMap<String, String> {
         },
         port: 8080,
     }
-    .to_annotations()
 }

@@ -11,6 +11,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::Error;
 use crate::error::chain;
 
+/// The Wasmtime version this host embeds (part of every precompile cache key).
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
 /// How often the epoch advances; deadlines are rounded up to this.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -126,7 +129,7 @@ impl HostEngine {
     /// another: Wasmtime version, target, CPU features, and every compilation setting.
     pub fn compatibility_key(&self) -> String {
         let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-        crate::WASMTIME_VERSION.hash(&mut h);
+        WASMTIME_VERSION.hash(&mut h);
         self.engine.precompile_compatibility_hash().hash(&mut h);
         format!("{:016x}", h.finish())
     }

@@ -18,7 +18,7 @@ mod run;
 mod serve;
 mod state;
 
-pub use engine::{EngineConfig, HostEngine};
+pub use engine::{EngineConfig, HostEngine, WASMTIME_VERSION};
 pub use error::Error;
 pub use grants::{Capture, DirGrant, Grants, Limits, Stdio};
 pub use memory::MemoryBudget;
@@ -29,6 +29,3 @@ pub use program::{Kind, Program};
 pub use quota::directory_walks;
 pub use run::ExitStatus;
 pub use serve::{ServeOptions, ServeStats, Server};
-
-/// The Wasmtime version this host embeds (part of every precompile cache key).
-pub const WASMTIME_VERSION: &str = "48.0.8";

@@ -9,8 +9,6 @@ use std::sync::{Arc, OnceLock};
 
 use wasmtime::ResourceLimiter;
 
-use crate::Limits;
-
 /// Bytes one table element is counted as (a function reference is a pointer in Wasmtime).
 const TABLE_ELEMENT_BYTES: u64 = 8;
 
@@ -115,10 +113,12 @@ impl MemoryRefusal {
 }
 
 impl Limiter {
-    pub(crate) fn new(limits: &Limits) -> Self {
+    /// A store's limiter: `instance_limit` bounds its memories and tables together,
+    /// `budget` is shared with the process's other stores.
+    pub(crate) fn new(instance_limit: Option<u64>, budget: Option<MemoryBudget>) -> Self {
         Limiter {
-            instance_limit: limits.memory_bytes,
-            budget: limits.budget.clone(),
+            instance_limit,
+            budget,
             held: 0,
             instances: 64,
             refused: MemoryRefusal::default(),
@@ -209,11 +209,7 @@ mod tests {
     use super::*;
 
     fn limiter(instance: Option<u64>, budget: &MemoryBudget) -> Limiter {
-        Limiter::new(&Limits {
-            memory_bytes: instance,
-            budget: Some(budget.clone()),
-            ..Limits::default()
-        })
+        Limiter::new(instance, Some(budget.clone()))
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl GuestState {
             http: WasiHttpCtx::new(),
             hooks: OutboundHttp::new(grants.network.clone(), grants.trust.clone()),
             table: ResourceTable::new(),
-            limits: Limiter::new(&grants.limits),
+            limits: Limiter::new(grants.limits.memory_bytes, grants.limits.budget.clone()),
             quotas,
             net,
         })
@@ -72,7 +72,7 @@ impl P1State {
     pub(crate) fn new(grants: &Grants) -> Result<Self, Error> {
         Ok(P1State {
             wasi: builder(grants, &Learned::default())?.build_p1(),
-            limits: Limiter::new(&grants.limits),
+            limits: Limiter::new(grants.limits.memory_bytes, grants.limits.budget.clone()),
         })
     }
 }

@@ -20,9 +20,17 @@ use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Host as _, IpAddress};
 use wasmtime_wasi::sockets::WasiSocketsView;
 
-use super::{GuestNet, NetworkPolicy};
+use super::NetworkPolicy;
 
 /// Per-instance record of allowed lookups.
+/// One instance's network state, reached by the linker extensions through a projection
+/// closure (as `wasmtime serve` does) rather than through the store's other fields.
+#[derive(Default)]
+pub(crate) struct GuestNet {
+    pub(crate) policy: NetworkPolicy,
+    pub(crate) lookups: Lookups,
+}
+
 #[derive(Default)]
 pub(crate) struct Lookups {
     /// Name looked up, by resolve-address-stream handle.

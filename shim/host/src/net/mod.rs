@@ -19,13 +19,5 @@ pub use policy::NetworkPolicy;
 pub use tls::TrustRoots;
 
 pub(crate) use http::OutboundHttp;
-pub(crate) use lookup::{Learned, Lookups, add_to_linker};
+pub(crate) use lookup::{GuestNet, Learned, add_to_linker};
 pub(crate) use socket::open_sockets;
-
-/// One instance's network state, reached by the linker extensions through a projection
-/// closure (as `wasmtime serve` does) rather than through the store's other fields.
-#[derive(Default)]
-pub(crate) struct GuestNet {
-    pub(crate) policy: NetworkPolicy,
-    pub(crate) lookups: Lookups,
-}

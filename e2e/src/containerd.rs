@@ -143,9 +143,16 @@ impl Containerd {
             config.push_str(&cri_config(&dir));
         }
         std::fs::write(dir.join("config.toml"), config).map_err(io("writing config.toml"))?;
+        // The test registries are on loopback: the shim's own pull may reach them (its
+        // address policy refuses loopback registries it is not told about).
+        let private = cri.map(|(_, registries)| registries).unwrap_or_default();
+        let shim_config = serde_json::json!({
+            "cacheDir": dir.join("wa8s-cache"),
+            "privateRegistries": private,
+        });
         std::fs::write(
             dir.join("shim.json"),
-            format!(r#"{{"cacheDir": "{d}/wa8s-cache"}}"#),
+            serde_json::to_vec_pretty(&shim_config).unwrap_or_default(),
         )
         .map_err(io("writing shim.json"))?;
         let exe = bins["containerd"].clone();

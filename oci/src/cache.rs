@@ -114,7 +114,9 @@ impl BlobCache {
     pub fn verified(&self, digest: &str) -> Result<Option<VerifiedBlob>, Error> {
         let hex = Self::hex(digest)?;
         let path = self.blob_path(hex);
-        let meta = match std::fs::metadata(&path) {
+        // Not followed: the cache writes only regular files, so a link was put there by
+        // something else.
+        let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
@@ -368,6 +370,29 @@ mod tests {
         assert_eq!(cache.insert(bytes).await?, blob);
         assert_eq!(cache.verified(&digest)?, Some(blob));
         assert_eq!(cache.size(), 100);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_handle_names_a_stored_entry_and_never_a_link() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(Error::io("tmp"))?;
+        let cache = BlobCache::new(dir.path(), 1 << 20)?;
+        let (digest, bytes) = blob(4, 300);
+        assert_eq!(cache.verified(&digest)?, None);
+        cache
+            .get_or_fetch(&digest, || async { Ok(bytes.clone()) })
+            .await?;
+        let handle = cache.verified(&digest)?.expect("stored");
+        assert_eq!((handle.digest(), handle.size()), (digest.as_str(), 300));
+        assert_eq!(handle.read()?, bytes);
+        // A link under another digest (pointing at the stored blob) is not the cache's.
+        let (other, _) = blob(5, 300);
+        std::os::unix::fs::symlink(
+            handle.path(),
+            dir.path().join("blobs/sha256").join(&other[7..]),
+        )
+        .map_err(Error::io("link"))?;
+        assert_eq!(cache.verified(&other)?, None);
         Ok(())
     }
 

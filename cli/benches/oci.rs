@@ -117,13 +117,14 @@ fn main() -> Result<()> {
         .block_on(blobs.get_or_fetch(&digest, || async { Ok(guests::HTTP_COMPONENT.to_vec()) }))?;
     let engine = HostEngine::new(&EngineConfig::default())?;
     let precompiled = PrecompileCache::new(dir.path().join("precompiled"))?;
-    let (_, first) = precompiled.load(&engine, &digest, guests::HTTP_COMPONENT)?;
+    let component = blobs.verified(&digest)?.context("cache miss")?;
+    let (_, first) = precompiled.load(&engine, &component)?;
     ensure!(first == Source::Compiled, "the first load should compile");
     let mut hits = Vec::new();
     for _ in 0..(rounds * 10) {
         let start = Instant::now();
-        let bytes = blobs.get(&digest)?.context("cache miss")?;
-        let (program, source) = precompiled.load(&engine, &digest, &bytes)?;
+        let component = blobs.verified(&digest)?.context("cache miss")?;
+        let (program, source) = precompiled.load(&engine, &component)?;
         hits.push(start.elapsed());
         ensure!(source == Source::Cache, "expected a cache hit");
         drop(program);

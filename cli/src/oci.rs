@@ -125,7 +125,7 @@ pub async fn load_reference(
     cache_dir: &Path,
 ) -> Result<Program> {
     let blobs = BlobCache::new(cache_dir.join("components"), RUN_CACHE_BYTES)?;
-    let pulled = args.registry()?.pull(reference, Some(&blobs)).await?;
+    let (pulled, component) = args.registry()?.pull_cached(reference, &blobs).await?;
     let precompiled = PrecompileCache::new(cache_dir.join("precompiled"))?;
     for foreign in precompiled.foreign_files() {
         tracing::warn!(
@@ -133,7 +133,7 @@ pub async fn load_reference(
             foreign.display()
         );
     }
-    let (program, source) = precompiled.load(engine, &pulled.info.digest, &pulled.bytes)?;
+    let (program, source) = precompiled.load(engine, &component)?;
     tracing::info!(
         digest = %pulled.resolved.digest,
         ?source,

@@ -66,7 +66,7 @@ pub struct WasmInfo {
 
 /// Reads a binary's kind, imports and exports without compiling it.
 pub fn inspect(bytes: &[u8]) -> Result<WasmInfo, Error> {
-    inspect_with_digest(bytes, crate::sha256_digest(bytes))
+    inspect_with_digest(bytes, crate::hash_blob(bytes))
 }
 
 /// [`inspect`] for bytes whose digest is already known (verified on download), which saves

@@ -1,8 +1,11 @@
 //! The node-wide content-addressed blob cache.
 //!
-//! `blobs/sha256/<hex>` holds verified content. Writes go to `tmp/` and are renamed into place,
-//! so a reader never sees a partial blob; every read re-hashes the file and drops it if it no
-//! longer matches; one fetch per digest at a time (an exclusive `flock` on `locks/<hex>`, which
+//! `blobs/sha256/<hex>` holds verified content. Writes go to `tmp/`, are checked against the
+//! digest and only then renamed into place, so an entry exists only after a verified write of
+//! its content and a reader never sees a partial blob. A lookup ([`BlobCache::verified`], a
+//! hit of [`BlobCache::get_or_fetch`]) therefore trusts the entry instead of hashing it
+//! again: a component is hashed once per node, when it arrives. [`BlobCache::get`] still
+//! re-hashes (a full check that drops a corrupt entry); one fetch per digest at a time (an exclusive `flock` on `locks/<hex>`, which
 //! also holds across processes); and the total size is kept under a bound by evicting the
 //! least recently used blobs (a read refreshes a blob's modification time).
 
@@ -10,6 +13,38 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::Error;
+
+/// A blob in a [`BlobCache`] whose content hashes to [`VerifiedBlob::digest`]. Only the cache
+/// makes one, for an entry it stored after checking the bytes against the digest (or that it
+/// hashed itself), so holding one is proof enough: nothing needs to hash the content again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedBlob {
+    path: PathBuf,
+    digest: String,
+    size: u64,
+}
+
+impl VerifiedBlob {
+    /// Where the content is (inside the cache; read it, never write it).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `sha256:<hex>` of the content.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The content's length in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The content, read without hashing it: it was verified when the cache stored it.
+    pub fn read(&self) -> Result<Vec<u8>, Error> {
+        std::fs::read(&self.path).map_err(Error::io(format!("reading {}", self.path.display())))
+    }
+}
 
 /// A content-addressed cache directory.
 #[derive(Debug, Clone)]
@@ -59,7 +94,7 @@ impl BlobCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
         };
-        let actual = crate::sha256_digest(&bytes);
+        let actual = crate::hash_blob(&bytes);
         if actual != digest {
             tracing::warn!(
                 path = %path.display(),
@@ -70,11 +105,46 @@ impl BlobCache {
             let _ = std::fs::remove_file(&path);
             return Ok(None);
         }
-        // Modification time is the recency eviction goes by.
-        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
-            let _ = f.set_modified(SystemTime::now());
-        }
+        touch(&path);
         Ok(Some(bytes))
+    }
+
+    /// The cached blob for `digest`, if any, without reading or hashing it: the cache stored
+    /// it only after verifying it (see the module documentation).
+    pub fn verified(&self, digest: &str) -> Result<Option<VerifiedBlob>, Error> {
+        let hex = Self::hex(digest)?;
+        let path = self.blob_path(hex);
+        // Not followed: the cache writes only regular files, so a link was put there by
+        // something else.
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
+        };
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        touch(&path);
+        Ok(Some(VerifiedBlob {
+            path,
+            digest: digest.to_owned(),
+            size: meta.len(),
+        }))
+    }
+
+    /// The content for `digest`, if cached, read without hashing it (see [`Self::verified`]).
+    pub fn cached(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self.verified(digest)? {
+            Some(blob) => match blob.read() {
+                Ok(bytes) => Ok(Some(bytes)),
+                // Evicted between the lookup and the read: fetched again.
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
+            None => Ok(None),
+        }
     }
 
     /// The content for `digest`, fetched with `fetch` unless cached. Concurrent callers for
@@ -102,13 +172,23 @@ impl BlobCache {
         self.fill(digest, fetch, false).await
     }
 
-    /// Stores `bytes` under their own digest, computed here (the one pass over them), and
-    /// returns it: for content no descriptor named (a file in a root filesystem, a binary
-    /// out of a tar layer).
-    pub async fn insert(&self, bytes: Vec<u8>) -> Result<String, Error> {
-        let digest = crate::sha256_digest(&bytes);
-        self.fill(&digest, || async { Ok(bytes) }, false).await?;
-        Ok(digest)
+    /// Stores `bytes` under their own digest, computed here (the one pass over them): for
+    /// content no descriptor named (a file in a root filesystem, a binary out of a tar layer).
+    pub async fn insert(&self, bytes: Vec<u8>) -> Result<VerifiedBlob, Error> {
+        let digest = crate::hash_blob(&bytes);
+        self.hold(&digest, bytes).await
+    }
+
+    /// Stores `bytes`, which this crate already hashed to `digest`, and returns the handle.
+    pub(crate) async fn hold(&self, digest: &str, bytes: Vec<u8>) -> Result<VerifiedBlob, Error> {
+        let size = bytes.len() as u64;
+        self.fill(digest, || async { Ok(bytes) }, false).await?;
+        let path = self.blob_path(Self::hex(digest)?);
+        Ok(VerifiedBlob {
+            path,
+            digest: digest.to_owned(),
+            size,
+        })
     }
 
     /// [`Self::get_or_fetch`]; `verify: false` when the bytes `fetch` returns are known to
@@ -119,7 +199,7 @@ impl BlobCache {
         Fut: Future<Output = Result<Vec<u8>, Error>>,
     {
         let hex = Self::hex(digest)?.to_owned();
-        if let Some(bytes) = self.get(digest)? {
+        if let Some(bytes) = self.cached(digest)? {
             return Ok(bytes);
         }
         let lock_path = self.root.join("locks").join(&hex);
@@ -136,13 +216,13 @@ impl BlobCache {
         .map_err(|e| Error::io("cache lock")(std::io::Error::other(e)))?
         .map_err(Error::io(format!("locking cache entry {hex}")))?;
         // Someone else may have fetched it while we waited.
-        if let Some(bytes) = self.get(digest)? {
+        if let Some(bytes) = self.cached(digest)? {
             drop(lock);
             return Ok(bytes);
         }
         let bytes = fetch().await?;
         if verify {
-            let actual = crate::sha256_digest(&bytes);
+            let actual = crate::hash_blob(&bytes);
             if actual != digest {
                 return Err(Error::Digest {
                     what: "fetched blob".into(),
@@ -212,6 +292,13 @@ impl BlobCache {
     }
 }
 
+/// Marks `path` as just used: modification time is the recency eviction goes by.
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
 fn tempfile_in(dir: &Path) -> Result<PathBuf, Error> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -275,11 +362,37 @@ mod tests {
         let dir = tempfile::tempdir().map_err(Error::io("tmp"))?;
         let cache = BlobCache::new(dir.path(), 1 << 20)?;
         let (digest, bytes) = blob(7, 100);
-        assert_eq!(cache.insert(bytes.clone()).await?, digest);
+        let blob = cache.insert(bytes.clone()).await?;
+        assert_eq!((blob.digest(), blob.size()), (digest.as_str(), 100));
         assert_eq!(cache.get(&digest)?, Some(bytes.clone()));
+        assert_eq!(blob.read()?, bytes);
         // Again: the same digest, one entry.
-        assert_eq!(cache.insert(bytes).await?, digest);
+        assert_eq!(cache.insert(bytes).await?, blob);
+        assert_eq!(cache.verified(&digest)?, Some(blob));
         assert_eq!(cache.size(), 100);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_handle_names_a_stored_entry_and_never_a_link() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(Error::io("tmp"))?;
+        let cache = BlobCache::new(dir.path(), 1 << 20)?;
+        let (digest, bytes) = blob(4, 300);
+        assert_eq!(cache.verified(&digest)?, None);
+        cache
+            .get_or_fetch(&digest, || async { Ok(bytes.clone()) })
+            .await?;
+        let handle = cache.verified(&digest)?.expect("stored");
+        assert_eq!((handle.digest(), handle.size()), (digest.as_str(), 300));
+        assert_eq!(handle.read()?, bytes);
+        // A link under another digest (pointing at the stored blob) is not the cache's.
+        let (other, _) = blob(5, 300);
+        std::os::unix::fs::symlink(
+            handle.path(),
+            dir.path().join("blobs/sha256").join(&other[7..]),
+        )
+        .map_err(Error::io("link"))?;
+        assert_eq!(cache.verified(&other)?, None);
         Ok(())
     }
 

@@ -23,7 +23,7 @@ mod registry;
 mod tls;
 
 pub use auth::{Credentials, DockerConfigSource};
-pub use cache::BlobCache;
+pub use cache::{BlobCache, VerifiedBlob};
 pub use config::RegistryConfig;
 pub use error::Error;
 pub use gate::AddressPolicy;
@@ -37,4 +37,26 @@ pub use tls::check_registry_ca;
 pub fn sha256_digest(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// Hashes of blobs (components, layers) this process has made, to check that a component is
+/// hashed once per node: when it arrives, never on a later start.
+static BLOB_HASHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many blobs this process has hashed (downloads verified, cache writes and full checks,
+/// binaries inspected): for tests.
+#[doc(hidden)]
+pub fn hashes() -> u64 {
+    BLOB_HASHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts a blob hashed elsewhere (by the download stream).
+pub(crate) fn count_hash() {
+    BLOB_HASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// [`sha256_digest`] of a blob, counted in [`hashes`].
+pub(crate) fn hash_blob(bytes: &[u8]) -> String {
+    count_hash();
+    sha256_digest(bytes)
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::artifact::{self, WasmConfig, WasmInfo};
 use crate::gate::{self, Gate};
 use crate::image::{self, Descriptor, Document};
-use crate::{BlobCache, Credentials, Error, RegistryConfig};
+use crate::{BlobCache, Credentials, Error, RegistryConfig, VerifiedBlob};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
@@ -509,6 +509,28 @@ impl Registry {
         Ok(written.with_bytes(assembled.bytes))
     }
 
+    /// [`Registry::pull`] through `cache`, and the handle on the component there (whose
+    /// digest the pull verified): for a process that runs it (see `wa8s_host`'s precompile
+    /// cache), which then never hashes it again.
+    pub async fn pull_cached(
+        &self,
+        reference: &str,
+        cache: &BlobCache,
+    ) -> Result<(Pulled, VerifiedBlob), Error> {
+        let pulled = self.pull(reference, Some(cache)).await?;
+        // A wasm layer is the component and is cached already; a binary out of a tar layer
+        // is stored under the digest inspecting it computed.
+        let blob = match cache.verified(&pulled.info.digest)? {
+            Some(blob) => blob,
+            None => {
+                cache
+                    .hold(&pulled.info.digest, pulled.bytes.clone())
+                    .await?
+            }
+        };
+        Ok((pulled, blob))
+    }
+
     /// Pulls the component `reference` names into `out`, verified like [`Registry::pull`]
     /// but not cached. A component carried in a wasm layer streams into `out` as it
     /// downloads (it is never held in memory whole); one in an image's tar layers is found
@@ -684,6 +706,8 @@ impl Blobs<'_> {
             }
             sink(&chunk)?;
         }
+        // oci-client hashed it as it arrived.
+        crate::count_hash();
         d.verify_len(&what, received)
     }
 }

@@ -373,6 +373,19 @@ async fn layered_images_and_the_older_artifact_format_yield_the_component() -> R
         .await?;
     assert_eq!(pulled.bytes, guests::HTTP_COMPONENT);
     assert_eq!(pulled.carrier, "tar");
+    // Through a cache: the binary out of the tar layer is stored under its own digest, and
+    // the handle names it.
+    let dir = tempfile::tempdir()?;
+    let cache = BlobCache::new(dir.path(), 1 << 30)?;
+    let (_, blob) = wa8s
+        .pull_cached(&format!("{}/myorg/layered:v1", reg.addr()), &cache)
+        .await?;
+    assert_eq!(
+        blob.digest(),
+        wa8s_oci::sha256_digest(guests::HTTP_COMPONENT)
+    );
+    assert_eq!(blob.read()?, guests::HTTP_COMPONENT);
+    assert_eq!(cache.verified(blob.digest())?, Some(blob));
 
     // The older vnd.wasm.config.v1 / content.layer.v1 artifact.
     push_raw(

@@ -2,7 +2,8 @@
 //! filesystem (layered images); the image containerd already pulled (its content store, so
 //! the pod's imagePullSecrets were used and nothing is downloaded twice); else the image
 //! reference pulled through the node-wide cache. Either way it ends up in the verified blob
-//! cache under its digest, which is all the guest process is told.
+//! cache under its digest, which is all the guest process is told: the guest and the
+//! precompile process find it there and trust it (the cache verified it as it stored it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use wa8s_oci::{
     BlobCache, Credentials, DockerConfigSource, Registry, RegistryConfig, RegistryOptions,
+    VerifiedBlob,
 };
 
 use crate::content::ContentStore;
@@ -181,7 +183,7 @@ fn in_rootfs(rootfs: &Path, spec: &ContainerSpec) -> Result<Option<PathBuf>, Err
     Ok(Some(resolved))
 }
 
-/// Obtains the component for `spec` (container `id`) and returns its digest in `blobs`.
+/// Obtains the component for `spec` (container `id`) into `blobs`.
 pub async fn obtain(
     id: &str,
     spec: &ContainerSpec,
@@ -189,7 +191,7 @@ pub async fn obtain(
     node: &NodeConfig,
     blobs: &BlobCache,
     containerd: Option<&ContentStore>,
-) -> Result<String, Error> {
+) -> Result<VerifiedBlob, Error> {
     if let Some(path) = in_rootfs(rootfs, spec)? {
         let bytes = std::fs::read(&path).map_err(|source| Error::Read {
             path: path.clone(),
@@ -205,10 +207,10 @@ pub async fn obtain(
             Ok(Some(found)) => {
                 log::info!(
                     "container {id}: component {} of {} read from containerd's content store",
-                    found.digest,
+                    found.component.digest(),
                     found.image
                 );
-                return Ok(found.digest);
+                return Ok(found.component);
             }
             Ok(None) => log::info!(
                 "container {id}: containerd holds no complete wasm artifact for its image; pulling it"
@@ -235,11 +237,6 @@ pub async fn obtain(
         },
         config: node.registry()?,
     });
-    let pulled = registry.pull(image, Some(blobs)).await?;
-    // A layered image caches its tar layer; the guest asks for the component itself.
-    let digest = pulled.info.digest.clone();
-    blobs
-        .get_or_fetch(&digest, || async { Ok(pulled.bytes) })
-        .await?;
-    Ok(digest)
+    let (_, component) = registry.pull_cached(image, blobs).await?;
+    Ok(component)
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
-use wa8s_oci::BlobCache;
 use wa8s_oci::image::{self, Descriptor, Document};
+use wa8s_oci::{BlobCache, VerifiedBlob};
 
 /// How long one call to containerd may take before the shim pulls from the registry instead.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,8 +77,8 @@ impl std::error::Error for Status {
 pub struct Found {
     /// The image the container was created from.
     pub image: String,
-    /// The binary's own digest (verified), its key in the blob cache.
-    pub digest: String,
+    /// The binary in the blob cache, under its own (verified) digest.
+    pub component: VerifiedBlob,
 }
 
 /// containerd's API, for one namespace.
@@ -400,7 +400,7 @@ impl ContentStore {
             let what = &what;
             async move {
                 d.checked_size(what, limit)?;
-                if let Some(bytes) = blobs.get(&d.digest).map_err(Error::Cache)? {
+                if let Some(bytes) = blobs.cached(&d.digest).map_err(Error::Cache)? {
                     return Ok(bytes);
                 }
                 let bytes = self
@@ -419,14 +419,19 @@ impl ContentStore {
             }
         };
         let assembled = image::assemble(&what, &manifest, max_bytes, fetch).await?;
-        let digest = match assembled.layer_digest {
-            Some(d) => d,
-            // Out of a tar layer: the binary itself goes into the cache under its digest.
+        let cached = match &assembled.layer_digest {
+            Some(d) => blobs.verified(d).map_err(Error::Cache)?,
+            None => None,
+        };
+        let component = match cached {
+            Some(blob) => blob,
+            // Out of a tar layer (or evicted since): the binary itself goes into the cache
+            // under its digest.
             None => blobs.insert(assembled.bytes).await.map_err(Error::Cache)?,
         };
         Ok(Some(Found {
             image: image_name,
-            digest,
+            component,
         }))
     }
 }

@@ -15,6 +15,7 @@ use wa8s_host::{
     DirGrant, EngineConfig, Grants, HostEngine, Kind, MemoryBudget, NetworkPolicy, NodeAddresses,
     PrecompileCache, Program, Server, Stdio, TrustRoots,
 };
+use wa8s_oci::VerifiedBlob;
 
 use wa8s_api::contract::IMAGE_COMPONENT_COMMAND;
 
@@ -364,7 +365,7 @@ pub fn precompile_main(args: &[String]) -> i32 {
     let warmed = || -> Result<(), Error> {
         let spec = ContainerSpec::load(Path::new(bundle))?;
         let c = Cached::open(spec, digest, &NodeConfig::load()?)?;
-        c.precompiled.ensure(&c.engine, digest, &c.bytes)?;
+        c.precompiled.ensure(&c.engine, &c.component)?;
         Ok(())
     };
     let (outcome, code) = match warmed() {
@@ -381,20 +382,22 @@ pub fn precompile_main(args: &[String]) -> i32 {
     code
 }
 
-/// What the precompile process and the guest both need: the spec, the component's bytes,
-/// the engine and the precompile cache.
+/// What the precompile process and the guest both need: the spec, the component in the
+/// blob cache, the engine and the precompile cache.
 struct Cached {
     spec: ContainerSpec,
-    bytes: Vec<u8>,
+    component: VerifiedBlob,
     engine: HostEngine,
     precompiled: PrecompileCache,
 }
 
 impl Cached {
     fn open(spec: ContainerSpec, digest: &str, node: &NodeConfig) -> Result<Self, Error> {
-        let bytes = node
+        // Found, not read: the cache verified it when the shim stored it, and the guest never
+        // reads it when the precompiled artifact is recorded.
+        let component = node
             .blobs()?
-            .get(digest)?
+            .verified(digest)?
             .ok_or_else(|| Error::NotCached(digest.to_owned()))?;
         // The same engine configuration in the precompile process and the guest, so the
         // cache entry one writes is the one the other reads.
@@ -405,7 +408,7 @@ impl Cached {
         let precompiled = PrecompileCache::new(node.precompiled_dir())?;
         Ok(Cached {
             spec,
-            bytes,
+            component,
             engine,
             precompiled,
         })
@@ -421,7 +424,7 @@ fn load_program(
     node: &NodeConfig,
 ) -> Result<Option<(ContainerSpec, Program)>, Error> {
     let c = Cached::open(spec, digest, node)?;
-    let program = c.precompiled.load_recorded(&c.engine, digest, &c.bytes)?;
+    let program = c.precompiled.load_recorded(&c.engine, &c.component)?;
     Ok(program.map(|p| (c.spec, p)))
 }
 

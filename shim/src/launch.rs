@@ -130,7 +130,8 @@ async fn start_guest(
     let began = Instant::now();
     let node = NodeConfig::load()?;
     let blobs = node.blobs()?;
-    let digest = component::obtain(req.id, spec, rootfs, &node, &blobs, content).await?;
+    let component = component::obtain(req.id, spec, rootfs, &node, &blobs, content).await?;
+    let digest = component.digest();
     let obtained = began.elapsed();
     if let Some(path) = &spec.cgroups_path {
         resources.cgroup = Some(Cgroup::create(path, &spec.limits)?);
@@ -141,7 +142,7 @@ async fn start_guest(
     let guest = Guest {
         bundle: req.bundle,
         spec,
-        digest: &digest,
+        digest,
         cgroup: resources.cgroup.as_ref(),
         stdio: &stdio,
     };
@@ -167,9 +168,9 @@ async fn start_guest(
             Spawned::Uncompiled(pid) => {
                 containers.discard(pid);
                 if compiled {
-                    return Err(Error::StillUncompiled(digest));
+                    return Err(Error::StillUncompiled(digest.to_owned()));
                 }
-                precompile(req.bundle, &digest).await?;
+                precompile(req.bundle, digest).await?;
                 compiled = true;
             }
         }

@@ -56,6 +56,9 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// The component could not be read from the node's blob cache.
+    #[error("reading the component: {0}")]
+    Component(#[source] wa8s_oci::Error),
     /// Other I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -1,6 +1,10 @@
 //! The precompile cache: native code for (component digest, Wasmtime version, engine
 //! configuration, CPU features), so a node compiles each component once.
 //!
+//! A component is named by a [`VerifiedBlob`], whose digest the blob cache checked when it
+//! stored the bytes: the digest alone is the key, and a recorded artifact loads without the
+//! component's bytes being read (or hashed) at all.
+//!
 //! Deserializing runs native code, so only artifacts this cache wrote *and recorded* are
 //! ever loaded: each `<name>.cwasm` has a `<name>.record` holding its SHA-256, written after
 //! the artifact (a crash between leaves an unrecorded file, which is ignored). Anything else
@@ -10,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
+use wa8s_oci::VerifiedBlob;
 
 use crate::{Error, HostEngine, Program};
 
@@ -61,16 +66,15 @@ impl PrecompileCache {
         Ok(format!("{hex}.{}", engine.compatibility_key()))
     }
 
-    /// The program for `wasm` (whose digest is `digest`), from the cache when this cache
-    /// recorded a matching artifact, else compiled and recorded.
+    /// The program for `component`, from the cache when this cache recorded a matching
+    /// artifact, else compiled and recorded.
     pub fn load(
         &self,
         engine: &HostEngine,
-        digest: &str,
-        wasm: &[u8],
+        component: &VerifiedBlob,
     ) -> Result<(Program, Source), Error> {
-        let (artifact, record) = self.paths(engine, digest, wasm)?;
-        if let Some(code) = self.recorded_code(engine, &artifact, &record) {
+        let (artifact, record) = self.paths(engine, component)?;
+        if let Some(code) = self.recorded_code(engine, component, &artifact, &record) {
             match engine.load_own_precompiled(&code) {
                 Ok(p) => return Ok((p, Source::Cache)),
                 Err(e) => {
@@ -78,57 +82,54 @@ impl PrecompileCache {
                 }
             }
         }
-        let code = engine.precompile(wasm)?;
+        let code = engine.precompile(&component.read().map_err(Error::Component)?)?;
         let program = engine.load_own_precompiled(&code)?;
-        if let Err(e) = self.store(engine, digest, &code, &artifact, &record) {
+        if let Err(e) = self.store(engine, component, &code, &artifact, &record) {
             tracing::warn!(dir = %self.dir.display(), "precompile cache not written: {e}");
         }
         Ok((program, Source::Compiled))
     }
 
-    /// The program for `wasm` from this cache's recorded artifact, never compiling: `None`
-    /// when there is none (or it does not match its record). For a process that must not
-    /// compile (the shim's guest, which runs in the pod's cgroup and has one thread).
+    /// The program for `component` from this cache's recorded artifact, never compiling (nor
+    /// reading the component): `None` when there is none (or it does not match its record).
+    /// For a process that must not compile (the shim's guest, which runs in the pod's cgroup
+    /// and has one thread).
     pub fn load_recorded(
         &self,
         engine: &HostEngine,
-        digest: &str,
-        wasm: &[u8],
+        component: &VerifiedBlob,
     ) -> Result<Option<Program>, Error> {
-        let (artifact, record) = self.paths(engine, digest, wasm)?;
-        match self.recorded_code(engine, &artifact, &record) {
+        let (artifact, record) = self.paths(engine, component)?;
+        match self.recorded_code(engine, component, &artifact, &record) {
             Some(code) => engine.load_own_precompiled(&code).map(Some),
             None => Ok(None),
         }
     }
 
-    /// Makes sure the cache holds a recorded artifact for `wasm`, compiling it if not, without
-    /// loading it (for a process that only warms the cache). Unlike [`PrecompileCache::load`],
-    /// failing to write the cache is an error: the caller relies on the entry being there.
-    pub fn ensure(&self, engine: &HostEngine, digest: &str, wasm: &[u8]) -> Result<Source, Error> {
-        let (artifact, record) = self.paths(engine, digest, wasm)?;
-        if self.recorded_code(engine, &artifact, &record).is_some() {
+    /// Makes sure the cache holds a recorded artifact for `component`, compiling it if not,
+    /// without loading it (for a process that only warms the cache). Unlike
+    /// [`PrecompileCache::load`], failing to write the cache is an error: the caller relies on
+    /// the entry being there.
+    pub fn ensure(&self, engine: &HostEngine, component: &VerifiedBlob) -> Result<Source, Error> {
+        let (artifact, record) = self.paths(engine, component)?;
+        if self
+            .recorded_code(engine, component, &artifact, &record)
+            .is_some()
+        {
             return Ok(Source::Cache);
         }
-        let code = engine.precompile(wasm)?;
-        self.store(engine, digest, &code, &artifact, &record)?;
+        let code = engine.precompile(&component.read().map_err(Error::Component)?)?;
+        self.store(engine, component, &code, &artifact, &record)?;
         Ok(Source::Compiled)
     }
 
-    /// The artifact and record paths for `wasm`, after checking it has digest `digest`.
+    /// The artifact and record paths for `component`: its verified digest is the key.
     fn paths(
         &self,
         engine: &HostEngine,
-        digest: &str,
-        wasm: &[u8],
+        component: &VerifiedBlob,
     ) -> Result<(PathBuf, PathBuf), Error> {
-        let name = Self::name(engine, digest)?;
-        let actual = format!("sha256:{}", sha256_hex(wasm));
-        if actual != digest {
-            return Err(Error::Engine(format!(
-                "component digest mismatch: expected {digest}, got {actual}"
-            )));
-        }
+        let name = Self::name(engine, component.digest())?;
         Ok((
             self.dir.join(format!("{name}.cwasm")),
             self.dir.join(format!("{name}.record")),
@@ -140,6 +141,7 @@ impl PrecompileCache {
     fn recorded_code(
         &self,
         engine: &HostEngine,
+        component: &VerifiedBlob,
         artifact: &Path,
         record: &Path,
     ) -> Option<Vec<u8>> {
@@ -163,6 +165,7 @@ impl PrecompileCache {
         };
         let code = std::fs::read(artifact).ok()?;
         if sha256_hex(&code) != rec.artifact_sha256
+            || rec.component != component.digest()
             || rec.compatibility != engine.compatibility_key()
             || rec.wasmtime != crate::WASMTIME_VERSION
         {
@@ -178,13 +181,13 @@ impl PrecompileCache {
     fn store(
         &self,
         engine: &HostEngine,
-        digest: &str,
+        component: &VerifiedBlob,
         code: &[u8],
         artifact: &Path,
         record: &Path,
     ) -> Result<(), Error> {
         let rec = Record {
-            component: digest.to_owned(),
+            component: component.digest().to_owned(),
             wasmtime: crate::WASMTIME_VERSION.to_owned(),
             compatibility: engine.compatibility_key(),
             artifact_sha256: sha256_hex(code),

@@ -1,8 +1,10 @@
-//! The precompile cache loads only what it wrote and recorded.
+//! The precompile cache loads only what it wrote and recorded, for components the blob cache
+//! verified.
 
 use anyhow::Result;
 use sha2::Digest as _;
 use wa8s_host::{Capture, Grants, PrecompileCache, Program, Source, Stdio};
+use wa8s_oci::{BlobCache, VerifiedBlob};
 use wa8s_test_components as guests;
 
 mod common;
@@ -10,6 +12,12 @@ use common::engine;
 
 fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// `bytes` stored in a blob cache in `dir`, and the handle on them.
+async fn component(dir: &std::path::Path, bytes: &[u8]) -> Result<VerifiedBlob> {
+    let blobs = BlobCache::new(dir.join("components"), 1 << 30)?;
+    Ok(blobs.insert(bytes.to_vec()).await?)
 }
 
 async fn says_hello(program: &Program) -> Result<bool> {
@@ -28,6 +36,8 @@ async fn a_planted_precompiled_file_is_never_loaded() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let cache = PrecompileCache::new(dir.path())?;
     let engine = engine();
+    let blobs = tempfile::tempdir()?;
+    let component = component(blobs.path(), guests::HELLO_COMPONENT).await?;
     let hello = digest(guests::HELLO_COMPONENT);
     let name = format!(
         "{}.{}",
@@ -40,7 +50,7 @@ async fn a_planted_precompiled_file_is_never_loaded() -> Result<()> {
     std::fs::write(&planted, engine.precompile(guests::HTTP_COMPONENT)?)?;
     assert_eq!(cache.foreign_files(), vec![planted.clone()]);
 
-    let (program, source) = cache.load(&engine, &hello, guests::HELLO_COMPONENT)?;
+    let (program, source) = cache.load(&engine, &component)?;
     assert_eq!(source, Source::Compiled, "the planted file was not used");
     assert!(says_hello(&program).await?);
     assert!(
@@ -50,31 +60,31 @@ async fn a_planted_precompiled_file_is_never_loaded() -> Result<()> {
     );
 
     // Next time the cache's own recorded artifact is used.
-    let (program, source) = cache.load(&engine, &hello, guests::HELLO_COMPONENT)?;
+    let (program, source) = cache.load(&engine, &component)?;
     assert_eq!(source, Source::Cache);
     assert!(says_hello(&program).await?);
 
     // Swapping the artifact under a valid record: ignored, recompiled.
     std::fs::write(&planted, engine.precompile(guests::HTTP_COMPONENT)?)?;
     assert_eq!(cache.foreign_files(), vec![planted.clone()]);
-    let (program, source) = cache.load(&engine, &hello, guests::HELLO_COMPONENT)?;
+    let (program, source) = cache.load(&engine, &component)?;
     assert_eq!(source, Source::Compiled);
     assert!(says_hello(&program).await?);
     Ok(())
 }
 
-#[test]
-fn bytes_that_do_not_match_the_digest_are_refused() -> Result<()> {
+#[tokio::test]
+async fn there_is_no_handle_on_bytes_that_do_not_match_their_digest() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let cache = PrecompileCache::new(dir.path())?;
-    let err = cache
-        .load(&engine(), &digest(b"other"), guests::HELLO_COMPONENT)
+    let blobs = BlobCache::new(dir.path(), 1 << 30)?;
+    let claimed = digest(guests::HTTP_COMPONENT);
+    let err = blobs
+        .get_or_fetch(&claimed, || async { Ok(guests::HELLO_COMPONENT.to_vec()) })
+        .await
         .expect_err("refused");
-    assert!(err.to_string().contains("digest mismatch"), "{err}");
-    let err = cache
-        .load(&engine(), "sha256:nothex", guests::HELLO_COMPONENT)
-        .expect_err("refused");
-    assert!(err.to_string().contains("is not a sha256 digest"), "{err}");
+    assert!(matches!(err, wa8s_oci::Error::Digest { .. }), "{err}");
+    assert_eq!(blobs.verified(&claimed)?, None);
+    assert!(blobs.verified("sha256:nothex").is_err());
     Ok(())
 }
 
@@ -83,23 +93,41 @@ async fn ensure_compiles_once_and_what_it_wrote_is_what_load_uses() -> Result<()
     let dir = tempfile::tempdir()?;
     let cache = PrecompileCache::new(dir.path())?;
     let engine = engine();
-    let hello = digest(guests::HELLO_COMPONENT);
-    assert_eq!(
-        cache.ensure(&engine, &hello, guests::HELLO_COMPONENT)?,
-        Source::Compiled
-    );
-    assert_eq!(
-        cache.ensure(&engine, &hello, guests::HELLO_COMPONENT)?,
-        Source::Cache
-    );
-    let (program, source) = cache.load(&engine, &hello, guests::HELLO_COMPONENT)?;
+    let blobs = tempfile::tempdir()?;
+    let hello = component(blobs.path(), guests::HELLO_COMPONENT).await?;
+    assert_eq!(cache.ensure(&engine, &hello)?, Source::Compiled);
+    assert_eq!(cache.ensure(&engine, &hello)?, Source::Cache);
+    assert!(cache.load_recorded(&engine, &hello)?.is_some());
+    let (program, source) = cache.load(&engine, &hello)?;
     assert_eq!(source, Source::Cache);
     assert!(says_hello(&program).await?);
-    // The digest is checked before anything is written or trusted.
-    let wrong = digest(guests::HTTP_COMPONENT);
-    let err = cache
-        .ensure(&engine, &wrong, guests::HELLO_COMPONENT)
-        .expect_err("a digest mismatch must be refused");
-    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    // Another component has no recorded artifact, whatever this one has.
+    let http = component(blobs.path(), guests::HTTP_COMPONENT).await?;
+    assert!(cache.load_recorded(&engine, &http)?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_record_for_another_component_is_not_used() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = PrecompileCache::new(dir.path())?;
+    let engine = engine();
+    let blobs = tempfile::tempdir()?;
+    let hello = component(blobs.path(), guests::HELLO_COMPONENT).await?;
+    let http = component(blobs.path(), guests::HTTP_COMPONENT).await?;
+    cache.ensure(&engine, &http)?;
+    // The HTTP component's artifact and record, renamed to where the hello component's go:
+    // the artifact matches its record, but the record names another component.
+    let name = |d: &str| format!("{}.{}", &d[7..], engine.compatibility_key());
+    for ext in ["cwasm", "record"] {
+        std::fs::rename(
+            dir.path().join(format!("{}.{ext}", name(http.digest()))),
+            dir.path().join(format!("{}.{ext}", name(hello.digest()))),
+        )?;
+    }
+    assert!(cache.load_recorded(&engine, &hello)?.is_none());
+    let (program, source) = cache.load(&engine, &hello)?;
+    assert_eq!(source, Source::Compiled);
+    assert!(says_hello(&program).await?);
     Ok(())
 }

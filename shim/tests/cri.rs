@@ -501,13 +501,24 @@ fn a_max_size_volume_ends_writes_past_its_bound_in_the_kernel_and_keeps_what_was
         read_only: false,
         max_size_bytes: Some(512 << 10),
     });
+    // An unbounded volume beside it (preopen 4), for the moves and links across the bound.
+    let other = tempfile::tempdir()?;
+    std::fs::write(other.path().join("big"), vec![1u8; 1 << 20])?;
+    policy.fs.push(wa8s_api::contract::FsPolicy {
+        path: "/other".into(),
+        read_only: false,
+        max_size_bytes: None,
+    });
     let pod_config = pod(&c, "bounded", &policy.to_annotations())?;
     let pod_id = run_pod(&c, &pod_config)?;
     // fsprobe: preopen 3, then `w big` writes 1 MiB, `r big` reads it back.
-    let run = |name: &str, args: &[&str]| -> Result<(Value, String)> {
+    let run_in = |volume: &std::path::Path, name: &str, args: &[&str]| -> Result<(Value, String)> {
         let mut config = json_of(&std::fs::read_to_string(container(&c, name, &image, &[])?)?)?;
         config["args"] = json!(args);
-        config["mounts"] = json!([{ "container_path": "/data", "host_path": volume.path() }]);
+        config["mounts"] = json!([
+            { "container_path": "/data", "host_path": volume },
+            { "container_path": "/other", "host_path": other.path() },
+        ]);
         let id = start_container(
             &c,
             &pod_id,
@@ -518,6 +529,29 @@ fn a_max_size_volume_ends_writes_past_its_bound_in_the_kernel_and_keeps_what_was
         let out = c.crictl(&["logs", &id])?;
         Ok((status, format!("{}{}", out.stdout, out.stderr)))
     };
+    let run = |name: &str, args: &[&str]| run_in(volume.path(), name, args);
+    // Every way around a bound the host alone could miss ends in the kernel's answer, each in
+    // a fresh bounded volume: a file written after it was unlinked, directories nested
+    // through their descriptors and a symlink flood get ENOSPC; a move or hard link in from
+    // the other volume gets EXDEV.
+    for (name, op, errno) in [
+        ("unlinked", "u", 51),
+        ("nested", "d", 51),
+        ("symlinks", "s", 51),
+        ("moved", "m", 75),
+        ("linked", "l", 75),
+    ] {
+        let fresh = tempfile::tempdir()?;
+        let (status, log) = run_in(fresh.path(), name, &["3", op, "big"])?;
+        ensure!(
+            log.contains(&format!("errno={errno}")),
+            "{name}: expected errno {errno}: {status}\n{log}"
+        );
+    }
+    ensure!(
+        std::fs::metadata(other.path().join("big"))?.len() == 1 << 20,
+        "the other volume's file was changed"
+    );
     let (status, log) = run("fill", &["3", "w", "big"])?;
     ensure!(
         log.contains("errno=51"),

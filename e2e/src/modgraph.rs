@@ -549,13 +549,23 @@ mod tests {
 
     #[test]
     fn the_e2e_harness_modules_import_each_other_without_a_cycle() {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let g = Graph::of_dir(&src).expect("reading e2e/src");
+        assert_acyclic("e2e/src");
+    }
+
+    #[test]
+    fn the_wasm_hosts_modules_import_each_other_without_a_cycle() {
+        assert_acyclic("shim/host/src");
+    }
+
+    /// `dir` (from the repository root) has modules and no import cycle among them.
+    fn assert_acyclic(dir: &str) {
+        let src = crate::paths::repo_root().join(dir);
+        let g = Graph::of_dir(&src).unwrap_or_else(|e| panic!("reading {dir}: {e}"));
         assert!(g.edges.len() > 10, "{}", g.render());
         let cycles = g.cycles();
         assert!(
             cycles.is_empty(),
-            "cycles among e2e/src modules: {cycles:?}\n{}",
+            "cycles among {dir} modules: {cycles:?}\n{}",
             g.render()
         );
     }

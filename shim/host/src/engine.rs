@@ -2,7 +2,6 @@
 //! the pooling allocator when serving, and precompilation.
 
 use std::hash::{Hash, Hasher};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,65 +131,6 @@ impl HostEngine {
         WASMTIME_VERSION.hash(&mut h);
         self.engine.precompile_compatibility_hash().hash(&mut h);
         format!("{:016x}", h.finish())
-    }
-
-    /// Loads a precompiled artifact written by [`HostEngine::precompile`].
-    ///
-    /// # Safety
-    ///
-    /// Deserializing native code runs it: `path` must hold bytes this host produced with
-    /// [`HostEngine::precompile`] and recorded as its own (the precompile cache checks this).
-    /// Never pass a file that arrived from outside.
-    #[allow(unsafe_code)]
-    pub unsafe fn load_precompiled(&self, path: &Path) -> Result<crate::Program, Error> {
-        let not_ours = |why: String| {
-            Error::Engine(format!(
-                "{} is not a precompiled artifact: {why}",
-                path.display()
-            ))
-        };
-        let kind = Engine::detect_precompiled_file(path)
-            .map_err(|e| not_ours(chain(&e)))?
-            .ok_or_else(|| not_ours("no wasmtime header".into()))?;
-        match kind {
-            // SAFETY: the caller guarantees the file is our own precompiled output.
-            wasmtime::Precompiled::Component => {
-                let c =
-                    unsafe { wasmtime::component::Component::deserialize_file(&self.engine, path) }
-                        .map_err(|e| Error::Engine(chain(&e)))?;
-                crate::Program::from_component(self, c)
-            }
-            wasmtime::Precompiled::Module => {
-                // SAFETY: as above.
-                let m = unsafe { wasmtime::Module::deserialize_file(&self.engine, path) }
-                    .map_err(|e| Error::Engine(chain(&e)))?;
-                crate::Program::from_module(self, m)
-            }
-        }
-    }
-}
-
-impl HostEngine {
-    /// Loads code [`HostEngine::precompile`] just produced in this process.
-    #[allow(unsafe_code)]
-    pub(crate) fn load_own_precompiled(&self, bytes: &[u8]) -> Result<crate::Program, Error> {
-        match Engine::detect_precompiled(bytes) {
-            Some(wasmtime::Precompiled::Component) => {
-                // SAFETY: the bytes come straight from `precompile` on this engine.
-                let c = unsafe { wasmtime::component::Component::deserialize(&self.engine, bytes) }
-                    .map_err(|e| Error::Engine(chain(&e)))?;
-                crate::Program::from_component(self, c)
-            }
-            Some(wasmtime::Precompiled::Module) => {
-                // SAFETY: as above.
-                let m = unsafe { wasmtime::Module::deserialize(&self.engine, bytes) }
-                    .map_err(|e| Error::Engine(chain(&e)))?;
-                crate::Program::from_module(self, m)
-            }
-            None => Err(Error::Engine(
-                "precompile produced no wasmtime artifact".into(),
-            )),
-        }
     }
 }
 

@@ -75,7 +75,7 @@ impl PrecompileCache {
     ) -> Result<(Program, Source), Error> {
         let (artifact, record) = self.paths(engine, component)?;
         if let Some(code) = self.recorded_code(engine, component, &artifact, &record) {
-            match engine.load_own_precompiled(&code) {
+            match Program::load_own_precompiled(engine, &code) {
                 Ok(p) => return Ok((p, Source::Cache)),
                 Err(e) => {
                     tracing::warn!(path = %artifact.display(), "recorded artifact did not load: {e}");
@@ -83,7 +83,7 @@ impl PrecompileCache {
             }
         }
         let code = engine.precompile(&component.read().map_err(Error::Component)?)?;
-        let program = engine.load_own_precompiled(&code)?;
+        let program = Program::load_own_precompiled(engine, &code)?;
         if let Err(e) = self.store(engine, component, &code, &artifact, &record) {
             tracing::warn!(dir = %self.dir.display(), "precompile cache not written: {e}");
         }
@@ -101,7 +101,7 @@ impl PrecompileCache {
     ) -> Result<Option<Program>, Error> {
         let (artifact, record) = self.paths(engine, component)?;
         match self.recorded_code(engine, component, &artifact, &record) {
-            Some(code) => engine.load_own_precompiled(&code).map(Some),
+            Some(code) => Program::load_own_precompiled(engine, &code).map(Some),
             None => Ok(None),
         }
     }

@@ -8,6 +8,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::error::chain;
 use crate::state::{GuestState, P1State};
 use crate::{Error, HostEngine};
+use std::path::Path;
 
 /// Interfaces this host implements; a component importing anything else cannot link.
 const PROVIDED: &[&str] = &[
@@ -158,5 +159,71 @@ fn unsatisfied(engine: &HostEngine, c: &Component, e: &wasmtime::Error) -> Error
             Error::UnsatisfiedImport(name.to_owned())
         }
         _ => Error::Invalid(text),
+    }
+}
+
+/// Loading precompiled artifacts: here rather than in the engine, so the engine does not
+/// depend on what it compiles.
+impl Program {
+    /// Loads a precompiled artifact written by [`HostEngine::precompile`].
+    ///
+    /// # Safety
+    ///
+    /// Deserializing native code runs it: `path` must hold bytes this host produced with
+    /// [`HostEngine::precompile`] and recorded as its own (the precompile cache checks this).
+    /// Never pass a file that arrived from outside.
+    #[allow(unsafe_code)]
+    pub unsafe fn load_precompiled(engine: &HostEngine, path: &Path) -> Result<Program, Error> {
+        let not_ours = |why: String| {
+            Error::Engine(format!(
+                "{} is not a precompiled artifact: {why}",
+                path.display()
+            ))
+        };
+        let kind = wasmtime::Engine::detect_precompiled_file(path)
+            .map_err(|e| not_ours(chain(&e)))?
+            .ok_or_else(|| not_ours("no wasmtime header".into()))?;
+        match kind {
+            // SAFETY: the caller guarantees the file is our own precompiled output.
+            wasmtime::Precompiled::Component => {
+                let c = unsafe {
+                    wasmtime::component::Component::deserialize_file(&engine.engine, path)
+                }
+                .map_err(|e| Error::Engine(chain(&e)))?;
+                Program::from_component(engine, c)
+            }
+            wasmtime::Precompiled::Module => {
+                // SAFETY: as above.
+                let m = unsafe { wasmtime::Module::deserialize_file(&engine.engine, path) }
+                    .map_err(|e| Error::Engine(chain(&e)))?;
+                Program::from_module(engine, m)
+            }
+        }
+    }
+
+    /// Loads code [`HostEngine::precompile`] just produced in this process.
+    #[allow(unsafe_code)]
+    pub(crate) fn load_own_precompiled(
+        engine: &HostEngine,
+        bytes: &[u8],
+    ) -> Result<Program, Error> {
+        match wasmtime::Engine::detect_precompiled(bytes) {
+            Some(wasmtime::Precompiled::Component) => {
+                // SAFETY: the bytes come straight from `precompile` on this engine.
+                let c =
+                    unsafe { wasmtime::component::Component::deserialize(&engine.engine, bytes) }
+                        .map_err(|e| Error::Engine(chain(&e)))?;
+                Program::from_component(engine, c)
+            }
+            Some(wasmtime::Precompiled::Module) => {
+                // SAFETY: as above.
+                let m = unsafe { wasmtime::Module::deserialize(&engine.engine, bytes) }
+                    .map_err(|e| Error::Engine(chain(&e)))?;
+                Program::from_module(engine, m)
+            }
+            None => Err(Error::Engine(
+                "precompile produced no wasmtime artifact".into(),
+            )),
+        }
     }
 }

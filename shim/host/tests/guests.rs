@@ -517,7 +517,7 @@ async fn a_precompiled_component_loads_and_behaves_like_the_original() -> Result
     std::fs::write(&path, &native)?;
     #[allow(unsafe_code)]
     // SAFETY: the file holds exactly what this engine's `precompile` just produced.
-    let program = unsafe { engine.load_precompiled(&path) }?;
+    let program = unsafe { Program::load_precompiled(&engine, &path) }?;
     assert_eq!(program.kind(), Kind::Cli);
     let out = Capture::new(1 << 16);
     let grants = Grants {
@@ -542,7 +542,7 @@ fn a_file_that_is_not_a_precompiled_artifact_is_refused() -> Result<()> {
     std::fs::write(&path, guests::HELLO_COMPONENT)?;
     #[allow(unsafe_code)]
     // SAFETY: detection rejects the file before anything is deserialized.
-    let err = unsafe { engine().load_precompiled(&path) }.expect_err("refused");
+    let err = unsafe { Program::load_precompiled(&engine(), &path) }.expect_err("refused");
     assert!(
         err.to_string().contains("is not a precompiled artifact"),
         "{err}"

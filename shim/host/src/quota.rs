@@ -701,18 +701,24 @@ fn bounded<T: WasiFilesystemView>(
     position: Option<u64>,
 ) -> wasmtime::Result<Resource<DynOutputStream>> {
     let quotas = project(state).clone();
-    let Some(file) = file.filter(|f| !quotas.is_empty() && quotas.place_of(f, None) != Place::Free)
-    else {
+    let Some(file) = file.filter(|_| !quotas.is_empty()) else {
         return Ok(stream);
     };
+    let meta = file.metadata()?;
+    let place = quotas.place_of(&file, Some(&meta));
+    if place == Place::Free {
+        return Ok(stream);
+    }
     let table = state.filesystem().table;
     let inner = table.delete(stream)?;
     let wrapped: DynOutputStream = Box::new(BoundedStream {
         inner,
         file,
         quotas,
+        place,
+        id: (meta.dev(), meta.ino()),
         position,
-        charged_end: 0,
+        charged_end: meta.len(),
     });
     Ok(table.push(wrapped)?)
 }
@@ -722,28 +728,54 @@ struct BoundedStream {
     inner: DynOutputStream,
     file: Arc<std::fs::File>,
     quotas: Quotas,
+    /// Where the file is, found once: its bound cannot change while the stream lives, since
+    /// nothing moves or links across a bound.
+    place: Place,
+    /// The file's `(dev, ino)`, for crediting it later if it is unlinked while open.
+    id: (u64, u64),
     /// Where the next write lands; `None` for an appending stream.
     position: Option<u64>,
-    /// How far this stream's writes have been charged: they may reach the file later.
+    /// The file's size as charged so far (its size when the stream opened, then grown by
+    /// this stream's writes, which may reach the file only later).
     charged_end: u64,
+}
+
+impl BoundedStream {
+    /// Charges the blocks a write of `len` bytes adds. An accounted bound costs no system
+    /// call per write (streams write in 4 KiB pieces); a kernel bound checks free space.
+    fn charge(&mut self, len: u64) -> io::Result<()> {
+        let end = match self.position {
+            Some(pos) => pos.saturating_add(len),
+            None => self.charged_end.saturating_add(len),
+        };
+        match self.place {
+            Place::In(i) if self.quotas.0[i].kernel.is_none() => {
+                let bound = &self.quotas.0[i];
+                let grown = end.max(self.charged_end);
+                let growth = blocks(grown) - blocks(self.charged_end);
+                bound.charge(growth)?;
+                bound.held_grew(self.id, growth);
+                self.charged_end = grown;
+                Ok(())
+            }
+            _ => {
+                let append = self.position.is_none().then_some(len);
+                let end = self
+                    .quotas
+                    .check(&self.file, end, append, self.charged_end)?;
+                self.charged_end = self.charged_end.max(end);
+                Ok(())
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl OutputStream for BoundedStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         let len = bytes.len() as u64;
-        let checked = match self.position {
-            Some(pos) => {
-                self.quotas
-                    .check(&self.file, pos.saturating_add(len), None, self.charged_end)
-            }
-            None => self
-                .quotas
-                .check(&self.file, 0, Some(len), self.charged_end),
-        };
-        match checked {
-            Ok(end) => self.charged_end = self.charged_end.max(end),
-            Err(e) => return Err(StreamError::LastOperationFailed(e.into())),
+        if let Err(e) = self.charge(len) {
+            return Err(StreamError::LastOperationFailed(e.into()));
         }
         self.inner.write(bytes)?;
         if let Some(pos) = &mut self.position {

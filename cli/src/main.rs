@@ -133,7 +133,7 @@ fn registry_command(result: Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", wa8s_api::report::report(e.as_ref()));
             ExitCode::from(1)
         }
     }
@@ -143,7 +143,7 @@ async fn run(args: RunArgs) -> ExitCode {
     let (program, grants) = match prepare(&args).await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", wa8s_api::report::report(e.as_ref()));
             return ExitCode::from(2);
         }
     };
@@ -159,10 +159,10 @@ async fn run(args: RunArgs) -> ExitCode {
         (None, _) => match program.run(&grants).await {
             Ok(status) => ExitCode::from(u8::try_from(status.code() & 0xff).unwrap_or(1)),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", wa8s_api::report::report(&e));
                 ExitCode::from(match e {
                     HostError::Deadline(_) => 124,
-                    HostError::Trap(_) => 134,
+                    e if e.is_trap() => 134,
                     _ => 2,
                 })
             }
@@ -190,7 +190,7 @@ async fn serve(program: &Program, grants: Grants, addr: SocketAddr, grace: &str)
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", wa8s_api::report::report(e.as_ref()));
             ExitCode::from(2)
         }
     }

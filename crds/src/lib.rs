@@ -11,6 +11,7 @@ pub mod crd;
 pub mod grammar_examples;
 pub mod host_pattern;
 pub mod quantity;
+pub mod report;
 pub mod webassembly;
 
 pub use quantity::Quantity;

@@ -4,7 +4,7 @@
 #
 #   build-binaries.sh [etcd] [kube-apiserver] [kube-controller-manager] [kube-scheduler] [kubelet]
 #                     [kube-proxy] [containerd] [ctr] [containerd-shim-runc-v2] [crictl] [helm]
-#                     [metrics-server] [kubeadm] [kind] [coredns] [kindnetd]
+#                     [metrics-server] [prometheus] [kubeadm] [kind] [coredns] [kindnetd]
 #
 # With no arguments it builds etcd and kube-apiserver (what the operator tests need).
 # Prints one `name=/path/to/binary` line per requested binary on stdout; logs go to stderr.
@@ -133,7 +133,7 @@ go_build_from() {
     go mod init "wa8s.local/$name" >/dev/null 2>&1
     go get "$module@$version" "$@" >/dev/null
     log "building $name $version (cold: a few minutes)"
-    CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "-s -w" -o "$mod/$name" "$pkg"
+    CGO_ENABLED=0 go build -mod=mod -trimpath -tags "${GO_TAGS:-}" -ldflags "-s -w" -o "$mod/$name" "$pkg"
   )
   mv "$mod/$name" "$out/$name.tmp" && mv "$out/$name.tmp" "$out/$name"
   log "$name ready: $out/$name"
@@ -169,6 +169,12 @@ for w in "${want[@]}"; do
     helm)
       go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$(helm_bin_dir)"
       echo "helm=$(helm_bin_dir)/helm" ;;
+    prometheus)
+      # Only the Kubernetes service discovery (the tests scrape through it): the other
+      # discoverers (clouds, Consul, ...) would triple the build.
+      GO_TAGS="remove_all_sd enable_kubernetes_sd" go_build_from prometheus github.com/prometheus/prometheus \
+        "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus "$(prometheus_bin_dir)"
+      echo "prometheus=$(prometheus_bin_dir)/prometheus" ;;
     metrics-server)
       go_install metrics-server "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION" "$(metrics_server_bin_dir)"
       echo "metrics-server=$(metrics_server_bin_dir)/metrics-server" ;;

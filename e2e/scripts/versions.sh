@@ -13,6 +13,10 @@ HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 # metrics-server 0.9 is the line for Kubernetes 1.34+ (kubectl top on the tests' node).
 METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.9.0}"
 
+# Prometheus 3.16 (its Go module is versioned v0.316.0): scrapes the operator and wasm pods
+# in the observability scenarios.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
+
 WA8S_CACHE="${WA8S_CACHE:-$HOME/.cache/wa8s}"
 # Binaries live under $WA8S_CACHE/bin/<name>-<version>/ so two versions never collide.
 kube_bin_dir() { echo "$WA8S_CACHE/bin/kubernetes-$KUBE_VERSION"; }
@@ -20,6 +24,7 @@ etcd_bin_dir() { echo "$WA8S_CACHE/bin/etcd-$ETCD_VERSION"; }
 containerd_bin_dir() { echo "$WA8S_CACHE/bin/containerd-$CONTAINERD_VERSION"; }
 cri_tools_bin_dir() { echo "$WA8S_CACHE/bin/cri-tools-$CRI_TOOLS_VERSION"; }
 helm_bin_dir() { echo "$WA8S_CACHE/bin/helm-$HELM_VERSION"; }
+prometheus_bin_dir() { echo "$WA8S_CACHE/bin/prometheus-$PROMETHEUS_VERSION"; }
 metrics_server_bin_dir() { echo "$WA8S_CACHE/bin/metrics-server-$METRICS_SERVER_VERSION"; }
 
 # The multi-node kind cluster (e2e/scripts/kind.sh, kind-node-image.sh).

@@ -25,9 +25,18 @@ pub enum Error {
     /// The reference (repository, tag or digest) does not exist.
     #[error("{reference}: not found in the registry")]
     NotFound { reference: String },
-    /// The registry could not be reached or answered with an error.
+    /// The registry answered with an error (its HTTP status, its OCI error codes).
     #[error("{registry}: {reason}")]
     Registry { registry: String, reason: String },
+    /// The registry could not be reached, or the exchange broke off (connection, TLS, a
+    /// stream cut short). The cause is kept as it came from the HTTP client.
+    #[error("{registry}: {doing}")]
+    Transport {
+        registry: String,
+        doing: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The address policy refused a request: the registry, a redirect or a token realm
     /// points at an address this deployment does not let registry requests reach.
     #[error("{registry}: refused by the registry address policy: {reason}")]
@@ -53,6 +62,16 @@ impl Error {
         move |source| Error::Io { what, source }
     }
 
+    /// Whether trying again later may succeed without anyone changing anything (the
+    /// registry is down or unreachable, the local disk had trouble), as opposed to a
+    /// reference, credentials or content someone must fix.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Registry { .. } | Error::Transport { .. } | Error::Io { .. }
+        )
+    }
+
     /// A short, stable label for the kind of failure (metrics, conditions).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -62,7 +81,7 @@ impl Error {
             Error::Digest { .. } => "DigestMismatch",
             Error::Auth { .. } => "AuthFailed",
             Error::NotFound { .. } => "NotFound",
-            Error::Registry { .. } => "RegistryUnavailable",
+            Error::Registry { .. } | Error::Transport { .. } => "RegistryUnavailable",
             Error::Refused { .. } => "RegistryNotAllowed",
             Error::Config { .. } => "BadRegistryConfig",
             Error::Credentials(_) => "BadCredentials",

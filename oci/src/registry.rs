@@ -305,9 +305,10 @@ impl Registry {
             user_agent: concat!("wa8s/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
         })
-        .map_err(|e| Error::Registry {
+        .map_err(|e| Error::Transport {
             registry: registry.to_owned(),
-            reason: format!("making a client: {}", error_chain(&e)),
+            doing: "making a client".into(),
+            source: Box::new(e),
         })
     }
 
@@ -692,9 +693,10 @@ impl Blobs<'_> {
                     .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
                 {
                     Some(err) => digest_error(err),
-                    None => Error::Registry {
+                    None => Error::Transport {
                         registry: registry(),
-                        reason: format!("reading blob {}: {}", d.digest, error_chain(&e)),
+                        doing: format!("reading blob {}", d.digest),
+                        source: Box::new(e),
                     },
                 }
             })?;
@@ -783,9 +785,10 @@ fn translate(reference: &Reference, e: OciDistributionError) -> Error {
         },
         other => match gate::refusal(&other) {
             Some(reason) => Error::Refused { registry, reason },
-            None => Error::Registry {
+            None => Error::Transport {
                 registry,
-                reason: error_chain(&other),
+                doing: "the request failed".into(),
+                source: Box::new(other),
             },
         },
     }
@@ -808,20 +811,6 @@ fn written(reference: &str, shaped: Shaped, info: WasmInfo, carrier: String) -> 
         carrier,
         config_media_type: shaped.manifest.config.media_type,
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

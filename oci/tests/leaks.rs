@@ -23,7 +23,8 @@ async fn describe_error(registry_port: u16) -> String {
         .await
         .expect("within 30 s")
         .expect_err("refused");
-    err.to_string()
+    // What reaches an object's condition: the error and every cause.
+    wa8s_api::report::report(&err)
 }
 
 #[tokio::test]

@@ -95,21 +95,22 @@ pub fn reference(module: &Module) -> String {
 
 pub fn translate(e: &wa8s_oci::Error) -> ResolveError {
     use wa8s_oci::Error as E;
-    let (reason, transient) = match e {
-        E::NotFound { .. } => ("TagNotFound", false),
-        E::Auth { .. } => ("AuthFailed", false),
-        E::Credentials(_) => ("BadPullSecret", false),
-        E::Artifact { .. } | E::NotWasm(_) => ("NotAComponent", false),
-        E::Digest { .. } => ("DigestMismatch", false),
-        E::Reference { .. } => ("InvalidReference", false),
-        E::Refused { .. } => ("RegistryNotAllowed", false),
-        E::Config { .. } => ("BadRegistryConfig", false),
-        E::Registry { .. } | E::Io { .. } => ("RegistryUnavailable", true),
+    let reason = match e {
+        E::NotFound { .. } => "TagNotFound",
+        E::Auth { .. } => "AuthFailed",
+        E::Credentials(_) => "BadPullSecret",
+        E::Artifact { .. } | E::NotWasm(_) => "NotAComponent",
+        E::Digest { .. } => "DigestMismatch",
+        E::Reference { .. } => "InvalidReference",
+        E::Refused { .. } => "RegistryNotAllowed",
+        E::Config { .. } => "BadRegistryConfig",
+        E::Registry { .. } | E::Transport { .. } | E::Io { .. } => "RegistryUnavailable",
     };
     ResolveError {
         reason,
-        message: e.to_string(),
-        transient,
+        // The edge to the object's status: the error and its causes, once.
+        message: wa8s_api::report::report(e),
+        transient: e.is_transient(),
     }
 }
 

@@ -67,9 +67,9 @@ impl Error {
             | Error::StillUncompiled(_)
             | Error::GuestOutOfMemory { .. }
             | Error::GuestExited => Code::INVALID_ARGUMENT,
-            Error::Component(crate::component::Error::Oci(wa8s_oci::Error::Registry {
-                ..
-            })) => Code::UNAVAILABLE,
+            Error::Component(crate::component::Error::Oci(e)) if e.is_transient() => {
+                Code::UNAVAILABLE
+            }
             Error::Component(_) => Code::INVALID_ARGUMENT,
             Error::Cgroup(_)
             | Error::NotReady(_)

@@ -489,7 +489,7 @@ async fn run(program: Program, grants: Grants, server: Option<Server>) -> i32 {
         Some(server) => match server.run(terminated()).await {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("wa8s: {e}");
+                eprintln!("wa8s: {}", wa8s_api::report::report(&e));
                 1
             }
         },
@@ -499,10 +499,10 @@ async fn run(program: Program, grants: Grants, server: Option<Server>) -> i32 {
                 status = program.run(&grants) => match status {
                     Ok(s) => s.code(),
                     Err(e) => {
-                        eprintln!("wa8s: {e}");
+                        eprintln!("wa8s: {}", wa8s_api::report::report(&e));
                         match e {
                             wa8s_host::Error::Deadline(_) => 124,
-                            wa8s_host::Error::Trap(_) => 134,
+                            e if e.is_trap() => 134,
                             _ => 1,
                         }
                     }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::Error;
-use crate::error::chain;
 
 /// The Wasmtime version this host embeds (part of every precompile cache key).
 pub const WASMTIME_VERSION: &str = "48.0.8";
@@ -76,7 +75,7 @@ impl HostEngine {
                 .or_else(|_| Engine::new(&wasm_config(config, None))),
             None => Engine::new(&wasm_config(config, None)),
         }
-        .map_err(|e| Error::Engine(chain(&e)))?;
+        .map_err(Error::wasmtime("creating the engine"))?;
         Ok(HostEngine {
             engine,
             config: config.clone(),
@@ -121,7 +120,7 @@ impl HostEngine {
         } else {
             self.engine.precompile_module(wasm)
         };
-        result.map_err(|e| Error::Invalid(chain(&e)))
+        result.map_err(Error::Invalid)
     }
 
     /// A key that changes whenever precompiled code from this engine would not load in

@@ -21,7 +21,7 @@ mod state;
 pub use engine::{EngineConfig, HostEngine, WASMTIME_VERSION};
 pub use error::Error;
 pub use grants::{Capture, DirGrant, Grants, Limits, Stdio};
-pub use memory::MemoryBudget;
+pub use memory::{MemoryBudget, Refusal};
 pub use net::{Follow, NetworkPolicy, NodeAddresses, TrustRoots};
 pub use precache::{PrecompileCache, Source};
 pub use program::{Kind, Program};

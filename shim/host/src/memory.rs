@@ -94,20 +94,38 @@ pub(crate) struct Limiter {
 pub(crate) struct MemoryRefusal(Arc<OnceLock<(u64, Bound)>>);
 
 impl MemoryRefusal {
-    /// Why a trap happened, when it followed a refused growth.
-    pub(crate) fn explain(&self, trap: String) -> String {
-        match self.0.get() {
-            Some((desired, Bound::Instance(limit))) => format!(
+    /// The refusal a trap followed, if the limits refused a growth.
+    pub(crate) fn get(&self) -> Option<Refusal> {
+        self.0
+            .get()
+            .map(|&(desired, bound)| Refusal { desired, bound })
+    }
+}
+
+/// A growth the memory limits refused: how far the guest wanted to grow, and which bound
+/// stopped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    desired: u64,
+    bound: Bound,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let desired = self.desired;
+        match self.bound {
+            Bound::Instance(limit) => write!(
+                f,
                 "the guest ran out of memory: growing its memories and tables to {desired} bytes \
                  was refused (the limit is {limit} bytes per instance: resources.memory, or \
-                 --memory), then it stopped: {trap}"
+                 --memory)"
             ),
-            Some((desired, Bound::Shared(limit))) => format!(
+            Bound::Shared(limit) => write!(
+                f,
                 "the guest ran out of memory: growing to {desired} bytes was refused because the \
                  instances of this process together hold their budget of {limit} bytes \
-                 (resources.memory less the runtime's own), then it stopped: {trap}"
+                 (resources.memory less the runtime's own)"
             ),
-            None => trap,
         }
     }
 }
@@ -225,7 +243,9 @@ mod tests {
         assert!(!l.memory_growing(64 << 10, 128 << 10, None).expect("ok"));
         assert!(
             l.refused
-                .explain("trap".into())
+                .get()
+                .expect("refused")
+                .to_string()
                 .contains("the limit is 1048576 bytes per instance")
         );
     }
@@ -245,7 +265,9 @@ mod tests {
         assert_eq!(budget.refusals(), 1);
         assert!(
             b.refused
-                .explain("trap".into())
+                .get()
+                .expect("refused")
+                .to_string()
                 .contains("budget of 3145728")
         );
         drop(a);

@@ -5,7 +5,6 @@ use wasmtime::{InstancePre, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::error::chain;
 use crate::state::{GuestState, P1State};
 use crate::{Error, HostEngine};
 use std::path::Path;
@@ -61,10 +60,10 @@ impl Program {
             return Err(Error::Empty);
         }
         if wasmparser::Parser::is_component(bytes) {
-            let c = Component::new(&engine.engine, bytes).map_err(|e| Error::Invalid(chain(&e)))?;
+            let c = Component::new(&engine.engine, bytes).map_err(Error::Invalid)?;
             Program::from_component(engine, c)
         } else if wasmparser::Parser::is_core_wasm(bytes) {
-            let m = Module::new(&engine.engine, bytes).map_err(|e| Error::Invalid(chain(&e)))?;
+            let m = Module::new(&engine.engine, bytes).map_err(Error::Invalid)?;
             Program::from_module(engine, m)
         } else {
             let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
@@ -77,19 +76,19 @@ impl Program {
         // The whole of WASI p2 is linked (mainstream toolchains import wasi:cli, filesystem and
         // sockets even for HTTP handlers); the grants decide what any of it may reach.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| Error::Engine(chain(&e)))?;
+            .map_err(Error::wasmtime("linking WASI"))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| Error::Engine(chain(&e)))?;
+            .map_err(Error::wasmtime("linking wasi:http"))?;
         // Directory bounds and name-lookup gating wrap a few of wasmtime-wasi's functions.
         linker.allow_shadowing(true);
         crate::quota::add_to_linker(&mut linker, |s: &mut GuestState| &mut s.quotas)
-            .map_err(|e| Error::Engine(chain(&e)))?;
+            .map_err(Error::wasmtime("linking the directory bounds"))?;
         crate::net::add_to_linker(&mut linker, |s: &mut GuestState| &mut s.net)
-            .map_err(|e| Error::Engine(chain(&e)))?;
+            .map_err(Error::wasmtime("linking the network gate"))?;
         linker.allow_shadowing(false);
         let pre = linker
             .instantiate_pre(&c)
-            .map_err(|e| unsatisfied(engine, &c, &e))?;
+            .map_err(|e| unsatisfied(engine, &c, e))?;
         if let Ok(http) = ProxyPre::new(pre.clone()) {
             return Ok(Program {
                 engine: engine.clone(),
@@ -120,11 +119,11 @@ impl Program {
         }
         let mut linker = wasmtime::Linker::<P1State>::new(&engine.engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut P1State| &mut s.wasi)
-            .map_err(|e| Error::Engine(chain(&e)))?;
+            .map_err(Error::wasmtime("linking WASI preview1"))?;
         let pre = linker.instantiate_pre(&m).map_err(|e| {
             match m.imports().find(|i| i.module() != "wasi_snapshot_preview1") {
                 Some(i) => Error::UnsatisfiedImport(format!("{}::{}", i.module(), i.name())),
-                None => Error::Invalid(chain(&e)),
+                None => Error::Invalid(e),
             }
         })?;
         Ok(Program {
@@ -143,23 +142,30 @@ impl Program {
     }
 }
 
-fn unsatisfied(engine: &HostEngine, c: &Component, e: &wasmtime::Error) -> Error {
+/// Why linking failed, named from the component's own import list: the first import that
+/// is not a WASI 0.2 interface this host links. When every import looks provided (an
+/// interface 0.2 lacks, a type that does not match), Wasmtime's own reason is kept.
+fn unsatisfied(engine: &HostEngine, c: &Component, e: wasmtime::Error) -> Error {
     let ty = c.component_type();
     let missing = ty
         .imports(&engine.engine)
         .map(|(name, _)| name)
-        .find(|name| !PROVIDED.iter().any(|p| name.starts_with(p)));
-    if let Some(name) = missing {
-        return Error::UnsatisfiedImport(name.to_owned());
+        .find(|name| !provided(name));
+    match missing {
+        Some(name) => Error::UnsatisfiedImport(name.to_owned()),
+        None => Error::Invalid(e),
     }
-    // A WASI interface at a version this host lacks: wasmtime names it in backquotes.
-    let text = chain(e);
-    match text.split('`').nth(1) {
-        Some(name) if text.contains("matching implementation was not found") => {
-            Error::UnsatisfiedImport(name.to_owned())
-        }
-        _ => Error::Invalid(text),
-    }
+}
+
+/// Whether the linker holds `name`: a provided package at a 0.2 version. Wasmtime matches
+/// semver-compatible versions, so any 0.2.x release (not a pre-release) links.
+fn provided(name: &str) -> bool {
+    let Some((path, version)) = name.split_once('@') else {
+        return false;
+    };
+    PROVIDED.iter().any(|p| path.starts_with(p))
+        && version.starts_with("0.2.")
+        && !version.contains(['-', '+'])
 }
 
 /// Loading precompiled artifacts: here rather than in the engine, so the engine does not
@@ -174,28 +180,31 @@ impl Program {
     /// Never pass a file that arrived from outside.
     #[allow(unsafe_code)]
     pub unsafe fn load_precompiled(engine: &HostEngine, path: &Path) -> Result<Program, Error> {
-        let not_ours = |why: String| {
+        let not_ours = |why: &str| {
             Error::Engine(format!(
                 "{} is not a precompiled artifact: {why}",
                 path.display()
             ))
         };
         let kind = wasmtime::Engine::detect_precompiled_file(path)
-            .map_err(|e| not_ours(chain(&e)))?
-            .ok_or_else(|| not_ours("no wasmtime header".into()))?;
+            .map_err(Error::wasmtime(format!(
+                "{} is not a precompiled artifact",
+                path.display()
+            )))?
+            .ok_or_else(|| not_ours("no wasmtime header"))?;
         match kind {
             // SAFETY: the caller guarantees the file is our own precompiled output.
             wasmtime::Precompiled::Component => {
                 let c = unsafe {
                     wasmtime::component::Component::deserialize_file(&engine.engine, path)
                 }
-                .map_err(|e| Error::Engine(chain(&e)))?;
+                .map_err(Error::wasmtime("loading a precompiled artifact"))?;
                 Program::from_component(engine, c)
             }
             wasmtime::Precompiled::Module => {
                 // SAFETY: as above.
                 let m = unsafe { wasmtime::Module::deserialize_file(&engine.engine, path) }
-                    .map_err(|e| Error::Engine(chain(&e)))?;
+                    .map_err(Error::wasmtime("loading a precompiled artifact"))?;
                 Program::from_module(engine, m)
             }
         }
@@ -212,18 +221,44 @@ impl Program {
                 // SAFETY: the bytes come straight from `precompile` on this engine.
                 let c =
                     unsafe { wasmtime::component::Component::deserialize(&engine.engine, bytes) }
-                        .map_err(|e| Error::Engine(chain(&e)))?;
+                        .map_err(Error::wasmtime("loading a precompiled artifact"))?;
                 Program::from_component(engine, c)
             }
             Some(wasmtime::Precompiled::Module) => {
                 // SAFETY: as above.
                 let m = unsafe { wasmtime::Module::deserialize(&engine.engine, bytes) }
-                    .map_err(|e| Error::Engine(chain(&e)))?;
+                    .map_err(Error::wasmtime("loading a precompiled artifact"))?;
                 Program::from_module(engine, m)
             }
             None => Err(Error::Engine(
                 "precompile produced no wasmtime artifact".into(),
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::provided;
+
+    #[test]
+    fn wasi_interfaces_at_any_0_2_release_are_provided_and_others_are_not() {
+        for name in [
+            "wasi:http/types@0.2.0",
+            "wasi:cli/environment@0.2.6",
+            "wasi:sockets/ip-name-lookup@0.2.9",
+        ] {
+            assert!(provided(name), "{name}");
+        }
+        for name in [
+            "wasi:http/types@0.3.0",
+            "wasi:http/types@0.2.0-rc-2023-12-05",
+            "wasi:cli/environment",
+            "wasi:keyvalue/store@0.2.0-draft",
+            "wasi:config/store@0.2.0",
+            "my:app/thing@0.2.0",
+        ] {
+            assert!(!provided(name), "{name}");
         }
     }
 }

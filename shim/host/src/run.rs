@@ -5,7 +5,6 @@ use std::time::Duration;
 use wasmtime::Store;
 use wasmtime_wasi::I32Exit;
 
-use crate::error::chain;
 use crate::program::Inner;
 use crate::state::{GuestState, P1State};
 use crate::{Error, Grants, Program};
@@ -114,6 +113,9 @@ pub(crate) async fn within(
     // here is either the guest's own exit or a trap.
     outcome.or_else(|e| match e.downcast_ref::<I32Exit>() {
         Some(I32Exit(code)) => Ok(*code),
-        None => Err(Error::Trap(memory.explain(chain(&e)))),
+        None => Err(match memory.get() {
+            Some(refusal) => Error::OutOfMemory { refusal, source: e },
+            None => Error::Trap(e),
+        }),
     })
 }

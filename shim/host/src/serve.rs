@@ -22,7 +22,6 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::error::chain;
 use crate::program::Inner;
 use crate::run::yield_every_tick;
 use crate::state::GuestState;
@@ -280,7 +279,7 @@ async fn serve_one(
     shared: Arc<Shared>,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<HyperOutgoingBody>, (u16, String)> {
-    let internal = |e: Error| (500, e.to_string());
+    let internal = |e: Error| (500, wa8s_api::report::report(&e));
     let permit = shared
         .permits
         .clone()
@@ -296,7 +295,7 @@ async fn serve_one(
     let refused = store.data().limits.refused.clone();
     yield_every_tick(&mut store);
     let (tx, rx) = oneshot::channel();
-    let wasm_err = |e: wasmtime::Error| (500, chain(&e));
+    let wasm_err = |e: wasmtime::Error| (500, wa8s_api::report::report(&*e));
     let request = store
         .data_mut()
         .http()
@@ -331,7 +330,7 @@ async fn serve_one(
         tokio::select! {
             outcome = guest => outcome,
             _ = killed.wait_for(|k| *k) => {
-                Err(Error::Trap("stopped: the server shut down".into()))
+                Err(Error::ShutDown)
             }
         }
     });
@@ -341,17 +340,18 @@ async fn serve_one(
         Err(_) => {
             // The guest ended without setting a response: report why.
             let why = match task.await {
-                Ok(Ok(_)) => Error::Trap("the guest returned without setting a response".into()),
+                Ok(Ok(_)) => Error::NoResponse,
                 Ok(Err(e)) => e,
-                Err(e) => Error::Trap(format!("guest task failed: {e}")),
+                Err(e) => Error::Task(e),
             };
             let status = if matches!(why, Error::Deadline(_)) {
                 503
             } else {
                 500
             };
+            let why = wa8s_api::report::report(&why);
             tracing::debug!(status, "request failed: {why}");
-            Err((status, why.to_string()))
+            Err((status, why))
         }
     }
 }

@@ -89,13 +89,10 @@ fn builder(grants: &Grants, learned: &Learned) -> Result<WasiCtxBuilder, Error> 
             FsPerms::ReadWrite
         };
         b.preopened_dir(&d.host, &d.guest, perms)
-            .map_err(|e| Error::Grant {
-                what: format!("directory {}", d.guest),
-                reason: format!(
-                    "cannot open {}: {}",
-                    d.host.display(),
-                    crate::error::chain(&e)
-                ),
+            .map_err(|source| Error::Preopen {
+                guest: d.guest.clone(),
+                host: d.host.clone(),
+                source,
             })?;
     }
     open_sockets(&mut b, &grants.network, learned);

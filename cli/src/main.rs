@@ -60,6 +60,10 @@ struct RunArgs {
     /// Serve a wasi:http component on this address, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// With --listen: serve Prometheus metrics (requests, stops, denials) at GET /metrics
+    /// on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR", requires = "listen")]
+    metrics_listen: Option<SocketAddr>,
     /// Preopen a host directory: HOST:GUEST, then optionally `:ro` (read-only) and
     /// `:maxSize=QUANTITY` (writes past it fail with ENOSPC in the guest), e.g.
     /// ./scratch:/tmp:maxSize=64Mi.
@@ -97,14 +101,19 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WA8S_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     let cli = Cli::parse();
+    // Diagnostics only (results go to stdout): warnings unless WA8S_LOG asks for more.
+    let logging = wa8s_telemetry::LogFormat::from_env().and_then(|format| {
+        wa8s_telemetry::init_logging(&wa8s_telemetry::Logging {
+            format,
+            timestamps: false,
+            ..wa8s_telemetry::Logging::new("warn")
+        })
+    });
+    if let Err(e) = logging {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // Registry commands do one transfer at a time: a single-threaded runtime spares every
     // chunk a wake-up across threads. `run` serves requests on all cores.
     let runtime = match &cli.command {
@@ -148,7 +157,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     match (args.listen, program.kind()) {
-        (Some(addr), _) => serve(&program, grants, addr, &args.grace).await,
+        (Some(addr), _) => serve(&program, grants, addr, args.metrics_listen, &args.grace).await,
         (None, Kind::Http) => {
             eprintln!(
                 "error: {} exports wasi:http/incoming-handler: serve it with --listen ADDR",
@@ -170,9 +179,25 @@ async fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-async fn serve(program: &Program, grants: Grants, addr: SocketAddr, grace: &str) -> ExitCode {
+async fn serve(
+    program: &Program,
+    grants: Grants,
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+    grace: &str,
+) -> ExitCode {
     let result: Result<()> = async {
         let grace = duration(grace).context("--grace")?;
+        if let Some(metrics) = metrics {
+            let listener = std::net::TcpListener::bind(metrics)
+                .with_context(|| format!("--metrics-listen {metrics}"))?;
+            eprintln!("metrics at http://{}/metrics", listener.local_addr()?);
+            tokio::spawn(wa8s_host::serve_metrics(
+                listener,
+                grants.telemetry.clone(),
+                std::future::pending(),
+            ));
+        }
         let server = Server::bind(
             program,
             grants,

@@ -307,3 +307,123 @@ fn wa8s_run_blocks_the_machines_own_addresses_in_every_form_as_a_node_does() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("connect=ok"), "{stdout}");
 }
+
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// One GET; the whole response, or `None` if the server is not up yet.
+fn get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The value of the sample `series` (name and labels, exactly) in an exposition.
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let value = l.strip_prefix(series)?.strip_prefix(' ')?;
+        value.split(' ').next()?.parse().ok()
+    })
+}
+
+#[test]
+fn wa8s_run_serves_request_counts_and_deadline_stops_as_prometheus_metrics() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let http = guest(&dir, "http.wasm", guests::HTTP_COMPONENT);
+    let (addr, metrics) = (free_addr(), free_addr());
+    let mut child = wa8s()
+        .args(["run", "--listen", &addr, "--metrics-listen", &metrics])
+        .args(["--timeout", "1s", &http])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let first = until(Duration::from_secs(60), "server never came up", || {
+        get(&addr, "/")
+    });
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    for _ in 0..4 {
+        assert!(get(&addr, "/").expect("GET /").starts_with("HTTP/1.1 200"));
+    }
+    // A guest that loops is stopped at its deadline: 503, and one deadline stop.
+    let looped = get(&addr, "/loop").expect("GET /loop");
+    assert!(looped.starts_with("HTTP/1.1 503"), "{looped}");
+    let exposition = until(Duration::from_secs(10), "the stop was not counted", || {
+        let text = get(&metrics, "/metrics")?;
+        (sample(&text, r#"wa8s_guest_stops_total{reason="deadline"}"#) == Some(1.0)).then_some(text)
+    });
+    assert!(
+        exposition.contains("content-type: application/openmetrics-text")
+            || exposition.contains("Content-Type: application/openmetrics-text"),
+        "{exposition}"
+    );
+    assert_eq!(
+        sample(&exposition, r#"wa8s_http_requests_total{code="2xx"}"#),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&exposition, r#"wa8s_http_requests_total{code="5xx"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&exposition, "wa8s_http_request_duration_seconds_count"),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(&exposition, r#"wa8s_guest_stops_total{reason="trap"}"#),
+        Some(0.0)
+    );
+    assert!(sample(&exposition, "wa8s_instance_start_time_seconds").is_some_and(|t| t > 1.0e9));
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    until(Duration::from_secs(20), "wa8s did not stop", || {
+        child.try_wait().expect("wait")
+    });
+}
+
+#[test]
+fn a_denied_name_lookup_and_socket_are_each_named_on_stderr_with_the_grant_that_would_allow_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let probe = guest(&dir, "sockprobe.wasm", guests::SOCKPROBE_COMPONENT);
+    let run = |args: &[&str]| {
+        let out = wa8s()
+            .args(["run", "--allow-host", "api.example.com:443", &probe, "--"])
+            .args(args)
+            .output()
+            .expect("runs");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (stdout, stderr) = run(&["lookup", "db.not-granted.example"]);
+    assert!(stdout.contains("lookup=err"), "{stdout}");
+    assert!(
+        stderr.contains(
+            "name lookup of db.not-granted.example denied: not in spec.wasi.network allowedHosts"
+        ),
+        "{stderr}"
+    );
+    let (stdout, stderr) = run(&["connect", "192.0.2.7", "5432"]);
+    assert!(stdout.contains("connect=err"), "{stdout}");
+    assert!(
+        stderr.contains("tcp to 192.0.2.7:5432 denied: not in spec.wasi.network allowedHosts"),
+        "{stderr}"
+    );
+}

@@ -51,6 +51,21 @@ pub const DRAIN_SECONDS: u64 = 25;
 /// so the kubelet's SIGKILL never cuts a drain short.
 pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_SLEEP_SECONDS + DRAIN_SECONDS as i64 + 5;
 
+/// The port every HTTP wasm pod serves its Prometheus metrics on (`GET /metrics`), beside
+/// the component's own; the OpenTelemetry Prometheus exporter's registered default.
+pub const METRICS_PORT: u16 = 9464;
+/// The container port name of [`METRICS_PORT`] (Services, PodMonitors and scrape configs
+/// select it by name).
+pub const METRICS_PORT_NAME: &str = "metrics";
+
+/// The container variable holding the runtime's log filter (`RUST_LOG` syntax).
+pub const LOG_FILTER_ENV: &str = "WA8S_LOG";
+/// The container variable choosing the runtime's log format (`text` or `json`).
+pub const LOG_FORMAT_ENV: &str = "WA8S_LOG_FORMAT";
+/// Container variables the runtime reads for itself: the shim hands them to the guest
+/// process, and the component sees one only when the object grants it like any other.
+pub const HOST_ENV: &[&str] = &[LOG_FILTER_ENV, LOG_FORMAT_ENV];
+
 /// Errors reading the contract.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -69,6 +69,12 @@ pub const DEFAULT_PORT: i32 = 8080;
         "fieldPath": ".scaling.targetCPUUtilization",
         "reason": "FieldValueRequired",
         "message": "needs spec.resources.cpu: CPU utilization is measured against the CPU request"
+    },
+    {
+        "rule": "!has(self.port) || self.port != 9464",
+        "fieldPath": ".port",
+        "reason": "FieldValueInvalid",
+        "message": "9464 is the port the runtime serves the pod's metrics on; choose another"
     }
 ]))]
 pub struct WebAssemblySpec {
@@ -110,7 +116,8 @@ pub struct WebAssemblySpec {
     pub wasi: Option<Wasi>,
 
     /// Port an HTTP component (one exporting wasi:http/incoming-handler) serves on inside the
-    /// pod, and the Service's target port. Default 8080.
+    /// pod, and the Service's target port. Default 8080. Not 9464: the runtime serves the
+    /// pod's metrics there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,

@@ -25,6 +25,9 @@ const UNINSTALL_ANNOTATION: &str = "wa8s.reconciler.io/uninstall";
     about = "Puts the wa8s shim on a node and the wa8s runtime into containerd's configuration"
 )]
 struct Cli {
+    /// Log lines as `text` or `json` (levels: WA8S_LOG, in RUST_LOG syntax).
+    #[arg(long, global = true, default_value = "text", env = "WA8S_LOG_FORMAT")]
+    log_format: wa8s_telemetry::LogFormat,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -375,15 +378,16 @@ async fn uninstall_all(daemonset: &str, namespace: &str, timeout: Duration) -> R
 async fn main() -> ExitCode {
     // kube's TLS stack links both rustls providers; pick one for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WA8S_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    let logging = wa8s_telemetry::Logging {
+        format: cli.log_format,
+        ..wa8s_telemetry::Logging::new("info")
+    };
+    if let Err(e) = wa8s_telemetry::init_logging(&logging) {
+        eprintln!("wa8s-node-installer: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
         Cmd::Install { node, once } => install(node, once).await,
         Cmd::Uninstall { node } => uninstall(node).await,
         Cmd::Ready { node } => ready(&node),

@@ -237,12 +237,21 @@ fn deployment(
         image: Some(format!("{}@{}", spec.module.registry, resolved.digest)),
         command: Some(vec![IMAGE_COMPONENT_COMMAND.into()]),
         ports: http.then(|| {
-            vec![ContainerPort {
-                name: Some(PORT_NAME.into()),
-                container_port: port,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            }]
+            vec![
+                ContainerPort {
+                    name: Some(PORT_NAME.into()),
+                    container_port: port,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                },
+                // The runtime's Prometheus metrics (requests, stops, denials).
+                ContainerPort {
+                    name: Some(wa8s_api::contract::METRICS_PORT_NAME.into()),
+                    container_port: i32::from(wa8s_api::contract::METRICS_PORT),
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                },
+            ]
         }),
         env: (!env.is_empty()).then_some(env),
         env_from: (!spec.env_from.is_empty()).then(|| spec.env_from.clone()),
@@ -293,6 +302,16 @@ fn deployment(
             wa8s_api::contract::MODULE_DIGEST_ANNOTATION.into(),
             resolved.digest.clone(),
         );
+        if http {
+            // The convention Prometheus' own example configuration (and many charts) scrape
+            // pods by.
+            a.insert("prometheus.io/scrape".into(), "true".into());
+            a.insert(
+                "prometheus.io/port".into(),
+                wa8s_api::contract::METRICS_PORT.to_string(),
+            );
+            a.insert("prometheus.io/path".into(), "/metrics".into());
+        }
     }
     Deployment {
         metadata: meta,

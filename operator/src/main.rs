@@ -26,6 +26,9 @@ use wa8s_operator::resolve::OciResolver;
     about = "Reconciles WebAssembly objects into Deployments, Services and HPAs"
 )]
 struct Args {
+    /// Log lines as `text` or `json` (levels: WA8S_LOG, in RUST_LOG syntax).
+    #[arg(long, default_value = "text", env = "WA8S_LOG_FORMAT")]
+    log_format: wa8s_telemetry::LogFormat,
     /// RuntimeClass the pods ask for.
     #[arg(long, default_value = "wa8s", env = "WA8S_RUNTIME_CLASS")]
     runtime_class: String,
@@ -72,15 +75,15 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // Structured JSON logs for log pipelines; WA8S_LOG sets the filter.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WA8S_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    let logging = wa8s_telemetry::Logging {
+        format: args.log_format,
+        ..wa8s_telemetry::Logging::new("info")
+    };
+    if let Err(e) = wa8s_telemetry::init_logging(&logging) {
+        eprintln!("wa8s-operator: {e}");
+        return ExitCode::from(2);
+    }
     wa8s_operator::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -328,7 +328,9 @@ impl Cgroup {
                 let dir = mount.join(path.relative(&layout.systemd_root(key)));
                 match cg.made_dir(&dir) {
                     Ok(()) => cg.tracking.push(dir),
-                    Err(e) => log::warn!("the guest is not tracked in the {key} hierarchy: {e}"),
+                    Err(e) => {
+                        tracing::warn!("the guest is not tracked in the {key} hierarchy: {e}")
+                    }
                 }
             }
         }
@@ -528,7 +530,7 @@ fn enable_controllers(mount: &Path, rel: &Path) {
             if has(&available) && !has(&enabled) {
                 let file = dir.join("cgroup.subtree_control");
                 if let Err(e) = std::fs::write(&file, format!("+{c}")) {
-                    log::warn!("enabling the {c} controller in {}: {e}", file.display());
+                    tracing::warn!("enabling the {c} controller in {}: {e}", file.display());
                 }
             }
         }

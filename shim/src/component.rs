@@ -205,20 +205,20 @@ pub async fn obtain(
             .await
         {
             Ok(Some(found)) => {
-                log::info!(
+                tracing::info!(
                     "container {id}: component {} of {} read from containerd's content store",
                     found.component.digest(),
                     found.image
                 );
                 return Ok(found.component);
             }
-            Ok(None) => log::info!(
+            Ok(None) => tracing::info!(
                 "container {id}: containerd holds no complete wasm artifact for its image; pulling it"
             ),
             // The registry may still serve it; say why the store was not used.
             Err(e @ crate::content::Error::Unavailable { .. }) => {
                 let why = crate::protocol::Failure::of(&e);
-                log::warn!("container {id}: {why}; pulling the image instead");
+                tracing::warn!("container {id}: {why}; pulling the image instead");
             }
             Err(e) => return Err(e.into()),
         }

@@ -174,12 +174,12 @@ impl Resources {
         if let Some(rootfs) = &self.rootfs
             && let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), 0)
         {
-            log::warn!("unmounting {}: {e}", rootfs.display());
+            tracing::warn!("unmounting {}: {e}", rootfs.display());
         }
         if let Some(cg) = &self.cgroup
             && let Err(e) = cg.remove()
         {
-            log::warn!("removing the cgroup: {e}");
+            tracing::warn!("removing the cgroup: {e}");
         }
     }
 }

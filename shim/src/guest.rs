@@ -17,7 +17,7 @@ use wa8s_host::{
 };
 use wa8s_oci::VerifiedBlob;
 
-use wa8s_api::contract::IMAGE_COMPONENT_COMMAND;
+use wa8s_api::contract::{self, IMAGE_COMPONENT_COMMAND};
 
 use crate::component::{GuestSeccomp, NodeConfig};
 use crate::protocol::{
@@ -80,24 +80,41 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// The guest's diagnostics (its denials, its memory budget) go to the container's stderr,
+/// which is `kubectl logs`: warnings and up unless the container's `WA8S_LOG` says otherwise
+/// (the shim hands the process the container's `contract::HOST_ENV` settings), as text or
+/// as JSON (`WA8S_LOG_FORMAT`). No timestamps: the container log adds its own.
+fn log_to_container() {
+    let format = match wa8s_telemetry::LogFormat::from_env() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("wa8s: {e}; writing text");
+            wa8s_telemetry::LogFormat::Text
+        }
+    };
+    let logging = wa8s_telemetry::Logging {
+        format,
+        timestamps: false,
+        targets: false,
+        ..wa8s_telemetry::Logging::new("warn")
+    };
+    if let Err(e) = wa8s_telemetry::init_logging(&logging) {
+        eprintln!("wa8s: {e}; logging at warn");
+        let _ = wa8s_telemetry::init_logging(&wa8s_telemetry::Logging {
+            default_filter: "warn",
+            ..logging
+        });
+    }
+}
+
 /// Entry point; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     let (Some(bundle), Some(digest)) = (args.first(), args.get(1)) else {
         eprintln!("usage: containerd-shim-wa8s-v1 guest BUNDLE DIGEST");
         return EXIT_STARTUP;
     };
-    // The host's denials (memory growth, network) go to the container's log, at warn and
-    // above unless WA8S_LOG says otherwise.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WA8S_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .try_init();
+    log_to_container();
+    let compiled_now = args.get(2).map(String::as_str) == Some(protocol::COMPILED_NOW_ARG);
     let mut status = owned_fd(STATUS_FD);
     let start = owned_fd(START_FD);
     let ready = match prepare(Path::new(bundle), digest) {
@@ -135,9 +152,11 @@ pub fn main(args: &[String]) -> i32 {
         program,
         grants,
         server,
+        metrics,
         follow_nodes,
         granted_dirs: _granted_dirs,
     } = ready;
+    grants.telemetry.precompile_cache(!compiled_now);
     if let Err(e) = follow_nodes.start() {
         eprintln!("wa8s: following the node's addresses: {e}");
         return EXIT_STARTUP;
@@ -149,7 +168,7 @@ pub fn main(args: &[String]) -> i32 {
             return EXIT_STARTUP;
         }
     };
-    runtime.block_on(run(program, grants, server))
+    runtime.block_on(run(program, grants, server, metrics))
 }
 
 /// A guest loaded, confined and waiting for the start.
@@ -158,6 +177,8 @@ struct Ready {
     grants: Grants,
     /// An HTTP component's server, bound already.
     server: Option<Server>,
+    /// Its metrics port, bound already.
+    metrics: Option<std::net::TcpListener>,
     follow_nodes: wa8s_host::Follow,
     /// Held for the life of the process: the grants name these open directories.
     granted_dirs: Vec<std::fs::File>,
@@ -188,19 +209,18 @@ fn prepare(bundle: &Path, digest: &str) -> Result<Option<Ready>, Error> {
     // An HTTP component's port is bound now, in the pod's network namespace and before the
     // privileges go (so ports below 1024 work too): connections queue from the moment the
     // container is created and are served as soon as it starts.
-    let server = match program.kind() {
+    let (server, metrics) = match program.kind() {
         Kind::Http => {
             let addr = SocketAddr::from(([0, 0, 0, 0], spec.policy.port));
             let listener =
                 std::net::TcpListener::bind(addr).map_err(io(format!("binding {addr}")))?;
-            Some(Server::on_listener(
-                &program,
-                grants.clone(),
-                listener,
-                DRAIN,
-            )?)
+            let metrics_addr = SocketAddr::from(([0, 0, 0, 0], contract::METRICS_PORT));
+            let metrics = std::net::TcpListener::bind(metrics_addr)
+                .map_err(io(format!("binding the metrics port {metrics_addr}")))?;
+            let server = Server::on_listener(&program, grants.clone(), listener, DRAIN)?;
+            (Some(server), Some(metrics))
         }
-        _ => None,
+        _ => (None, None),
     };
     // Capabilities, the bounding set and no_new_privs are per thread: the drop must happen
     // while this is the only one (threads made later inherit it).
@@ -216,6 +236,7 @@ fn prepare(bundle: &Path, digest: &str) -> Result<Option<Ready>, Error> {
         program,
         grants,
         server,
+        metrics,
         follow_nodes,
         granted_dirs,
     }))
@@ -361,6 +382,8 @@ pub fn precompile_main(args: &[String]) -> i32 {
         eprintln!("usage: containerd-shim-wa8s-v1 {PRECOMPILE_SUBCOMMAND} BUNDLE DIGEST");
         return EXIT_STARTUP;
     };
+    // Its stderr is relayed into the shim's log.
+    log_to_container();
     // A cache hit only checks the record; the guest is the one that loads the code.
     let warmed = || -> Result<(), Error> {
         let spec = ContainerSpec::load(Path::new(bundle))?;
@@ -484,7 +507,23 @@ fn grants(spec: &ContainerSpec, nodes: NodeAddresses, node: &NodeConfig) -> Resu
 }
 
 /// Serves (an HTTP component, bound at create) or runs the program to completion.
-async fn run(program: Program, grants: Grants, server: Option<Server>) -> i32 {
+async fn run(
+    program: Program,
+    grants: Grants,
+    server: Option<Server>,
+    metrics: Option<std::net::TcpListener>,
+) -> i32 {
+    if let Some(listener) = metrics {
+        let telemetry = grants.telemetry.clone();
+        tokio::spawn(async move {
+            // Served until the process ends (after the drain, so the last counts are seen).
+            if let Err(e) =
+                wa8s_host::serve_metrics(listener, telemetry, std::future::pending()).await
+            {
+                tracing::warn!("the metrics port stopped: {}", wa8s_api::report::report(&e));
+            }
+        });
+    }
     match server {
         Some(server) => match server.run(terminated()).await {
             Ok(()) => 0,

@@ -57,7 +57,7 @@ pub async fn launch(
     if spec.sandbox_id.is_some() && !spec.annotations.contains_key(POLICY_ANNOTATION) {
         // Fail closed, but say why: a CRI container without the policy usually means
         // containerd was not told to pass it (`pod_annotations` on the runtime).
-        log::warn!(
+        tracing::warn!(
             "container {}: no {POLICY_ANNOTATION} annotation, so the component runs with no grants; \
              if its pod has one, add pod_annotations = [\"{POLICY_ANNOTATION}\"] to the wa8s runtime in containerd's configuration",
             req.id
@@ -150,10 +150,10 @@ async fn start_guest(
     // only when it says there is none is the component compiled, and a new guest started.
     let mut compiled = false;
     loop {
-        match guest.spawn(containers).await? {
+        match guest.spawn(containers, compiled).await? {
             Spawned::Ready(pid, start) => {
                 // Where a start's time goes, for whoever chases it (containerd's debug log).
-                log::debug!(
+                tracing::debug!(
                     "container {}: component obtained in {obtained:.1?}, guest ready ({}) after {:.1?}",
                     req.id,
                     if compiled {
@@ -190,7 +190,7 @@ async fn precompile(bundle: &Path, digest: &str) -> Result<(), Error> {
         .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
+        .stderr(std::process::Stdio::piped());
     if let Ok(v) = std::env::var("WA8S_SHIM_CONFIG") {
         cmd.env("WA8S_SHIM_CONFIG", v);
     }
@@ -198,12 +198,26 @@ async fn precompile(bundle: &Path, digest: &str) -> Result<(), Error> {
         .spawn()
         .map_err(Error::io("starting the precompile process"))?;
     // The library's reaper collects every child's exit, so the outcome comes through the
-    // pipe, which ends when the process does.
-    let mut out = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        use tokio::io::AsyncReadExt;
-        let _ = o.read_to_string(&mut out).await;
-    }
+    // pipe, which ends when the process does. Its log lines (warnings: the process logs at
+    // its default level) join the shim's, which containerd keeps.
+    let outcome = async {
+        let mut out = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            use tokio::io::AsyncReadExt;
+            let _ = o.read_to_string(&mut out).await;
+        }
+        out
+    };
+    let relay = async {
+        if let Some(e) = child.stderr.take() {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(e).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::warn!(digest, "precompile: {line}");
+            }
+        }
+    };
+    let (out, ()) = tokio::join!(outcome, relay);
     drop(child);
     match protocol::receive::<FromPrecompile>(&out) {
         Ok(FromPrecompile::Compiled) => Ok(()),
@@ -226,7 +240,7 @@ impl Guest<'_> {
     /// Forks the guest process (in the container's cgroup and network namespace), which
     /// reports when it is ready to start, that the component is not compiled yet, or why it
     /// cannot run.
-    async fn spawn(&self, containers: &Containers) -> Result<Spawned, Error> {
+    async fn spawn(&self, containers: &Containers, compiled_now: bool) -> Result<Spawned, Error> {
         let netns = match &self.spec.netns {
             Some(p) => Some(OwnedFd::from(
                 std::fs::File::open(p).map_err(Error::io(format!("opening {}", p.display())))?,
@@ -241,17 +255,28 @@ impl Guest<'_> {
         if let Ok(v) = std::env::var("WA8S_SHIM_CONFIG") {
             env.push(("WA8S_SHIM_CONFIG".to_owned(), v));
         }
+        // The runtime's own settings from the container's env (its log filter and format).
+        env.extend(
+            self.spec
+                .env
+                .iter()
+                .filter(|(k, _)| wa8s_api::contract::HOST_ENV.contains(&k.as_str()))
+                .cloned(),
+        );
         // Opened here, in the node's network namespace; the guest runs in the pod's and reads
         // the node's addresses through it.
         let node_netlink =
             NodeAddresses::open_netlink().map_err(Error::io("opening a route-netlink socket"))?;
         let exec = sys::Exec {
             program: exe,
-            args: vec![
+            args: [
                 protocol::GUEST_SUBCOMMAND.into(),
                 self.bundle.as_os_str().to_owned(),
                 self.digest.into(),
-            ],
+            ]
+            .into_iter()
+            .chain(compiled_now.then(|| protocol::COMPILED_NOW_ARG.into()))
+            .collect(),
             env,
             cwd: self.bundle.to_path_buf(),
             stdout,

@@ -13,6 +13,9 @@ pub const GUEST_SUBCOMMAND: &str = "guest";
 /// First argument that makes the binary compile a component into the node cache:
 /// `precompile BUNDLE DIGEST`.
 pub const PRECOMPILE_SUBCOMMAND: &str = "precompile";
+/// The guest's last argument when the component was compiled for this start (a precompile
+/// cache miss, which the guest's metrics report).
+pub const COMPILED_NOW_ARG: &str = "--compiled-now";
 /// Descriptor the guest reads [`ToGuest`] on.
 pub const START_FD: i32 = 3;
 /// Descriptor the guest writes its [`FromGuest`] report on.

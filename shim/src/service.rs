@@ -70,7 +70,7 @@ impl Service {
                 .publish(Context::default(), topic, &self.inner.namespace, event)
                 .await
         {
-            log::warn!("publishing {topic}: {e}");
+            tracing::warn!("publishing {topic}: {e}");
         }
     }
 
@@ -97,7 +97,7 @@ impl Service {
         let me = self.clone();
         tokio::spawn(async move {
             let Ok(mut sub) = monitor_subscribe(Topic::Pid).await else {
-                log::error!("cannot follow process exits");
+                tracing::error!("cannot follow process exits");
                 return;
             };
             while let Some(e) = sub.rx.recv().await {
@@ -229,7 +229,7 @@ impl Shim for Service {
                     Ok(c) => Some(c),
                     Err(e) => {
                         let why = crate::protocol::Failure::of(&e);
-                        log::warn!("{why}; components will be pulled from their registries");
+                        tracing::warn!("{why}; components will be pulled from their registries");
                         None
                     }
                 },

@@ -149,13 +149,13 @@ pub fn spawn(
     for into in attempts {
         match clone_confined(exec, &confinement, into)? {
             Some(pid) => return Ok(pid),
-            None => log::debug!(
+            None => tracing::debug!(
                 "clone3 with namespaces{} is not available",
                 if into.is_some() { " into a cgroup" } else { "" }
             ),
         }
     }
-    log::warn!("clone3 is not available: the guest shares the node's PID namespace");
+    tracing::warn!("clone3 is not available: the guest shares the node's PID namespace");
     let mut cmd = exec.command()?;
     let keep = confinement.apply(&mut cmd);
     let child = cmd.spawn()?;

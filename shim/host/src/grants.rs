@@ -28,6 +28,8 @@ pub struct Grants {
     pub stdout: Stdio,
     /// Where guest stderr goes.
     pub stderr: Stdio,
+    /// Where requests, stops and denials are counted (and denials written to the log).
+    pub telemetry: crate::Telemetry,
 }
 
 /// A host directory preopened in the guest.

@@ -17,6 +17,7 @@ mod quota;
 mod run;
 mod serve;
 mod state;
+mod telemetry;
 
 pub use engine::{EngineConfig, HostEngine, WASMTIME_VERSION};
 pub use error::Error;
@@ -28,4 +29,5 @@ pub use program::{Kind, Program};
 #[doc(hidden)] // for the test that holds the host to one walk per bound per start
 pub use quota::directory_walks;
 pub use run::ExitStatus;
-pub use serve::{ServeOptions, ServeStats, Server};
+pub use serve::{ServeOptions, ServeStats, Server, serve_metrics};
+pub use telemetry::{Denial, DenialKind, OPENMETRICS_CONTENT_TYPE, Telemetry};

@@ -70,6 +70,8 @@ struct Bound {
     /// Files unlinked while the guest held them open: `(dev, ino) → bytes charged`, credited
     /// once no descriptor of this process holds them.
     held: Mutex<Vec<((u64, u64), u64)>>,
+    /// Where refusals are reported.
+    telemetry: crate::Telemetry,
 }
 
 /// Where a descriptor is, as far as bounds go.
@@ -111,6 +113,7 @@ impl Quotas {
                 kernel,
                 used: AtomicU64::new(used),
                 held: Mutex::new(Vec::new()),
+                telemetry: grants.telemetry.clone(),
             });
         }
         Ok(Quotas(Arc::new(bounds)))
@@ -159,6 +162,7 @@ impl Quotas {
                 .map_err(io::Error::from)?;
             if growth > free {
                 tracing::debug!(dir = %bound.guest, free, growth, "write refused: file system full");
+                bound.refused();
                 return Err(no_space());
             }
             return Ok(0);
@@ -257,8 +261,16 @@ impl Bound {
             .map(drop)
             .map_err(|used| {
                 tracing::debug!(dir = %self.guest, used, bytes, max = self.max, "refused: directory bound reached");
+                self.refused();
                 no_space()
             })
+    }
+
+    fn refused(&self) {
+        self.telemetry.deny(crate::Denial::MaxSize {
+            dir: self.guest.clone(),
+            max: self.max,
+        });
     }
 
     fn credit(&self, bytes: u64) {

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -192,6 +192,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         self.shared.engine.ensure_ticking()?;
         let listener = TcpListener::from_std(self.listener)?;
+        self.shared.grants.telemetry.started_now();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -265,11 +266,15 @@ async fn handle(
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<HyperOutgoingBody>, Infallible> {
     let stats = shared.stats.clone();
+    let telemetry = shared.grants.telemetry.clone();
     let in_flight = Counted::new(&stats.in_flight);
+    let arrived = Instant::now();
+    telemetry.request_started();
     let response = match serve_one(shared, req).await {
         Ok(resp) => resp,
         Err((status, message)) => plain(status, message),
     };
+    telemetry.request_done(response.status().as_u16(), arrived.elapsed());
     drop(in_flight);
     stats.served.fetch_add(1, Ordering::Relaxed);
     Ok(response)
@@ -312,6 +317,7 @@ async fn serve_one(
     // nor shutdown could stop it.
     let engine = shared.engine.clone();
     let mut killed = shared.killed.clone();
+    let telemetry = shared.grants.telemetry.clone();
     let alive = Counted::new(&shared.stats.guests);
     // The guest runs on its own task: it may keep streaming the body after it has set the
     // response, and the store (and the concurrency permit) live until it is done.
@@ -327,12 +333,17 @@ async fn serve_one(
                 .await
                 .map(|()| 0)
         });
-        tokio::select! {
+        let outcome = tokio::select! {
             outcome = guest => outcome,
             _ = killed.wait_for(|k| *k) => {
                 Err(Error::ShutDown)
             }
+        };
+        // Counted here, where every guest ends, also one that failed after it answered.
+        if let Err(e) = &outcome {
+            telemetry.stopped_by(e);
         }
+        outcome
     });
     match rx.await {
         Ok(Ok(response)) => Ok(response),
@@ -366,6 +377,66 @@ fn plain(status: u16, message: String) -> hyper::Response<HyperOutgoingBody> {
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Serves `telemetry` as Prometheus metrics (`GET /metrics`) on `listener` until `shutdown`.
+/// Separate from the component's port and outside its concurrency limit, so a saturated or
+/// stuck component is still observable.
+pub async fn serve_metrics(
+    listener: std::net::TcpListener,
+    telemetry: crate::Telemetry,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((socket, _)) = accepted else { continue };
+                let telemetry = telemetry.clone();
+                connections.spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<Incoming>| {
+                        let telemetry = telemetry.clone();
+                        async move { Ok::<_, Infallible>(metrics_response(&req, &telemetry)) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.abort_all();
+    Ok(())
+}
+
+fn metrics_response(
+    req: &hyper::Request<Incoming>,
+    telemetry: &crate::Telemetry,
+) -> hyper::Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (
+            hyper::StatusCode::OK,
+            crate::OPENMETRICS_CONTENT_TYPE,
+            telemetry.encode(),
+        ),
+        _ => (
+            hyper::StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "metrics are at GET /metrics\n".to_owned(),
+        ),
+    };
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
     );
     resp
 }

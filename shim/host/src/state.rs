@@ -49,11 +49,16 @@ impl GuestState {
         let net = GuestNet {
             policy: grants.network.clone(),
             lookups: Default::default(),
+            telemetry: grants.telemetry.clone(),
         };
         Ok(GuestState {
             wasi: builder(grants, &net.lookups.learned)?.build(),
             http: WasiHttpCtx::new(),
-            hooks: OutboundHttp::new(grants.network.clone(), grants.trust.clone()),
+            hooks: OutboundHttp::new(
+                grants.network.clone(),
+                grants.trust.clone(),
+                grants.telemetry.clone(),
+            ),
             table: ResourceTable::new(),
             limits: Limiter::new(grants.limits.memory_bytes, grants.limits.budget.clone()),
             quotas,
@@ -95,7 +100,7 @@ fn builder(grants: &Grants, learned: &Learned) -> Result<WasiCtxBuilder, Error> 
                 source,
             })?;
     }
-    open_sockets(&mut b, &grants.network, learned);
+    open_sockets(&mut b, &grants.network, learned, &grants.telemetry);
     Ok(b)
 }
 

@@ -6,6 +6,7 @@
 //! goes to the address that was checked (for https too: TLS then verifies the certificate for
 //! the name, with SNI), so a second lookup cannot point it elsewhere (DNS rebinding).
 
+use crate::telemetry::{Denial, Telemetry};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -31,11 +32,16 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 pub(crate) struct OutboundHttp {
     policy: NetworkPolicy,
     trust: TrustRoots,
+    telemetry: Telemetry,
 }
 
 impl OutboundHttp {
-    pub(crate) fn new(policy: NetworkPolicy, trust: TrustRoots) -> Self {
-        OutboundHttp { policy, trust }
+    pub(crate) fn new(policy: NetworkPolicy, trust: TrustRoots, telemetry: Telemetry) -> Self {
+        OutboundHttp {
+            policy,
+            trust,
+            telemetry,
+        }
     }
 }
 
@@ -48,6 +54,7 @@ impl WasiHttpHooks for OutboundHttp {
     ) -> SendFuture {
         let policy = self.policy.clone();
         let trust = self.trust.clone();
+        let telemetry = self.telemetry.clone();
         Box::new(async move {
             let uri = request.uri();
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
@@ -58,7 +65,7 @@ impl WasiHttpHooks for OutboundHttp {
                 .to_owned();
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let Some(rule) = policy.rule_for(scheme, &host, port).cloned() else {
-                tracing::debug!(%host, port, "outbound request denied: host not granted");
+                telemetry.deny(Denial::OutboundHttp { scheme, host, port });
                 return Err(HttpError::HttpRequestDenied);
             };
             let bare = host.trim_start_matches('[').trim_end_matches(']');
@@ -71,7 +78,7 @@ impl WasiHttpHooks for OutboundHttp {
                 .into_iter()
                 .find(|a| policy.address_allowed(&rule, a.ip()))
             else {
-                tracing::debug!(%host, port, "outbound request denied: address prohibited");
+                telemetry.deny(Denial::RestrictedAddress { host, port });
                 return Err(HttpError::DestinationIpProhibited);
             };
             let tls = if https {
@@ -347,6 +354,7 @@ mod tests {
         let mut hooks = OutboundHttp::new(
             NetworkPolicy::new(patterns, crate::NodeAddresses::default()).expect("patterns"),
             TrustRoots::default(),
+            Telemetry::default(),
         );
         let fut = hooks.send_request(request(url), None, Box::new(async { Ok(()) }));
         let (resp, io) = Box::into_pin(fut).await?;

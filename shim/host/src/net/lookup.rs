@@ -29,6 +29,7 @@ use super::NetworkPolicy;
 pub(crate) struct GuestNet {
     pub(crate) policy: NetworkPolicy,
     pub(crate) lookups: Lookups,
+    pub(crate) telemetry: crate::Telemetry,
 }
 
 #[derive(Default)]
@@ -80,7 +81,9 @@ pub(crate) fn add_to_linker<T: WasiView + 'static>(
         move |mut store, (network, name): (Resource<Network>, String)| {
             let state = store.data_mut();
             if !net(state).policy.may_resolve(&name) {
-                tracing::debug!(%name, "name lookup refused: no allowedHosts rule matches");
+                net(state)
+                    .telemetry
+                    .deny(crate::Denial::NameLookup { name });
                 return Ok((Err(ErrorCode::AccessDenied),));
             }
             let mut view = state.sockets();

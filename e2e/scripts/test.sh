@@ -8,7 +8,7 @@ source e2e/scripts/prerequisites.sh
 
 # Build (or find cached) upstream binaries before the Rust tests need them.
 bash e2e/scripts/build-binaries.sh etcd kube-apiserver kube-controller-manager kube-scheduler \
-  kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl helm metrics-server >/dev/null
+  kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl helm metrics-server prometheus >/dev/null
 
 # The kind node image (a Debian rootfs, kubeadm, coredns, kindnetd, ...; cached by version)
 # builds in the background while cargo works; the kind scenarios need it.

@@ -23,6 +23,7 @@ pub mod node;
 pub mod paths;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod registry;
 pub mod scenario;
 pub mod token;

@@ -35,6 +35,9 @@ pub struct Cluster {
     node: NodeOptions,
     dns: DnsServer,
     bin_dir: PathBuf,
+    /// Where the operator serves /metrics as pods see it: the node's gateway address, which
+    /// a Service's endpoints can name (they may not be loopback).
+    operator_http: Option<std::net::SocketAddr>,
 }
 
 impl Cluster {
@@ -91,6 +94,7 @@ impl Cluster {
                 node,
                 dns,
                 bin_dir,
+                operator_http: None,
             });
         }
 
@@ -111,6 +115,7 @@ impl Cluster {
             node,
             dns,
             bin_dir,
+            operator_http: None,
         };
         cluster.start_operator()?;
         Ok(cluster)
@@ -138,9 +143,12 @@ impl Cluster {
             .arg(format!("--private-registry={}", self.registry))
             .arg("--leader-elect=false")
             .arg("--resolve-interval=10s")
-            .arg(format!("--http-addr=127.0.0.1:{http_port}"));
+            // Every address: the node's gateway (which a Service's endpoints can name; it
+            // may not exist yet) as well as loopback.
+            .arg(format!("--http-addr=0.0.0.0:{http_port}"));
         self.cp.spawn("wa8s-operator", &exe, cmd)?;
         let ready = format!("127.0.0.1:{http_port}");
+        self.operator_http = Some(std::net::SocketAddr::from((self.node.gateway(), http_port)));
         self.cp.wait_healthy("wa8s-operator", || {
             crate::http::get(&ready, "/readyz", Duration::from_secs(2))
                 .is_ok_and(|(status, _)| status == 200)
@@ -250,6 +258,11 @@ impl Cluster {
     }
 
     /// The real kubectl with an admin kubeconfig.
+    /// Where the operator serves /metrics, /healthz and /readyz.
+    pub fn operator_http(&self) -> Option<std::net::SocketAddr> {
+        self.operator_http
+    }
+
     pub fn kubectl(&self) -> Kubectl {
         self.cp.kubectl()
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use wa8s_e2e::Kubectl;
 use wa8s_e2e::guests::{built, python_guest};
+use wa8s_e2e::prometheus::{Prometheus, kubernetes_config};
 use wa8s_e2e::scenario::{Cluster, HttpResponder, Load, Upstream, manifest, variant};
 
 /// A GET to a test server or a port-forward (a guest may take a while on its first call).
@@ -337,6 +338,121 @@ spec:
         },
     )?;
     assert!(logs.contains("a-line-for-kubectl-logs"));
+
+    // Each kind of denial above is a line in the same log, naming what was refused and the
+    // grant that would allow it (the guest's data never: no bodies, no file contents).
+    let expected = [
+        format!(
+            "outbound to http://other.example.org:{port} denied: not in spec.wasi.network allowedHosts"
+        ),
+        format!(
+            "outbound to node.internal.example.com:{node_port} denied: it resolves only to restricted addresses"
+        ),
+        "write to /tmp denied: the directory holds its spec.wasi.fs maxSize of 65536 bytes".into(),
+    ];
+    let logs = k.eventually(
+        Duration::from_secs(30),
+        "every denial in kubectl logs",
+        |k| {
+            let out = k.ok(&["logs", "-n", n, "deploy/probe"]).ok()?;
+            expected.iter().all(|l| out.contains(l)).then_some(out)
+        },
+    );
+    assert!(logs.is_ok(), "denial lines missing: {logs:?}");
+    Ok(())
+}
+
+#[test]
+fn prometheus_finds_the_operator_and_wasm_pods_through_the_api_server_and_sees_requests_and_denials()
+-> Result<()> {
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("observed")?;
+    let n = ns.name();
+    c.push(&python_guest()?, "myorg/observed:v1")?;
+    let operator = c.operator_http().context("the operator serves HTTP")?;
+    // The operator runs outside the cluster here, as users may run it: a Service without a
+    // selector and an EndpointSlice naming its address let discovery find it the way it
+    // finds an operator pod.
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: wa8s-operator
+spec:
+  ports: [{{name: metrics, port: {port}, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: wa8s-operator
+  labels:
+    kubernetes.io/service-name: wa8s-operator
+addressType: IPv4
+ports: [{{name: metrics, port: {port}, protocol: TCP}}]
+endpoints: [{{addresses: ["{ip}"]}}]
+---
+apiVersion: wa8s.reconciler.io/v1
+kind: WebAssembly
+metadata:
+  name: observed
+spec:
+  module:
+    registry: ghcr.io/myorg/observed
+    tag: v1
+  resources:
+    memory: "128Mi"
+    cpu: "250m"
+  wasi:
+    network:
+      - outbound: true
+        allowedHosts: ["*.internal.example.com"]
+"#,
+        port = operator.port(),
+        ip = operator.ip(),
+    );
+    let applied = k.apply(n, &manifest)?;
+    assert!(applied.success, "{}", applied.stderr);
+    c.wait_ready(n, "observed", READY)?;
+    let prometheus = Prometheus::start(&kubernetes_config(c.kubeconfig(), n, "wa8s-operator"))?;
+    let value = |q: &str| prometheus.value(q).ok().flatten();
+    let patience = Duration::from_secs(90);
+    k.eventually(
+        patience,
+        "Prometheus scraping the pod and the operator",
+        |_| {
+            (value(r#"sum(up{job="wa8s-pods"})"#) == Some(1.0)
+                && value(r#"sum(up{job="wa8s-operator"})"#) == Some(1.0))
+            .then_some(())
+        },
+    )
+    .with_context(|| format!("Prometheus log:\n{}", prometheus.log()))?;
+    assert!(
+        value("sum(wa8s_operator_reconciles_total)").is_some_and(|v| v >= 1.0),
+        "the operator's reconciles are scraped"
+    );
+
+    // Requests through the Service move the pod's counters as Prometheus sees them.
+    let forward = k.port_forward(n, "svc/observed", 80)?;
+    for _ in 0..20 {
+        assert_eq!(http_get(forward.addr(), "/env/HOME")?.0, 200);
+    }
+    let requests = format!(r#"sum(wa8s_http_requests_total{{namespace="{n}",code="2xx"}})"#);
+    k.eventually(patience, "20 requests counted", |_| {
+        value(&requests).filter(|v| *v >= 20.0)
+    })?;
+    // A call the grants do not allow is counted by kind.
+    let (status, body) = http_get(forward.addr(), "/fetch/elsewhere.example.org:80/")?;
+    assert!(
+        status == 502 && body.contains("HttpRequestDenied"),
+        "{status} {body}"
+    );
+    let denials =
+        format!(r#"sum(wa8s_guest_denials_total{{namespace="{n}",kind="outbound_http"}})"#);
+    k.eventually(patience, "the denial counted", |_| {
+        value(&denials).filter(|v| *v >= 1.0)
+    })?;
     Ok(())
 }
 

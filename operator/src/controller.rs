@@ -142,6 +142,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // The cache holds every object; what reconcile never reads (managed fields, kubectl's
     // last-applied copy of the whole object) is dropped as objects arrive.
     let (reader, writer) = reflector::store();
+    ctx.metrics.count_objects(reader.clone());
     let objects = watcher(api::<WebAssembly>(&ctx, ns), watcher::Config::default())
         .default_backoff()
         .modify(trim)
@@ -346,10 +347,16 @@ struct Decision {
 }
 
 async fn resolve(obj: &WebAssembly, ctx: &Context, ns: &str, live: &Live) -> Decision {
+    let began = Instant::now();
     let outcome = match pull_secrets(obj, ctx, ns).await {
         Ok(secrets) => ctx.resolver.resolve(&obj.spec.module, secrets).await,
         Err(e) => Err(e),
     };
+    let result = match &outcome {
+        Ok(_) => "success",
+        Err(e) => e.reason,
+    };
+    ctx.metrics.resolved(result, began.elapsed());
     let pinned = obj.spec.module.digest.clone();
     match outcome {
         Ok((reference, resolved)) => Decision {

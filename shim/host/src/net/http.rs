@@ -499,6 +499,7 @@ mod tests {
         let mut hooks = OutboundHttp::new(
             NetworkPolicy::new(patterns, crate::NodeAddresses::default()).expect("patterns"),
             trust,
+            Telemetry::default(),
         );
         let fut = hooks.send_request(request(url), None, Box::new(async { Ok(()) }));
         let (resp, io) = Box::into_pin(fut).await?;

@@ -188,6 +188,17 @@ async fn serve(
 ) -> ExitCode {
     let result: Result<()> = async {
         let grace = duration(grace).context("--grace")?;
+        // Standard OTEL_EXPORTER_OTLP_* variables turn request traces on. The exporter's
+        // client is a blocking one with a runtime of its own, made outside this one's tasks.
+        let traced = tokio::task::block_in_place(|| {
+            grants
+                .telemetry
+                .export_traces_from_env("wa8s-run", &grants.trust)
+        })?;
+        if traced {
+            eprintln!("exporting request traces over OTLP");
+        }
+        let telemetry = grants.telemetry.clone();
         if let Some(metrics) = metrics {
             let listener = std::net::TcpListener::bind(metrics)
                 .with_context(|| format!("--metrics-listen {metrics}"))?;
@@ -209,6 +220,7 @@ async fn serve(
         .await?;
         eprintln!("serving http://{}", server.local_addr()?);
         server.run(shutdown_signal()).await?;
+        tokio::task::block_in_place(|| telemetry.flush(Duration::from_secs(2)));
         Ok(())
     }
     .await;

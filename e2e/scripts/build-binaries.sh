@@ -4,7 +4,7 @@
 #
 #   build-binaries.sh [etcd] [kube-apiserver] [kube-controller-manager] [kube-scheduler] [kubelet]
 #                     [kube-proxy] [containerd] [ctr] [containerd-shim-runc-v2] [crictl] [helm]
-#                     [metrics-server] [prometheus] [kubeadm] [kind] [coredns] [kindnetd]
+#                     [metrics-server] [prometheus] [otelcol] [kubeadm] [kind] [coredns] [kindnetd]
 #
 # With no arguments it builds etcd and kube-apiserver (what the operator tests need).
 # Prints one `name=/path/to/binary` line per requested binary on stdout; logs go to stderr.
@@ -139,6 +139,35 @@ go_build_from() {
   log "$name ready: $out/$name"
 }
 
+# An OpenTelemetry Collector with just what the trace tests need (the OTLP receiver, the file
+# exporter), assembled by the collector's own builder (ocb) from the Go module proxy.
+build_otelcol() {
+  local out
+  out="$(otelcol_bin_dir)"
+  if [ -x "$out/otelcol-wa8s" ]; then log "otelcol-wa8s cached at $out/otelcol-wa8s"; return; fi
+  local mod="$WA8S_CACHE/build/otelcol-$OTELCOL_VERSION"
+  rm -rf "$mod"; mkdir -p "$mod"
+  cat >"$mod/builder.yaml" <<YAML
+dist:
+  name: otelcol-wa8s
+  description: OTLP in, JSON files out (wa8s trace tests)
+  output_path: $mod/out
+receivers:
+  - gomod: go.opentelemetry.io/collector/receiver/otlpreceiver $OTELCOL_VERSION
+exporters:
+  - gomod: github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter $OTELCOL_VERSION
+YAML
+  log "building otelcol-wa8s $OTELCOL_VERSION (cold: several minutes)"
+  (
+    cd "$mod"
+    CGO_ENABLED=0 GOBIN="$mod/bin" go install "go.opentelemetry.io/collector/cmd/builder@$OTELCOL_VERSION" >&2
+    CGO_ENABLED=0 "$mod/bin/builder" --config builder.yaml --ldflags "-s -w" >&2
+  )
+  mkdir -p "$out"
+  mv "$mod/out/otelcol-wa8s" "$out/otelcol-wa8s.tmp" && mv "$out/otelcol-wa8s.tmp" "$out/otelcol-wa8s"
+  log "otelcol-wa8s ready: $out/otelcol-wa8s"
+}
+
 containerd_pkg() {
   echo "github.com/containerd/containerd/v2/cmd/$1@$CONTAINERD_VERSION"
 }
@@ -169,6 +198,8 @@ for w in "${want[@]}"; do
     helm)
       go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$(helm_bin_dir)"
       echo "helm=$(helm_bin_dir)/helm" ;;
+    otelcol)
+      build_otelcol; echo "otelcol=$(otelcol_bin_dir)/otelcol-wa8s" ;;
     prometheus)
       # Only the Kubernetes service discovery (the tests scrape through it): the other
       # discoverers (clouds, Consul, ...) would triple the build.

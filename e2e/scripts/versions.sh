@@ -24,6 +24,10 @@ etcd_bin_dir() { echo "$WA8S_CACHE/bin/etcd-$ETCD_VERSION"; }
 containerd_bin_dir() { echo "$WA8S_CACHE/bin/containerd-$CONTAINERD_VERSION"; }
 cri_tools_bin_dir() { echo "$WA8S_CACHE/bin/cri-tools-$CRI_TOOLS_VERSION"; }
 helm_bin_dir() { echo "$WA8S_CACHE/bin/helm-$HELM_VERSION"; }
+# The OpenTelemetry Collector (core and contrib modules at one release; the contrib file
+# exporter passes here up to v0.161.0): receives the traces the trace tests check.
+OTELCOL_VERSION="${OTELCOL_VERSION:-v0.161.0}"
+otelcol_bin_dir() { echo "$WA8S_CACHE/bin/otelcol-$OTELCOL_VERSION"; }
 prometheus_bin_dir() { echo "$WA8S_CACHE/bin/prometheus-$PROMETHEUS_VERSION"; }
 metrics_server_bin_dir() { echo "$WA8S_CACHE/bin/metrics-server-$METRICS_SERVER_VERSION"; }
 

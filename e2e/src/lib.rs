@@ -20,6 +20,7 @@ pub mod kubectl;
 pub mod modgraph;
 pub mod netns;
 pub mod node;
+pub mod otel;
 pub mod paths;
 pub mod pki;
 pub mod process;

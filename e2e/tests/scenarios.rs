@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use wa8s_e2e::Kubectl;
 use wa8s_e2e::guests::{built, python_guest};
+use wa8s_e2e::otel::Collector;
 use wa8s_e2e::prometheus::{Prometheus, kubernetes_config};
 use wa8s_e2e::scenario::{Cluster, HttpResponder, Load, Upstream, manifest, variant};
 
@@ -363,7 +364,7 @@ spec:
 }
 
 #[test]
-fn prometheus_finds_the_operator_and_wasm_pods_through_the_api_server_and_sees_requests_and_denials()
+fn prometheus_scrapes_the_operator_and_a_wasm_pod_found_through_the_api_server_and_the_pod_exports_traces()
 -> Result<()> {
     let c = cluster()?;
     let k = c.kubectl();
@@ -371,6 +372,10 @@ fn prometheus_finds_the_operator_and_wasm_pods_through_the_api_server_and_sees_r
     let n = ns.name();
     c.push(&python_guest()?, "myorg/observed:v1")?;
     let operator = c.operator_http().context("the operator serves HTTP")?;
+    // Where the pod's runtime sends its traces: a collector reached at the node's address on
+    // the pod network (which exists once the node runs a pod, so the collector takes every
+    // address).
+    let collector = Collector::start_on(std::net::Ipv4Addr::UNSPECIFIED.into())?;
     // The operator runs outside the cluster here, as users may run it: a Service without a
     // selector and an EndpointSlice naming its address let discovery find it the way it
     // finds an operator pod.
@@ -404,6 +409,15 @@ spec:
   resources:
     memory: "128Mi"
     cpu: "250m"
+  env:
+    - name: OTEL_EXPORTER_OTLP_ENDPOINT
+      value: "http://{gateway}:{otlp_port}"
+    - name: OTEL_SERVICE_NAME
+      value: observed
+    - name: OTEL_BSP_SCHEDULE_DELAY
+      value: "200"
+    - name: WA8S_LOG
+      value: info
   wasi:
     network:
       - outbound: true
@@ -411,6 +425,8 @@ spec:
 "#,
         port = operator.port(),
         ip = operator.ip(),
+        gateway = c.node().gateway(),
+        otlp_port = collector.port(),
     );
     let applied = k.apply(n, &manifest)?;
     assert!(applied.success, "{}", applied.stderr);
@@ -453,6 +469,36 @@ spec:
     k.eventually(patience, "the denial counted", |_| {
         value(&denials).filter(|v| *v >= 1.0)
     })?;
+
+    // The pod's runtime (confined: its own root, seccomp, no privileges) exports a span for
+    // a request, continuing the caller's trace.
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut s = std::net::TcpStream::connect(forward.addr())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "GET /env/HOME HTTP/1.1\r\nHost: x\r\ntraceparent: 00-{trace_id}-b7ad6b7169203331-01\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let span = k.eventually(patience, "the request's span at the collector", |_| {
+        collector
+            .spans()
+            .into_iter()
+            .find(|s| s.trace_id == trace_id && s.kind == wa8s_e2e::otel::SERVER)
+    });
+    let span = span.with_context(|| {
+        let pod_log = k
+            .ok(&["logs", "-n", n, "deploy/observed"])
+            .unwrap_or_default();
+        format!("collector log:\n{}\npod log:\n{pod_log}", collector.log())
+    })?;
+    assert_eq!(span.parent_span_id, "b7ad6b7169203331");
+    assert_eq!(span.service, "observed");
     Ok(())
 }
 

@@ -82,7 +82,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 
 /// The guest's diagnostics (its denials, its memory budget) go to the container's stderr,
 /// which is `kubectl logs`: warnings and up unless the container's `WA8S_LOG` says otherwise
-/// (the shim hands the process the container's `contract::HOST_ENV` settings), as text or
+/// (the shim hands the process the container's settings, `contract::is_host_env`), as text or
 /// as JSON (`WA8S_LOG_FORMAT`). No timestamps: the container log adds its own.
 fn log_to_container() {
     let format = match wa8s_telemetry::LogFormat::from_env() {
@@ -157,6 +157,15 @@ pub fn main(args: &[String]) -> i32 {
         granted_dirs: _granted_dirs,
     } = ready;
     grants.telemetry.precompile_cache(!compiled_now);
+    // Confined now: the exporter's thread may start.
+    match grants
+        .telemetry
+        .export_traces_from_env("wa8s", &grants.trust)
+    {
+        Ok(true) => tracing::info!("exporting request traces over OTLP"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("{}; serving without traces", wa8s_api::report::report(&e)),
+    }
     if let Err(e) = follow_nodes.start() {
         eprintln!("wa8s: following the node's addresses: {e}");
         return EXIT_STARTUP;
@@ -526,7 +535,10 @@ async fn run(
     }
     match server {
         Some(server) => match server.run(terminated()).await {
-            Ok(()) => 0,
+            Ok(()) => {
+                grants.telemetry.flush(Duration::from_secs(2));
+                0
+            }
             Err(e) => {
                 eprintln!("wa8s: {}", wa8s_api::report::report(&e));
                 1

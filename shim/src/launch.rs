@@ -260,7 +260,7 @@ impl Guest<'_> {
             self.spec
                 .env
                 .iter()
-                .filter(|(k, _)| wa8s_api::contract::HOST_ENV.contains(&k.as_str()))
+                .filter(|(k, _)| wa8s_api::contract::is_host_env(k))
                 .cloned(),
         );
         // Opened here, in the node's network namespace; the guest runs in the pod's and reads

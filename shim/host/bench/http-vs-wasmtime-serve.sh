@@ -7,6 +7,10 @@
 # Prints a Markdown table: requests/s, latency p50/p99, time from process start to the first
 # 200, and idle RSS. Installs wrk (Debian) and wasmtime-cli 48.0.8 (crates.io, cached under
 # ~/.cache/wa8s) when missing; builds wa8s in release mode.
+#
+# WA8S_BASELINE=/path/to/wa8s adds a row for another build (e.g. one from before a change), in
+# the same run. WA8S_TRACES=1 adds a row with request traces exported to a real
+# OpenTelemetry Collector (built and cached by e2e/scripts/build-binaries.sh otelcol).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 duration="${1:-10}"
@@ -57,9 +61,35 @@ measure() {
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 }
 
+collector_pid=""
+if [ "${WA8S_TRACES:-0}" = 1 ]; then
+  otelcol="$(bash e2e/scripts/build-binaries.sh otelcol | sed -n 's/^otelcol=//p')"
+  otlp_port=$(free_port)
+  cat >"$work/otelcol.yaml" <<YAML
+receivers: {otlp: {protocols: {http: {endpoint: "127.0.0.1:$otlp_port"}}}}
+exporters: {file: {path: "$work/traces.json"}}
+service:
+  telemetry: {metrics: {level: none}}
+  pipelines: {traces: {receivers: [otlp], exporters: [file]}}
+YAML
+  # The collector shares the load generator's core: the server's core stays the server's.
+  taskset -c "${LOAD_CPUS:-1}" "$otelcol" --config="$work/otelcol.yaml" >"$work/otelcol.log" 2>&1 &
+  collector_pid=$!
+  pids+=("$collector_pid")
+fi
+
 echo "| server | requests/s | p50 | p99 | start → first 200 | idle RSS | errors |"
 echo "|---|---|---|---|---|---|---|"
+if [ -n "${WA8S_BASELINE:-}" ]; then
+  p=$(free_port); measure "wa8s run --listen (baseline: $WA8S_BASELINE)" "$p" "$WA8S_BASELINE" run --listen "127.0.0.1:$p" --max-concurrent-requests 1000 "$work/http.wasm"
+fi
 p=$(free_port); measure "wa8s run --listen" "$p" "$wa8s" run --listen "127.0.0.1:$p" --max-concurrent-requests 1000 "$work/http.wasm"
+if [ -n "$collector_pid" ]; then
+  p=$(free_port); measure "wa8s run --listen, traces exported" "$p" env OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" \
+    "$wa8s" run --listen "127.0.0.1:$p" --max-concurrent-requests 1000 "$work/http.wasm"
+  echo
+  echo "spans the collector wrote: $(grep -o '"spanId"' "$work/traces.json" 2>/dev/null | wc -l)"
+fi
 p=$(free_port); measure "wasmtime serve" "$p" "$wasmtime" serve --addr "127.0.0.1:$p" "$work/http.wasm"
 echo
 echo "server on CPU ${SERVER_CPUS:-0}, wrk -t1 -c$conns -d${duration}s --latency on CPU ${LOAD_CPUS:-1}; $(nproc) cores; $(uname -r); component: shim/test-components/fixtures/http.wat"

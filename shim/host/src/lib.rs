@@ -18,6 +18,7 @@ mod run;
 mod serve;
 mod state;
 mod telemetry;
+mod traces;
 
 pub use engine::{EngineConfig, HostEngine, WASMTIME_VERSION};
 pub use error::Error;
@@ -31,3 +32,4 @@ pub use quota::directory_walks;
 pub use run::ExitStatus;
 pub use serve::{ServeOptions, ServeStats, Server, serve_metrics};
 pub use telemetry::{Denial, DenialKind, OPENMETRICS_CONTENT_TYPE, Telemetry};
+pub use traces::Error as TracesError;

@@ -270,11 +270,16 @@ async fn handle(
     let in_flight = Counted::new(&stats.in_flight);
     let arrived = Instant::now();
     telemetry.request_started();
-    let response = match serve_one(shared, req).await {
+    let trace = telemetry.traces().map(|t| t.server_span(&req));
+    let response = match serve_one(shared, req, trace.clone()).await {
         Ok(resp) => resp,
         Err((status, message)) => plain(status, message),
     };
-    telemetry.request_done(response.status().as_u16(), arrived.elapsed());
+    let status = response.status().as_u16();
+    telemetry.request_done(status, arrived.elapsed());
+    if let Some(cx) = &trace {
+        crate::traces::end(cx, Some(status));
+    }
     drop(in_flight);
     stats.served.fetch_add(1, Ordering::Relaxed);
     Ok(response)
@@ -283,6 +288,7 @@ async fn handle(
 async fn serve_one(
     shared: Arc<Shared>,
     req: hyper::Request<Incoming>,
+    trace: Option<opentelemetry::Context>,
 ) -> Result<hyper::Response<HyperOutgoingBody>, (u16, String)> {
     let internal = |e: Error| (500, wa8s_api::report::report(&e));
     let permit = shared
@@ -297,6 +303,9 @@ async fn serve_one(
         GuestState::new(&shared.grants, shared.quotas.clone()).map_err(internal)?,
     );
     store.limiter(|s: &mut GuestState| &mut s.limits);
+    if let Some(cx) = trace {
+        store.data_mut().trace_within(cx);
+    }
     let refused = store.data().limits.refused.clone();
     yield_every_tick(&mut store);
     let (tx, rx) = oneshot::channel();

@@ -67,6 +67,13 @@ impl GuestState {
     }
 }
 
+impl GuestState {
+    /// The guest's outgoing requests become spans within `cx` (its request's span).
+    pub(crate) fn trace_within(&mut self, cx: opentelemetry::Context) {
+        self.hooks.trace_within(cx);
+    }
+}
+
 /// Store data for preview1 core modules.
 pub(crate) struct P1State {
     pub(crate) wasi: WasiP1Ctx,

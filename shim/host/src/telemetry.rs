@@ -153,6 +153,9 @@ struct Inner {
     throttles: [Throttle; 5],
     start_time: Gauge<f64, std::sync::atomic::AtomicU64>,
     precompile: Family<ResultLabel, Counter>,
+    /// Set once, when export is configured (after the guest's confinement: the exporter
+    /// runs on a thread of its own, and privileges are dropped while there is only one).
+    traces: std::sync::OnceLock<crate::traces::Traces>,
 }
 
 /// A program's metrics and denial reporting; cheap to clone (one shared set).
@@ -172,7 +175,38 @@ impl Default for Telemetry {
 }
 
 impl Telemetry {
-    /// A fresh set, every series at zero.
+    /// Exports request traces over OTLP from now on when this process's environment names
+    /// an endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`);
+    /// `service` names the spans' service unless `OTEL_SERVICE_NAME` does. Returns whether
+    /// export is on. Starts the exporter's thread.
+    /// Collectors reached over https are checked against `trust` (the guest's roots: Mozilla's
+    /// and the node's `guestCaFile`).
+    pub fn export_traces_from_env(
+        &self,
+        service: &'static str,
+        trust: &crate::TrustRoots,
+    ) -> Result<bool, crate::traces::Error> {
+        match crate::traces::Traces::from_env(service, trust)? {
+            Some(t) => {
+                let _ = self.0.traces.set(t);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Sends the spans still queued (at most `within`); call once serving is over.
+    pub fn flush(&self, within: Duration) {
+        if let Some(t) = self.0.traces.get() {
+            t.shutdown(within);
+        }
+    }
+
+    pub(crate) fn traces(&self) -> Option<&crate::traces::Traces> {
+        self.0.traces.get()
+    }
+
+    /// A fresh set, every series at zero, no traces.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("wa8s");
         let requests_family = Family::<CodeClass, Counter>::default();
@@ -233,6 +267,7 @@ impl Telemetry {
             throttles: KINDS.map(|_| Throttle::new(Duration::from_secs(1))),
             start_time,
             precompile,
+            traces: std::sync::OnceLock::new(),
         }))
     }
 

@@ -33,6 +33,8 @@ pub(crate) struct OutboundHttp {
     policy: NetworkPolicy,
     trust: TrustRoots,
     telemetry: Telemetry,
+    /// The span of the request this store serves, when traces are exported.
+    parent: Option<opentelemetry::Context>,
 }
 
 impl OutboundHttp {
@@ -41,7 +43,12 @@ impl OutboundHttp {
             policy,
             trust,
             telemetry,
+            parent: None,
         }
+    }
+
+    pub(crate) fn trace_within(&mut self, cx: opentelemetry::Context) {
+        self.parent = Some(cx);
     }
 }
 
@@ -55,6 +62,8 @@ impl WasiHttpHooks for OutboundHttp {
         let policy = self.policy.clone();
         let trust = self.trust.clone();
         let telemetry = self.telemetry.clone();
+        let parent = self.parent.clone();
+        let mut request = request;
         Box::new(async move {
             let uri = request.uri();
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
@@ -91,7 +100,17 @@ impl WasiHttpHooks for OutboundHttp {
             } else {
                 None
             };
-            send_to(target, tls, request, options.unwrap_or_default()).await
+            // The span covers the connection and the response head, to the checked address.
+            let trace = telemetry
+                .traces()
+                .zip(parent)
+                .map(|(t, p)| t.client_span(&p, &mut request));
+            let sent = send_to(target, tls, request, options.unwrap_or_default()).await;
+            if let Some(cx) = &trace {
+                let status = sent.as_ref().ok().map(|(resp, _)| resp.status().as_u16());
+                crate::traces::end(cx, status);
+            }
+            sent
         })
     }
 }

@@ -110,10 +110,13 @@ fn main() -> ExitCode {
             ..wa8s_telemetry::Logging::new("warn")
         })
     });
-    if let Err(e) = logging {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
+    let _spans = match logging {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Registry commands do one transfer at a time: a single-threaded runtime spares every
     // chunk a wake-up across threads. `run` serves requests on all cores.
     let runtime = match &cli.command {

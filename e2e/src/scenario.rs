@@ -38,6 +38,8 @@ pub struct Cluster {
     /// Where the operator serves /metrics as pods see it: the node's gateway address, which
     /// a Service's endpoints can name (they may not be loopback).
     operator_http: Option<std::net::SocketAddr>,
+    /// Receives the operator's reconcile spans.
+    operator_spans: Option<crate::otel::Collector>,
 }
 
 impl Cluster {
@@ -95,6 +97,7 @@ impl Cluster {
                 dns,
                 bin_dir,
                 operator_http: None,
+                operator_spans: None,
             });
         }
 
@@ -116,6 +119,7 @@ impl Cluster {
             dns,
             bin_dir,
             operator_http: None,
+            operator_spans: None,
         };
         cluster.start_operator()?;
         Ok(cluster)
@@ -135,7 +139,14 @@ impl Cluster {
     pub fn start_operator(&mut self) -> anyhow::Result<()> {
         let [http_port] = free_ports::<1>()?;
         let exe = self.bin_dir.join("wa8s-operator");
+        if self.operator_spans.is_none() {
+            self.operator_spans = Some(crate::otel::Collector::start()?);
+        }
         let mut cmd = Command::new(&exe);
+        if let Some(c) = &self.operator_spans {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", c.endpoint())
+                .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+        }
         cmd.env("KUBECONFIG", self.cp.kubeconfig())
             .env("RUST_LOG", "info")
             .arg(format!("--mirror=ghcr.io={}", self.registry))
@@ -258,6 +269,11 @@ impl Cluster {
     }
 
     /// The real kubectl with an admin kubeconfig.
+    /// The collector the operator exports its spans to.
+    pub fn operator_spans(&self) -> Option<&crate::otel::Collector> {
+        self.operator_spans.as_ref()
+    }
+
     /// Where the operator serves /metrics, /healthz and /readyz.
     pub fn operator_http(&self) -> Option<std::net::SocketAddr> {
         self.operator_http

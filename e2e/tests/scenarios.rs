@@ -499,6 +499,22 @@ spec:
     })?;
     assert_eq!(span.parent_span_id, "b7ad6b7169203331");
     assert_eq!(span.service, "observed");
+
+    // The operator's reconciles are spans too, each with its resolve inside.
+    let operator_spans = c.operator_spans().context("the operator exports spans")?;
+    let (reconcile, resolve) = k.eventually(patience, "reconcile spans", |_| {
+        let spans = operator_spans.spans();
+        spans
+            .iter()
+            .filter(|s| s.service == "wa8s-operator" && s.name == "reconcile")
+            .find_map(|r| {
+                let child = spans
+                    .iter()
+                    .find(|s| s.name == "resolve" && s.parent_span_id == r.span_id)?;
+                Some((r.clone(), child.clone()))
+            })
+    })?;
+    assert_eq!(reconcile.trace_id, resolve.trace_id);
     Ok(())
 }
 

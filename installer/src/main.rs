@@ -383,10 +383,13 @@ async fn main() -> ExitCode {
         format: cli.log_format,
         ..wa8s_telemetry::Logging::new("info")
     };
-    if let Err(e) = wa8s_telemetry::init_logging(&logging) {
-        eprintln!("wa8s-node-installer: {e}");
-        return ExitCode::from(2);
-    }
+    let _spans = match wa8s_telemetry::init_logging(&logging) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wa8s-node-installer: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Cmd::Install { node, once } => install(node, once).await,
         Cmd::Uninstall { node } => uninstall(node).await,

@@ -207,6 +207,8 @@ pub fn error_policy(obj: Arc<WebAssembly>, err: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+// A span per reconcile (exported with the operator's OTLP settings), its resolve a child.
+#[tracing::instrument(name = "reconcile", skip_all, fields(object = %key(&obj)))]
 async fn reconcile(obj: Arc<WebAssembly>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&obj, &ctx).await;
@@ -346,6 +348,7 @@ struct Decision {
     failure: Option<ResolveError>,
 }
 
+#[tracing::instrument(name = "resolve", skip_all, fields(module = %obj.spec.module.registry))]
 async fn resolve(obj: &WebAssembly, ctx: &Context, ns: &str, live: &Live) -> Decision {
     let began = Instant::now();
     let outcome = match pull_secrets(obj, ctx, ns).await {

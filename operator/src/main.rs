@@ -78,12 +78,17 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let logging = wa8s_telemetry::Logging {
         format: args.log_format,
+        // Reconciles are spans, exported when OTEL_EXPORTER_OTLP_ENDPOINT names a collector.
+        spans_as: Some("wa8s-operator"),
         ..wa8s_telemetry::Logging::new("info")
     };
-    if let Err(e) = wa8s_telemetry::init_logging(&logging) {
-        eprintln!("wa8s-operator: {e}");
-        return ExitCode::from(2);
-    }
+    let _spans = match wa8s_telemetry::init_logging(&logging) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wa8s-operator: {}", wa8s_api::report::report(&e));
+            return ExitCode::from(2);
+        }
+    };
     wa8s_operator::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

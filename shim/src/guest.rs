@@ -98,6 +98,7 @@ fn log_to_container() {
         targets: false,
         ..wa8s_telemetry::Logging::new("warn")
     };
+    // The guest's spans are the host's request spans (wa8s_host::Telemetry), not these.
     if let Err(e) = wa8s_telemetry::init_logging(&logging) {
         eprintln!("wa8s: {e}; logging at warn");
         let _ = wa8s_telemetry::init_logging(&wa8s_telemetry::Logging {
@@ -224,10 +225,20 @@ fn prepare(bundle: &Path, digest: &str) -> Result<Option<Ready>, Error> {
             let listener =
                 std::net::TcpListener::bind(addr).map_err(io(format!("binding {addr}")))?;
             let metrics_addr = SocketAddr::from(([0, 0, 0, 0], contract::METRICS_PORT));
-            let metrics = std::net::TcpListener::bind(metrics_addr)
-                .map_err(io(format!("binding the metrics port {metrics_addr}")))?;
+            // One metrics port per pod: a second HTTP container of the same pod (or a
+            // component of a hand-written pod serving on 9464 itself) serves without one.
+            let metrics = match std::net::TcpListener::bind(metrics_addr) {
+                Ok(l) => Some(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tracing::warn!(
+                        "the metrics port {metrics_addr} is taken in this pod: this container's metrics are not served"
+                    );
+                    None
+                }
+                Err(e) => return Err(io(format!("binding the metrics port {metrics_addr}"))(e)),
+            };
             let server = Server::on_listener(&program, grants.clone(), listener, DRAIN)?;
-            (Some(server), Some(metrics))
+            (Some(server), metrics)
         }
         _ => (None, None),
     };

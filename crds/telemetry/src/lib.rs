@@ -30,6 +30,9 @@ pub enum LogFormat {
 /// A setting that does not parse.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Spans cannot be exported as the `OTEL_*` variables say.
+    #[error("exporting spans over OTLP")]
+    Otlp(#[source] opentelemetry_otlp::ExporterBuildError),
     /// An unknown log format.
     #[error("log format {0:?}: expected \"text\" or \"json\"")]
     Format(String),
@@ -75,6 +78,9 @@ pub struct Logging {
     pub timestamps: bool,
     /// The module an event came from, on each text line.
     pub targets: bool,
+    /// Export this process's spans over OTLP, as this service, when the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) names a collector.
+    pub spans_as: Option<&'static str>,
 }
 
 impl Logging {
@@ -85,6 +91,7 @@ impl Logging {
             default_filter,
             timestamps: true,
             targets: true,
+            spans_as: None,
         }
     }
 }
@@ -104,26 +111,92 @@ fn filter(default: &str) -> Result<tracing_subscriber::EnvFilter, Error> {
         })
 }
 
-/// Installs the process's subscriber, writing to stderr. A second call (tests that run
-/// several mains in one process) leaves the first in place.
-pub fn init_logging(logging: &Logging) -> Result<(), Error> {
+type Layer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// Installs the process's subscriber, writing to stderr (and exporting spans when
+/// [`Logging::spans_as`] asks and a collector is configured). A second call (tests that run
+/// several mains in one process) leaves the first in place. Keep the returned [`Spans`]
+/// until the process ends: dropping it sends the spans still queued.
+pub fn init_logging(logging: &Logging) -> Result<Spans, Error> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = filter(logging.default_filter)?;
-    let builder = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(filter);
-    let installed = match (logging.format, logging.timestamps, logging.targets) {
-        (LogFormat::Json, _, _) => builder
+        .with_ansi(false);
+    let lines: Layer = match (logging.format, logging.timestamps, logging.targets) {
+        (LogFormat::Json, _, _) => fmt
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
-        (LogFormat::Text, true, t) => builder.with_target(t).try_init(),
-        (LogFormat::Text, false, t) => builder.without_time().with_target(t).try_init(),
+            .boxed(),
+        (LogFormat::Text, true, t) => fmt.with_target(t).boxed(),
+        (LogFormat::Text, false, t) => fmt.without_time().with_target(t).boxed(),
     };
+    let (spans, provider) = match logging.spans_as.map(exporter).transpose()? {
+        Some(Some((layer, provider))) => (Some(layer), Some(provider)),
+        _ => (None, None),
+    };
+    let layers: Vec<Layer> = [Some(lines), spans].into_iter().flatten().collect();
     // Already installed: keep the first.
-    drop(installed);
-    Ok(())
+    let _ = tracing_subscriber::registry()
+        .with(layers.with_filter(filter))
+        .try_init();
+    Ok(Spans(provider))
+}
+
+/// Spans exported over OTLP, sent when this is dropped.
+#[derive(Debug, Default)]
+#[must_use = "dropping it stops the span export"]
+pub struct Spans(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Spans {
+    /// Whether spans are exported.
+    pub fn exported(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Drop for Spans {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.shutdown_with_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// The span layer when the environment names a collector.
+fn exporter(
+    service: &'static str,
+) -> Result<Option<(Layer, opentelemetry_sdk::trace::SdkTracerProvider)>, Error> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    let configured = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    if !configured {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(Error::Otlp)?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        .boxed();
+    Ok(Some((layer, provider)))
 }
 
 /// Lets a repeated notice through at most once per interval, and says how many it held back

@@ -201,6 +201,8 @@ async fn serve(
         if traced {
             eprintln!("exporting request traces over OTLP");
         }
+        // WA8S_ACCESS_LOG=json: a JSON line per request on stderr.
+        grants.telemetry.log_access_from_env()?;
         let telemetry = grants.telemetry.clone();
         if let Some(metrics) = metrics {
             let listener = std::net::TcpListener::bind(metrics)

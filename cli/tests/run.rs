@@ -427,3 +427,74 @@ fn a_denied_name_lookup_and_socket_are_each_named_on_stderr_with_the_grant_that_
         "{stderr}"
     );
 }
+
+#[test]
+fn wa8s_access_log_json_writes_one_line_per_request_without_its_query() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let http = guest(&dir, "http.wasm", guests::HTTP_COMPONENT);
+    let addr = free_addr();
+    let mut child = wa8s()
+        .args(["run", "--listen", &addr, &http])
+        .env("WA8S_ACCESS_LOG", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let first = until(Duration::from_secs(60), "server never came up", || {
+        get(&addr, "/hello?token=secret")
+    });
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        get(&addr, "/other")
+            .expect("GET")
+            .starts_with("HTTP/1.1 200")
+    );
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    until(
+        Duration::from_secs(20),
+        "wa8s did not stop on SIGTERM",
+        || child.try_wait().expect("wait"),
+    );
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert_eq!(lines[0]["method"], "GET");
+    assert_eq!(lines[0]["path"], "/hello");
+    assert_eq!(lines[0]["status"], 200);
+    assert!(lines[0]["duration_ms"].as_f64().is_some(), "{}", lines[0]);
+    assert!(
+        lines[0]["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[1]["path"], "/other");
+    assert!(!stderr.contains("secret"), "{stderr}");
+
+    // Anything but json is refused by name.
+    let out = wa8s()
+        .args(["run", "--listen", &free_addr(), &http])
+        .env("WA8S_ACCESS_LOG", "yes")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WA8S_ACCESS_LOG=\"yes\": expected \"json\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -62,12 +62,18 @@ pub const METRICS_PORT_NAME: &str = "metrics";
 pub const LOG_FILTER_ENV: &str = "WA8S_LOG";
 /// The container variable choosing the runtime's log format (`text` or `json`).
 pub const LOG_FORMAT_ENV: &str = "WA8S_LOG_FORMAT";
+/// The container variable that turns on the access log (`json`): one JSON line per request
+/// on the container's stderr.
+pub const ACCESS_LOG_ENV: &str = "WA8S_ACCESS_LOG";
 /// Whether the runtime reads container variable `name` for itself: its log settings and the
 /// standard OpenTelemetry ones (`OTEL_*`: where traces go, the service name). The shim hands
 /// them to the guest process; the component sees one only when the object grants it like
 /// any other.
 pub fn is_host_env(name: &str) -> bool {
-    name == LOG_FILTER_ENV || name == LOG_FORMAT_ENV || name.starts_with("OTEL_")
+    name == LOG_FILTER_ENV
+        || name == LOG_FORMAT_ENV
+        || name == ACCESS_LOG_ENV
+        || name.starts_with("OTEL_")
 }
 
 /// Errors reading the contract.

@@ -158,7 +158,13 @@ pub fn main(args: &[String]) -> i32 {
         granted_dirs: _granted_dirs,
     } = ready;
     grants.telemetry.precompile_cache(!compiled_now);
-    // Confined now: the exporter's thread may start.
+    // Confined now: the exporter's and the access log's threads may start.
+    if let Err(e) = grants.telemetry.log_access_from_env() {
+        tracing::warn!(
+            "{}; serving without an access log",
+            wa8s_api::report::report(&e)
+        );
+    }
     match grants
         .telemetry
         .export_traces_from_env("wa8s", &grants.trust)

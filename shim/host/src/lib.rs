@@ -32,4 +32,4 @@ pub use quota::directory_walks;
 pub use run::ExitStatus;
 pub use serve::{ServeOptions, ServeStats, Server, serve_metrics};
 pub use telemetry::{Denial, DenialKind, OPENMETRICS_CONTENT_TYPE, Telemetry};
-pub use traces::Error as TracesError;
+pub use traces::TracesError;

@@ -271,12 +271,16 @@ async fn handle(
     let arrived = Instant::now();
     telemetry.request_started();
     let trace = telemetry.traces().map(|t| t.server_span(&req));
+    let access = telemetry.access(&req);
     let response = match serve_one(shared, req, trace.clone()).await {
         Ok(resp) => resp,
         Err((status, message)) => plain(status, message),
     };
     let status = response.status().as_u16();
     telemetry.request_done(status, arrived.elapsed());
+    if let Some(a) = access {
+        telemetry.accessed(a, status, trace.as_ref());
+    }
     if let Some(cx) = &trace {
         crate::traces::end(cx, Some(status));
     }

@@ -156,6 +156,36 @@ struct Inner {
     /// Set once, when export is configured (after the guest's confinement: the exporter
     /// runs on a thread of its own, and privileges are dropped while there is only one).
     traces: std::sync::OnceLock<crate::traces::Traces>,
+    /// Set once when the access log is on.
+    access: std::sync::OnceLock<AccessLog>,
+    access_dropped: Counter,
+}
+
+/// One JSON line per request, written by a thread of its own: a request only queues its
+/// line (and the line is dropped, and counted, when the queue is full), so a slow reader of
+/// the container's log never holds up a request.
+struct AccessLog {
+    lines: std::sync::mpsc::SyncSender<String>,
+}
+
+/// One request, as the access log records it.
+pub(crate) struct Access {
+    method: String,
+    path: String,
+    started: std::time::Instant,
+    at: time::OffsetDateTime,
+}
+
+impl Access {
+    pub(crate) fn of<B>(req: &hyper::Request<B>) -> Self {
+        Access {
+            method: req.method().to_string(),
+            // The path only: a query string may carry what its caller would not want logged.
+            path: req.uri().path().to_owned(),
+            started: std::time::Instant::now(),
+            at: time::OffsetDateTime::now_utc(),
+        }
+    }
 }
 
 /// A program's metrics and denial reporting; cheap to clone (one shared set).
@@ -185,13 +215,72 @@ impl Telemetry {
         &self,
         service: &'static str,
         trust: &crate::TrustRoots,
-    ) -> Result<bool, crate::traces::Error> {
+    ) -> Result<bool, crate::traces::TracesError> {
         match crate::traces::Traces::from_env(service, trust)? {
             Some(t) => {
                 let _ = self.0.traces.set(t);
                 Ok(true)
             }
             None => Ok(false),
+        }
+    }
+
+    /// Writes an access log line per request to stderr from now on when `WA8S_ACCESS_LOG`
+    /// is `json` in this process's environment. Returns whether it is on. Starts the writer's
+    /// thread; anything else in the variable is refused by name.
+    pub fn log_access_from_env(&self) -> Result<bool, crate::Error> {
+        let var = wa8s_api::contract::ACCESS_LOG_ENV;
+        match std::env::var(var).as_deref() {
+            Err(_) | Ok("") | Ok("off") => return Ok(false),
+            Ok("json") => {}
+            Ok(other) => {
+                return Err(crate::Error::Engine(format!(
+                    "{var}={other:?}: expected \"json\" (or unset)"
+                )));
+            }
+        }
+        let (lines, queue) = std::sync::mpsc::sync_channel::<String>(4096);
+        std::thread::Builder::new()
+            .name("wa8s-access-log".into())
+            .spawn(move || {
+                use std::io::Write as _;
+                // Locked per line, never across the wait: the process's other writers
+                // (its log lines) share stderr.
+                for line in queue {
+                    let _ = writeln!(std::io::stderr().lock(), "{line}");
+                }
+            })
+            .map_err(|e| crate::Error::Engine(format!("starting the access log: {e}")))?;
+        let _ = self.0.access.set(AccessLog { lines });
+        Ok(true)
+    }
+
+    /// The request's record, when the access log is on.
+    pub(crate) fn access<B>(&self, req: &hyper::Request<B>) -> Option<Access> {
+        self.0.access.get().map(|_| Access::of(req))
+    }
+
+    /// Queues the line of a request that ended with `status`.
+    pub(crate) fn accessed(&self, a: Access, status: u16, trace: Option<&opentelemetry::Context>) {
+        let Some(log) = self.0.access.get() else {
+            return;
+        };
+        let at =
+            a.at.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+        let mut line = serde_json::json!({
+            "time": at,
+            "method": a.method,
+            "path": a.path,
+            "status": status,
+            "duration_ms": (a.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+        });
+        if let Some(cx) = trace {
+            use opentelemetry::trace::TraceContextExt as _;
+            line["trace_id"] = cx.span().span_context().trace_id().to_string().into();
+        }
+        if log.lines.try_send(line.to_string()).is_err() {
+            self.0.access_dropped.inc();
         }
     }
 
@@ -257,6 +346,12 @@ impl Telemetry {
             "Whether the node's precompile cache held the component's native code at start (hit) or it was compiled for this start (miss)",
             precompile.clone(),
         );
+        let access_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped_lines",
+            "Access log lines dropped because the container's log was not read fast enough",
+            access_dropped.clone(),
+        );
         Telemetry(Arc::new(Inner {
             registry,
             requests,
@@ -268,6 +363,8 @@ impl Telemetry {
             start_time,
             precompile,
             traces: std::sync::OnceLock::new(),
+            access: std::sync::OnceLock::new(),
+            access_dropped,
         }))
     }
 

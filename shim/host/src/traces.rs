@@ -25,7 +25,7 @@ pub const ENDPOINT_ENV: [&str; 2] = [
 
 /// Why traces cannot be exported as configured.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum TracesError {
     /// The exporter's HTTP client cannot be made.
     #[error("exporting traces over OTLP: making the HTTP client")]
     Client(#[source] reqwest::Error),
@@ -55,7 +55,7 @@ impl Traces {
     pub(crate) fn from_env(
         default_service: &'static str,
         trust: &crate::TrustRoots,
-    ) -> Result<Option<Self>, Error> {
+    ) -> Result<Option<Self>, TracesError> {
         if !ENDPOINT_ENV.iter().any(|v| std::env::var_os(v).is_some()) {
             return Ok(None);
         }
@@ -64,13 +64,13 @@ impl Traces {
             .use_preconfigured_tls((*trust.client_config()).clone())
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(Error::Client)?;
+            .map_err(TracesError::Client)?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(client)
             .with_timeout(Duration::from_secs(5))
             .build()
-            .map_err(Error::Exporter)?;
+            .map_err(TracesError::Exporter)?;
         let mut resource = opentelemetry_sdk::Resource::builder();
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name(default_service);

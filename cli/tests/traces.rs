@@ -4,7 +4,7 @@
 //! upstream build (OTLP receiver, file exporter), cached by version.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,21 +57,9 @@ impl Drop for Stopped {
     }
 }
 
-fn get(addr: &str, path: &str, traceparent: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\ntraceparent: {traceparent}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("a status line")?;
-    Ok((status, text))
+fn get(addr: &str, path: &str, traceparent: &str) -> std::io::Result<(u16, String)> {
+    let headers = [("traceparent", traceparent)];
+    wa8s_e2e::http::get_with_headers(addr, path, &headers, Duration::from_secs(60))
 }
 
 #[test]

@@ -473,18 +473,14 @@ spec:
     // The pod's runtime (confined: its own root, seccomp, no privileges) exports a span for
     // a request, continuing the caller's trace.
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let mut s = std::net::TcpStream::connect(forward.addr())?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    std::io::Write::write_all(
-        &mut s,
-        format!(
-            "GET /env/HOME HTTP/1.1\r\nHost: x\r\ntraceparent: 00-{trace_id}-b7ad6b7169203331-01\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
+    let traceparent = format!("00-{trace_id}-b7ad6b7169203331-01");
+    let (status, body) = wa8s_e2e::http::get_with_headers(
+        forward.addr(),
+        "/env/HOME",
+        &[("traceparent", &traceparent)],
+        Duration::from_secs(60),
     )?;
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut s, &mut answer)?;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(status, 200, "{body}");
     let span = k.eventually(patience, "the request's span at the collector", |_| {
         collector
             .spans()

@@ -76,6 +76,68 @@ pub fn is_host_env(name: &str) -> bool {
         || name.starts_with("OTEL_")
 }
 
+/// The variable the operator fills from the downward API with the pod's name, so the
+/// runtime's trace resource can name the pod (`OTEL_RESOURCE_ATTRIBUTES` refers to it).
+pub const POD_NAME_ENV: &str = "WA8S_POD_NAME";
+/// The variables that turn on trace export (the OpenTelemetry specification's names).
+pub const TRACE_ENDPOINT_ENV: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+];
+
+/// A runtime setting the operator writes into every wasm pod it makes (the chart's
+/// `workloads.*` and `traces.*` values): `NAME=VALUE` where the runtime reads `NAME` for
+/// itself ([`is_host_env`]). Parsed once, where the operator reads its flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeSetting {
+    name: String,
+    value: String,
+}
+
+/// Why a `NAME=VALUE` is not a runtime setting.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuntimeSettingError {
+    /// No `=`, or nothing before it.
+    #[error("'{0}' is not NAME=VALUE")]
+    NotAssignment(String),
+    /// A variable the runtime does not read: it would reach no one, or (were the object to
+    /// grant it) the component, which chart-wide settings must never do.
+    #[error(
+        "{0} is not a runtime setting: only {LOG_FILTER_ENV}, {LOG_FORMAT_ENV}, {ACCESS_LOG_ENV} and OTEL_* may be set for every wasm pod"
+    )]
+    NotRuntime(String),
+}
+
+impl RuntimeSetting {
+    /// The container variable's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its value.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl std::str::FromStr for RuntimeSetting {
+    type Err = RuntimeSettingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, value) = s
+            .split_once('=')
+            .filter(|(name, _)| !name.is_empty())
+            .ok_or_else(|| RuntimeSettingError::NotAssignment(s.to_owned()))?;
+        if !is_host_env(name) {
+            return Err(RuntimeSettingError::NotRuntime(name.to_owned()));
+        }
+        Ok(RuntimeSetting {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
 /// Errors reading the contract.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -274,6 +336,35 @@ mod tests {
     fn seed() -> WebAssembly {
         let text = include_str!("../../examples/deploy.yaml");
         yaml_serde::from_str(text).expect("examples/deploy.yaml parses")
+    }
+
+    #[test]
+    fn a_runtime_setting_is_a_variable_the_runtime_reads_and_anything_else_is_refused_by_name() {
+        let s: RuntimeSetting = "OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318"
+            .parse()
+            .expect("an OTEL_ variable");
+        assert_eq!(
+            (s.name(), s.value()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+        );
+        let s: RuntimeSetting = "WA8S_ACCESS_LOG=".parse().expect("an empty value");
+        assert_eq!(s.value(), "");
+        assert_eq!(
+            "DATABASE_URL=postgres://x".parse::<RuntimeSetting>(),
+            Err(RuntimeSettingError::NotRuntime("DATABASE_URL".into()))
+        );
+        let refused = "PATH=/bin".parse::<RuntimeSetting>().unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("PATH is not a runtime setting")
+        );
+        for bad in ["WA8S_LOG", "=info", ""] {
+            assert_eq!(
+                bad.parse::<RuntimeSetting>(),
+                Err(RuntimeSettingError::NotAssignment(bad.into()))
+            );
+        }
     }
 
     #[test]

@@ -99,6 +99,13 @@ pub struct WebAssemblySpec {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
 
+    /// Arguments after the program name (`argv[1..]`), as `wasi:cli/environment` hands them
+    /// to the component; what a wasi:cli command takes on its command line. Like a
+    /// container's `args`, but never a program to run: the component is the program.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
+    pub args: Vec<String>,
+
     /// Sources of container environment variables, like a container's `envFrom`. The guest
     /// sees none of them unless their names are granted in `wasi.env`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -122,6 +122,14 @@ impl KindCluster {
         &self.registry_from_nodes
     }
 
+    /// This machine's address as the nodes and their pods reach it (the node network's
+    /// gateway), for servers the test runs beside the cluster.
+    pub fn host_from_nodes(&self) -> &str {
+        self.registry_from_nodes
+            .rsplit_once(':')
+            .map_or(self.registry_from_nodes.as_str(), |(host, _)| host)
+    }
+
     /// Loads image tarballs into every node, as `kind load image-archive` does for users.
     pub fn load(&self, tarballs: &[PathBuf]) -> Result<(), Error> {
         let mut cmd = Command::new("bash");

@@ -36,6 +36,8 @@ pub struct Span {
     /// OTLP's enum: 2 server, 3 client.
     pub kind: i64,
     pub service: String,
+    /// The resource's string attributes (`service.name`, `k8s.pod.name`, ...).
+    pub resource: std::collections::BTreeMap<String, String>,
 }
 
 /// OTLP span kinds.
@@ -142,14 +144,16 @@ service:
 fn spans_of(doc: &serde_json::Value) -> Vec<Span> {
     let mut found = Vec::new();
     for rs in doc["resourceSpans"].as_array().into_iter().flatten() {
-        let service = rs["resource"]["attributes"]
+        let resource: std::collections::BTreeMap<String, String> = rs["resource"]["attributes"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|a| a["key"] == "service.name")
-            .and_then(|a| a["value"]["stringValue"].as_str())
-            .unwrap_or_default()
-            .to_owned();
+            .filter_map(|a| {
+                let value = a["value"]["stringValue"].as_str()?;
+                Some((a["key"].as_str()?.to_owned(), value.to_owned()))
+            })
+            .collect();
+        let service = resource.get("service.name").cloned().unwrap_or_default();
         for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
             for s in ss["spans"].as_array().into_iter().flatten() {
                 let text = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
@@ -160,6 +164,7 @@ fn spans_of(doc: &serde_json::Value) -> Vec<Span> {
                     name: text("name"),
                     kind: s["kind"].as_i64().unwrap_or_default(),
                     service: service.clone(),
+                    resource: resource.clone(),
                 });
             }
         }

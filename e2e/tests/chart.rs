@@ -145,6 +145,9 @@ fn values_that_violate_the_schema_are_rejected_with_the_field_named() -> Result<
             r"operator.mirrors.ghcr\.io=not/a/host",
             "/operator/mirrors/ghcr.io",
         ),
+        ("traces.env.DATABASE_URL=x", "'DATABASE_URL' does not match"),
+        ("traces.otlpEndpoint=collector:4318", "/traces/otlpEndpoint"),
+        ("workloads.logFormat=yaml", "/workloads/logFormat"),
     ];
     for (set, named) in cases {
         let chart = chart_dir().display().to_string();

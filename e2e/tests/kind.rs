@@ -274,6 +274,14 @@ fn helm_install_on_a_three_node_kind_cluster_runs_the_users_manifest_and_uninsta
         r#"installer.affinity={{"nodeAffinity":{{"requiredDuringSchedulingIgnoredDuringExecution":{{"nodeSelectorTerms":[{{"matchExpressions":[{{"key":"{SKIP_LABEL}","operator":"DoesNotExist"}}]}}]}}}}}}"#
     );
     let chart = wa8s_e2e::repo_root().join("charts/wa8s");
+    // Chart-wide telemetry, as a platform team sets it: every pod's access log, and traces
+    // from the operator and every pod to a collector beside the cluster.
+    let collector = wa8s_e2e::otel::Collector::start_on(std::net::Ipv4Addr::UNSPECIFIED.into())?;
+    let otlp = format!(
+        "traces.otlpEndpoint=http://{}:{}",
+        c.host_from_nodes(),
+        collector.port()
+    );
     helm.ok(&[
         "install",
         "wa8s",
@@ -290,6 +298,12 @@ fn helm_install_on_a_three_node_kind_cluster_runs_the_users_manifest_and_uninsta
         &format!("operator.insecureRegistries[0]={registry}"),
         "--set",
         "installer.uninstallTimeout=4m",
+        "--set",
+        "workloads.accessLog=true",
+        "--set",
+        &otlp,
+        "--set-string",
+        "traces.env.OTEL_BSP_SCHEDULE_DELAY=200",
         "--set-json",
         &affinity,
     ])?;
@@ -411,6 +425,50 @@ fn helm_install_on_a_three_node_kind_cluster_runs_the_users_manifest_and_uninsta
     s.step("the Service answers 200");
     let cluster_ip = jsonpath(&k, n, "svc/image-processor", "{.spec.clusterIP}")?;
     hello_from(&c, &control_plane, &format!("http://{cluster_ip}/"))?;
+
+    s.step("the chart's telemetry settings: an access log line and a span from the pods, reconcile spans from the operator");
+    let logs = k.eventually(Duration::from_secs(60), "an access log line", |k| {
+        let logs = k
+            .ok(&[
+                "logs",
+                "-n",
+                n,
+                "-l",
+                "app.kubernetes.io/instance=image-processor",
+            ])
+            .ok()?;
+        logs.lines()
+            .any(|l| l.contains(r#""path":"/""#) && l.contains(r#""status":200"#))
+            .then_some(logs)
+    })?;
+    eprintln!("access log on kind:\n{logs}");
+    let span = k
+        .eventually(Duration::from_secs(60), "a pod's request span", |_| {
+            collector
+                .spans()
+                .into_iter()
+                .find(|s| s.service == "image-processor" && s.kind == wa8s_e2e::otel::SERVER)
+        })
+        .with_context(|| format!("collector log:\n{}", collector.log()))?;
+    ensure!(
+        span.resource.get("k8s.namespace.name").map(String::as_str) == Some(n)
+            && span
+                .resource
+                .get("k8s.pod.name")
+                .is_some_and(|p| pods.contains_key(p)),
+        "the span's resource does not name its pod: {:?}",
+        span.resource
+    );
+    k.eventually(
+        Duration::from_secs(60),
+        "the operator's reconcile spans",
+        |_| {
+            collector
+                .spans()
+                .into_iter()
+                .find(|s| s.service == "wa8s-operator" && s.name == "reconcile")
+        },
+    )?;
 
     s.step("kubectl top shows the wasm pods' CPU and memory");
     let rows = k.eventually(

@@ -203,6 +203,76 @@ fn the_cli_example_runs_as_a_worker_whose_output_is_the_pods_log() -> Result<()>
 }
 
 #[test]
+fn a_pods_refused_name_lookup_and_socket_are_lines_in_kubectl_logs_and_args_reach_the_component()
+-> Result<()> {
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("sockets")?;
+    let n = ns.name();
+    // A wasi:cli command that does what its arguments say with wasi:sockets, once.
+    c.push(
+        wa8s_test_components::SOCKPROBE_COMPONENT,
+        "myorg/sockprobe:v1",
+    )?;
+    let object = |name: &str, args: &str| {
+        format!(
+            r#"
+apiVersion: wa8s.reconciler.io/v1
+kind: WebAssembly
+metadata:
+  name: {name}
+spec:
+  module:
+    registry: ghcr.io/myorg/sockprobe
+    tag: v1
+  args: {args}
+  wasi:
+    network:
+      - outbound: true
+        allowedHosts: ["api.example.com:443"]
+"#
+        )
+    };
+    let manifest = [
+        object("lookup", r#"["lookup", "db.not-granted.example"]"#),
+        object("connect", r#"["connect", "192.0.2.7", "5432"]"#),
+    ]
+    .join("---\n");
+    let applied = k.apply(n, &manifest)?;
+    assert!(applied.success, "{}", applied.stderr);
+    let expected = [
+        (
+            "lookup",
+            "lookup=err",
+            "name lookup of db.not-granted.example denied: not in spec.wasi.network allowedHosts",
+        ),
+        (
+            "connect",
+            "connect=err",
+            "tcp to 192.0.2.7:5432 denied: not in spec.wasi.network allowedHosts",
+        ),
+    ];
+    for (name, printed, denial) in expected {
+        // The command exits after one try and its pod restarts; the log of its latest run
+        // (or, between runs, the previous one) holds both lines.
+        let deploy = format!("deploy/{name}");
+        let logs = k.eventually(Duration::from_secs(120), "the probe's log", |k| {
+            [
+                &["logs", "-n", n, &deploy][..],
+                &["logs", "-p", "-n", n, &deploy],
+            ]
+            .iter()
+            .filter_map(|args| k.ok(args).ok())
+            .find(|out| out.contains(printed) && out.contains(denial))
+        });
+        let logs = logs
+            .with_context(|| format!("{name}: {printed:?} and {denial:?} not both in its log"))?;
+        eprintln!("kubectl logs {deploy}:\n{logs}");
+    }
+    Ok(())
+}
+
+#[test]
 fn grants_hold_inside_real_pods() -> Result<()> {
     let c = cluster()?;
     let k = c.kubectl();

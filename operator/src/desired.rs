@@ -10,16 +10,16 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, Lifecycle,
-    LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
-    TCPSocketAction, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+    SleepAction, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
-use wa8s_api::contract::{IMAGE_COMPONENT_COMMAND, Policy};
+use wa8s_api::contract::{IMAGE_COMPONENT_COMMAND, POD_NAME_ENV, Policy, RuntimeSetting};
 use wa8s_api::{DEFAULT_PORT, WebAssembly};
 
 /// Operator-wide settings that shape every object.
@@ -29,6 +29,9 @@ pub struct Config {
     pub runtime_class: String,
     /// User the (non-root) pods run as; no Wasm guest needs root.
     pub run_as_user: i64,
+    /// Runtime settings for every pod (log level and format, access log, trace export); an
+    /// object's own `env` entry of the same name wins.
+    pub runtime_settings: Vec<RuntimeSetting>,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
         Config {
             runtime_class: "wa8s".into(),
             run_as_user: 65532,
+            runtime_settings: Vec::new(),
         }
     }
 }
@@ -165,6 +169,59 @@ pub fn desired(obj: &WebAssembly, resolved: &Resolved, config: &Config) -> Resul
     })
 }
 
+/// The container's variables: the operator-wide runtime settings the object does not set
+/// itself, then the object's own; when the pod exports traces, the resource that names it
+/// (service = the object, its namespace and pod) unless the object names its own.
+fn env(obj: &WebAssembly, config: &Config, name: &str) -> Vec<EnvVar> {
+    let spec = &obj.spec;
+    let own = |n: &str| spec.env.iter().any(|e| e.name.0 == n);
+    let literal = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        value_from: None,
+    };
+    let mut env: Vec<EnvVar> = config
+        .runtime_settings
+        .iter()
+        .filter(|s| !own(s.name()))
+        .map(|s| literal(s.name(), s.value().to_owned()))
+        .collect();
+    env.extend(spec.env.iter().map(|e| EnvVar {
+        name: e.name.0.clone(),
+        value: e.value.clone(),
+        value_from: e.value_from.clone(),
+    }));
+    let traced = env
+        .iter()
+        .any(|e| wa8s_api::contract::TRACE_ENDPOINT_ENV.contains(&e.name.as_str()));
+    if traced {
+        let set = |env: &[EnvVar], n: &str| env.iter().any(|e| e.name == n);
+        if !set(&env, "OTEL_SERVICE_NAME") {
+            env.push(literal("OTEL_SERVICE_NAME", name.to_owned()));
+        }
+        if !set(&env, "OTEL_RESOURCE_ATTRIBUTES") && !set(&env, POD_NAME_ENV) {
+            let namespace = obj.metadata.namespace.clone().unwrap_or_default();
+            // Kubernetes expands $(VAR) from variables defined earlier in the list.
+            env.push(EnvVar {
+                name: POD_NAME_ENV.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            });
+            env.push(literal(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                format!("k8s.namespace.name={namespace},k8s.pod.name=$({POD_NAME_ENV})"),
+            ));
+        }
+    }
+    env
+}
+
 fn deployment(
     obj: &WebAssembly,
     resolved: &Resolved,
@@ -206,15 +263,7 @@ fn deployment(
             ..VolumeMount::default()
         });
     }
-    let env: Vec<EnvVar> = spec
-        .env
-        .iter()
-        .map(|e| EnvVar {
-            name: e.name.0.clone(),
-            value: e.value.clone(),
-            value_from: e.value_from.clone(),
-        })
-        .collect();
+    let env = env(obj, config, name);
     let resources = spec.resources.as_ref().map(|r| {
         let mut amounts = BTreeMap::new();
         if let Some(m) = &r.memory {
@@ -236,6 +285,7 @@ fn deployment(
         name: CONTAINER.into(),
         image: Some(format!("{}@{}", spec.module.registry, resolved.digest)),
         command: Some(vec![IMAGE_COMPONENT_COMMAND.into()]),
+        args: (!spec.args.is_empty()).then(|| spec.args.clone()),
         ports: http.then(|| {
             vec![
                 ContainerPort {

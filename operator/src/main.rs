@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result, anyhow};
 use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
+use wa8s_api::contract::RuntimeSetting;
 use wa8s_api::contract::parse_duration_ms;
 use wa8s_oci::RegistryConfig;
 use wa8s_operator::controller::{self, Context, Settings};
@@ -53,6 +54,11 @@ struct Args {
     /// cluster's pod and service networks, the nodes' subnet. Repeatable.
     #[arg(long = "denied-network", value_name = "CIDR")]
     denied_networks: Vec<String>,
+    /// A runtime setting written into every wasm pod (WA8S_LOG, WA8S_LOG_FORMAT,
+    /// WA8S_ACCESS_LOG or OTEL_*, e.g. OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318);
+    /// an object's own env entry of the same name wins. Repeatable.
+    #[arg(long = "pod-env", value_name = "NAME=VALUE")]
+    pod_env: Vec<RuntimeSetting>,
     /// Watch only this namespace (default: all).
     #[arg(long = "watch-namespace", env = "WA8S_WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -163,6 +169,7 @@ async fn run(args: Args) -> Result<()> {
         Settings {
             desired: DesiredConfig {
                 runtime_class: args.runtime_class,
+                runtime_settings: args.pod_env,
                 ..DesiredConfig::default()
             },
             resolve_interval: Duration::from_millis(interval_ms),

@@ -157,3 +157,122 @@ fn an_object_without_a_uid_is_refused_not_guessed() -> Result<()> {
     assert_eq!(err.to_string(), "the object has no uid");
     Ok(())
 }
+
+fn container_env(d: &Desired) -> Vec<(String, String)> {
+    let pod = d
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref());
+    pod.map(|p| p.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            let value = match (e.value, e.value_from) {
+                (Some(v), _) => v,
+                (None, Some(from)) => format!(
+                    "from {}",
+                    from.field_ref.map(|f| f.field_path).unwrap_or_default()
+                ),
+                (None, None) => String::new(),
+            };
+            (e.name, value)
+        })
+        .collect()
+}
+
+#[test]
+fn operator_wide_runtime_settings_reach_every_pod_and_an_objects_own_entry_wins() -> Result<()> {
+    let mut obj = load(&repo().join("examples/deploy.yaml"))?;
+    obj.spec
+        .env
+        .push(yaml_serde::from_str("{name: WA8S_LOG, value: debug}")?);
+    let config = Config {
+        runtime_settings: ["WA8S_LOG=warn", "WA8S_ACCESS_LOG=json"]
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?,
+        ..Config::default()
+    };
+    let d = desired(&obj, &resolved(ModuleKind::Http), &config)?;
+    let env = container_env(&d);
+    let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["WA8S_ACCESS_LOG", "CACHE_SIZE", "WA8S_LOG"],
+        "{env:?}"
+    );
+    assert!(env.contains(&("WA8S_LOG".into(), "debug".into())));
+    // The pod's policy lets the component see the object's names, not the runtime's.
+    let template = d.deployment.spec.as_ref().map(|s| &s.template.metadata);
+    let annotations = template
+        .and_then(|m| m.as_ref()?.annotations.clone())
+        .unwrap_or_default();
+    let policy = wa8s_api::contract::Policy::from_annotations(&annotations)?;
+    assert!(policy.env.contains(&"CACHE_SIZE".to_owned()));
+    assert!(!policy.env.contains(&"WA8S_ACCESS_LOG".to_owned()));
+    Ok(())
+}
+
+#[test]
+fn a_pod_that_exports_traces_names_its_object_namespace_and_pod_unless_the_object_names_them()
+-> Result<()> {
+    let obj = load(&repo().join("examples/deploy.yaml"))?;
+    let config = Config {
+        runtime_settings: vec!["OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318".parse()?],
+        ..Config::default()
+    };
+    let env = container_env(&desired(&obj, &resolved(ModuleKind::Http), &config)?);
+    let tail: Vec<_> = env.iter().skip(env.len() - 3).cloned().collect();
+    assert_eq!(
+        tail,
+        [
+            ("OTEL_SERVICE_NAME".into(), "image-processor".into()),
+            ("WA8S_POD_NAME".into(), "from metadata.name".into()),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES".into(),
+                "k8s.namespace.name=apps,k8s.pod.name=$(WA8S_POD_NAME)".into()
+            ),
+        ]
+    );
+
+    // Without export, no resource variables; with the object's own, those are kept.
+    let plain = container_env(&desired(
+        &obj,
+        &resolved(ModuleKind::Http),
+        &Config::default(),
+    )?);
+    assert!(!plain.iter().any(|(n, _)| n.starts_with("OTEL_")));
+    let mut named = obj.clone();
+    named.spec.env.push(yaml_serde::from_str(
+        "{name: OTEL_SERVICE_NAME, value: processor}",
+    )?);
+    named.spec.env.push(yaml_serde::from_str(
+        "{name: OTEL_RESOURCE_ATTRIBUTES, value: team=imaging}",
+    )?);
+    let env = container_env(&desired(&named, &resolved(ModuleKind::Http), &config)?);
+    let otel: Vec<_> = env.iter().filter(|(n, _)| n.starts_with("OTEL_")).collect();
+    assert_eq!(otel.len(), 3, "{env:?}");
+    assert!(env.contains(&("OTEL_SERVICE_NAME".into(), "processor".into())));
+    assert!(!env.iter().any(|(n, _)| n == "WA8S_POD_NAME"));
+    Ok(())
+}
+
+#[test]
+fn a_cli_modules_args_follow_the_placeholder_command() -> Result<()> {
+    let mut obj = load(&repo().join("examples/deploy.yaml"))?;
+    obj.spec.args = vec!["lookup".into(), "db.example.com".into()];
+    let d = desired(&obj, &resolved(ModuleKind::Cli), &Config::default())?;
+    let pod = d
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("pod")?;
+    let c = &pod.containers[0];
+    assert_eq!(c.command.as_deref(), Some(&["/".to_owned()][..]));
+    assert_eq!(
+        c.args.as_deref(),
+        Some(&["lookup".to_owned(), "db.example.com".to_owned()][..])
+    );
+    Ok(())
+}

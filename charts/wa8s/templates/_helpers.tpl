@@ -49,3 +49,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "wa8s.runtimeClassName" -}}
 {{- default .Values.runtimeClass.name .Values.operator.runtimeClassName -}}
 {{- end -}}
+
+{{/*
+The operator's --pod-env flags: the runtime settings it writes into every wasm pod.
+*/}}
+{{- define "wa8s.podEnvArgs" -}}
+{{- $w := .Values.workloads -}}
+{{- with $w.logLevel }}
+- {{ printf "--pod-env=WA8S_LOG=%s" . | quote }}
+{{- end }}
+{{- $format := $w.logFormat | default .Values.logging.format }}
+{{- if ne $format "text" }}
+- --pod-env=WA8S_LOG_FORMAT={{ $format }}
+{{- end }}
+{{- if $w.accessLog }}
+- --pod-env=WA8S_ACCESS_LOG=json
+{{- end }}
+{{- with .Values.traces.otlpEndpoint }}
+- {{ printf "--pod-env=OTEL_EXPORTER_OTLP_ENDPOINT=%s" . | quote }}
+{{- end }}
+{{- range $name, $value := .Values.traces.env }}
+- {{ printf "--pod-env=%s=%s" $name $value | quote }}
+{{- end }}
+{{- end }}

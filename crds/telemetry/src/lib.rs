@@ -172,12 +172,9 @@ fn exporter(
 ) -> Result<Option<(Layer, opentelemetry_sdk::trace::SdkTracerProvider)>, Error> {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::Layer as _;
-    let configured = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some());
+    let configured = wa8s_api::contract::TRACE_ENDPOINT_ENV
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
     if !configured {
         return Ok(None);
     }

@@ -17,12 +17,6 @@ use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
-/// The variables that turn export on (either one).
-pub const ENDPOINT_ENV: [&str; 2] = [
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-];
-
 /// Why traces cannot be exported as configured.
 #[derive(Debug, thiserror::Error)]
 pub enum TracesError {
@@ -56,7 +50,10 @@ impl Traces {
         default_service: &'static str,
         trust: &crate::TrustRoots,
     ) -> Result<Option<Self>, TracesError> {
-        if !ENDPOINT_ENV.iter().any(|v| std::env::var_os(v).is_some()) {
+        if !wa8s_api::contract::TRACE_ENDPOINT_ENV
+            .iter()
+            .any(|v| std::env::var_os(v).is_some())
+        {
             return Ok(None);
         }
         use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};

@@ -353,7 +353,9 @@ mod tests {
             "DATABASE_URL=postgres://x".parse::<RuntimeSetting>(),
             Err(RuntimeSettingError::NotRuntime("DATABASE_URL".into()))
         );
-        let refused = "PATH=/bin".parse::<RuntimeSetting>().unwrap_err();
+        let refused = "PATH=/bin"
+            .parse::<RuntimeSetting>()
+            .expect_err("PATH is not the runtime's");
         assert!(
             refused
                 .to_string()

@@ -10,10 +10,11 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMapVolumeSource, EnvFromSource, EnvVarSource, LocalObjectReference,
-    PersistentVolumeClaimVolumeSource, SecretVolumeSource, Toleration,
+    Affinity, ConfigMapVolumeSource, EnvFromSource, EnvVarSource, HTTPHeader, LocalObjectReference,
+    PersistentVolumeClaimVolumeSource, SecretVolumeSource, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,7 @@ pub const DEFAULT_PORT: i32 = 8080;
     printcolumn = r#"{"name":"Tag","type":"string","jsonPath":".spec.module.tag","description":"Requested tag"}"#,
     printcolumn = r#"{"name":"Digest","type":"string","jsonPath":".status.module.shortDigest","description":"Digest the pods run (shortened)"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the component is serving"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas","description":"Pods wanted (spec.replicas, or the autoscaler's choice)"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas","description":"Ready pods"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -71,6 +73,13 @@ pub const DEFAULT_PORT: i32 = 8080;
         "message": "needs spec.resources.cpu: CPU utilization is measured against the CPU request"
     },
     {
+        "rule": "!has(self.scaling) || !has(self.replicas) || (oldSelf.hasValue() && has(oldSelf.value().scaling) && has(oldSelf.value().replicas) && oldSelf.value().replicas == self.replicas)",
+        "optionalOldSelf": true,
+        "fieldPath": ".replicas",
+        "reason": "FieldValueForbidden",
+        "message": "cannot be set (or changed by kubectl scale) while spec.scaling is set: the HorizontalPodAutoscaler owns the replica count; change spec.scaling.minReplicas/maxReplicas, or remove spec.scaling to run a fixed number of pods"
+    },
+    {
         "rule": "!has(self.port) || self.port != 9464",
         "fieldPath": ".port",
         "reason": "FieldValueInvalid",
@@ -81,8 +90,8 @@ pub struct WebAssemblySpec {
     /// The component to run, from an OCI registry.
     pub module: Module,
 
-    /// Fixed number of pods when `scaling` is not set (default 1). With `scaling`, the
-    /// HorizontalPodAutoscaler owns the replica count. `kubectl scale` sets this field.
+    /// Fixed number of pods when `scaling` is not set (default 1); `kubectl scale` sets this
+    /// field. Refused while `scaling` is set: the HorizontalPodAutoscaler owns the count then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
@@ -139,6 +148,75 @@ pub struct WebAssemblySpec {
     #[schemars(length(max = 16))]
     pub image_pull_secrets: Vec<LocalObjectReference>,
 
+    /// Labels added to the pods, beside the object's own labels (which its pods, Service and
+    /// other objects carry too). `app.kubernetes.io/*` and `wa8s.reconciler.io/*` are the
+    /// operator's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(k, !k.startsWith('wa8s.reconciler.io/') && !k.startsWith('app.kubernetes.io/'))",
+        "message": "app.kubernetes.io/* and wa8s.reconciler.io/* labels are the operator's (they select the object's pods); choose another key"
+    }]))]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Annotations added to the pods (a service mesh's or a log shipper's settings, say).
+    /// `wa8s.reconciler.io/*` annotations are the operator's and cannot be set here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(k, !k.startsWith('wa8s.reconciler.io/'))",
+        "message": "wa8s.reconciler.io/* annotations are the operator's (the pod's grants travel in one); choose another key"
+    }]))]
+    pub pod_annotations: BTreeMap<String, String>,
+
+    /// Annotations on the Service of an HTTP component (a cloud load balancer's settings,
+    /// say).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub service_annotations: BTreeMap<String, String>,
+
+    /// ServiceAccount the pods run as (default: the namespace's `default`). Its
+    /// `imagePullSecrets` also resolve the tag, as the kubelet uses them to pull. Its token is
+    /// never mounted: a component has no use for it and could not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub service_account_name: Option<String>,
+
+    /// PriorityClass of the pods, as in a pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub priority_class_name: Option<String>,
+
+    /// How the pods spread over zones, nodes or other topology domains, as in a pod spec.
+    /// Without a `labelSelector`, a constraint counts this object's pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+
+    /// When an HTTP component's pod receives requests: an HTTP GET on the component's port
+    /// that must answer 200-399, with a pod probe's field names and defaults. Without it, a
+    /// pod is ready once its port accepts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<HttpProbe>,
+
+    /// When an HTTP component's pod is restarted: an HTTP GET on the component's port, with a
+    /// pod probe's field names and defaults (`successThreshold` must be 1). Without it, a pod
+    /// is restarted only when its guest stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "!has(self.successThreshold) || self.successThreshold == 1",
+        "fieldPath": ".successThreshold",
+        "reason": "FieldValueInvalid",
+        "message": "must be 1 for a liveness probe"
+    }]))]
+    pub liveness_probe: Option<HttpProbe>,
+
+    /// How many pods a voluntary disruption (a node drain, an upgrade) may take at once: a
+    /// PodDisruptionBudget. Without it, an object that runs 2 or more pods (`replicas` or
+    /// `scaling.minReplicas`) gets `maxUnavailable: 1`, and one with a single pod gets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<DisruptionBudget>,
+
     /// Node labels a pod's node must have, as in a pod spec. The RuntimeClass adds its own
     /// selector for nodes where the wa8s runtime is installed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -152,6 +230,67 @@ pub struct WebAssemblySpec {
     /// Affinity rules for the pods, as in a pod spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+}
+
+/// An HTTP GET the kubelet sends to the component's port, as a pod's `httpGet` probe.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpProbe {
+    /// The request.
+    pub http_get: HttpGetAction,
+    /// Seconds after the container starts before the first probe (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds between probes (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: Option<i32>,
+    /// Seconds a probe may take (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+    /// Successes in a row after a failure that count as success (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: Option<i32>,
+    /// Failures in a row that count as failure (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: Option<i32>,
+}
+
+/// The probe's request: always the component's own port, over plain HTTP.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGetAction {
+    /// Path to GET, e.g. `/healthz`.
+    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.startsWith('/')",
+        "messageExpression": "\"'\" + self + \"' is not a path: it must start with /\""
+    }]))]
+    pub path: String,
+    /// Headers to send, as in a pod probe.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub http_headers: Vec<HTTPHeader>,
+}
+
+/// A PodDisruptionBudget for the object's pods: set one of the two.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.minAvailable) != has(self.maxUnavailable)",
+    "message": "set exactly one of minAvailable and maxUnavailable"
+}]))]
+pub struct DisruptionBudget {
+    /// Pods that must stay available during a disruption: a number or a percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    /// Pods a disruption may take at once: a number or a percentage (`100%` allows any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
 }
 
 /// Where the component comes from. The operator resolves `tag` to a digest and pins pods to
@@ -679,6 +818,10 @@ pub struct WebAssemblyStatus {
     /// Pods that exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+
+    /// Pods the Deployment wants: `spec.replicas`, or what the HorizontalPodAutoscaler chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
 
     /// Pods that are ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -23,6 +23,28 @@ fn committed_crd_files_match_what_the_rust_types_generate() {
 }
 
 #[test]
+fn the_committed_field_reference_matches_the_schema_and_names_every_spec_field() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let committed = std::fs::read_to_string(root.join(crd::REFERENCE_PATH)).unwrap_or_default();
+    let generated = crd::reference();
+    assert!(
+        committed == generated,
+        "{} is out of date with crds/src; run `cargo run -p wa8s-api --bin crdgen -- --write` and commit the result",
+        crd::REFERENCE_PATH
+    );
+    for field in [
+        "`spec.module.registry`",
+        "`spec.wasi.network[].allowedHosts`",
+        "`spec.readinessProbe.httpGet.path`",
+        "`spec.disruptionBudget.maxUnavailable`",
+        "`status.desiredReplicas`",
+    ] {
+        assert!(generated.contains(field), "{field} is not in the reference");
+    }
+    assert!(generated.contains("kubectl explain pod.spec.affinity"));
+}
+
+#[test]
 fn the_crd_serves_v1_with_status_and_scale_subresources() {
     let crd = crd::definition();
     assert_eq!(

@@ -43,7 +43,7 @@ fn the_users_manifest_applies_verbatim_and_kubectl_get_shows_the_printer_columns
     assert_eq!(
         header,
         [
-            "NAME", "MODULE", "TAG", "DIGEST", "READY", "REPLICAS", "AGE"
+            "NAME", "MODULE", "TAG", "DIGEST", "READY", "DESIRED", "REPLICAS", "AGE"
         ],
         "{table}"
     );
@@ -114,10 +114,43 @@ fn kubectl_explain_teaches_the_network_grant() -> Result<()> {
 }
 
 #[test]
-fn kubectl_scale_sets_replicas_through_the_scale_subresource() -> Result<()> {
+fn kubectl_scale_sets_replicas_through_the_scale_subresource_and_is_refused_while_scaling_is_set()
+-> Result<()> {
     let k = kubectl()?;
     let ns = k.namespace("scale")?;
+    // The users' manifest autoscales: kubectl scale is refused with what to do instead, and
+    // nothing changes.
     let applied = k.apply(ns.name(), &seed_yaml()?)?;
+    assert!(applied.success, "{}", applied.stderr);
+    let refused = k.run(&[
+        "scale",
+        "-n",
+        ns.name(),
+        "webassembly/image-processor",
+        "--replicas=3",
+    ])?;
+    assert!(
+        !refused.success
+            && refused.stderr.contains("spec.replicas")
+            && refused
+                .stderr
+                .contains("the HorizontalPodAutoscaler owns the replica count"),
+        "{refused:?}"
+    );
+    // Nor may an apply set both.
+    let mut both = seed_json()?;
+    both["metadata"]["name"] = json!("both");
+    both["spec"]["replicas"] = json!(2);
+    let out = k.apply(ns.name(), &both.to_string())?;
+    assert!(
+        !out.success && out.stderr.contains("spec.replicas"),
+        "{out:?}"
+    );
+
+    // Without scaling, kubectl scale sets spec.replicas.
+    let mut fixed = seed_json()?;
+    remove(&mut fixed, "/spec/scaling");
+    let applied = k.apply(ns.name(), &fixed.to_string())?;
     assert!(applied.success, "{}", applied.stderr);
     k.ok(&[
         "scale",
@@ -234,6 +267,66 @@ fn cases() -> Vec<Case> {
             edit: |v| remove(v, "/spec/resources/memory"),
             field: "spec.scaling.targetMemoryUtilization",
             says: "needs spec.resources.memory",
+        },
+        Case {
+            flaw: "an operator's label among the pod labels",
+            edit: |v| {
+                set(
+                    v,
+                    "/spec/podLabels",
+                    json!({"app.kubernetes.io/instance": "other"}),
+                )
+            },
+            field: "spec.podLabels",
+            says: "labels are the operator's",
+        },
+        Case {
+            flaw: "the policy annotation among the pod annotations",
+            edit: |v| {
+                set(
+                    v,
+                    "/spec/podAnnotations",
+                    json!({"wa8s.reconciler.io/policy": "{}"}),
+                )
+            },
+            field: "spec.podAnnotations",
+            says: "annotations are the operator's",
+        },
+        Case {
+            flaw: "a liveness probe needing two successes",
+            edit: |v| {
+                set(
+                    v,
+                    "/spec/livenessProbe",
+                    json!({"httpGet": {"path": "/healthz"}, "successThreshold": 2}),
+                )
+            },
+            field: "spec.livenessProbe.successThreshold",
+            says: "must be 1 for a liveness probe",
+        },
+        Case {
+            flaw: "a probe path without its slash",
+            edit: |v| {
+                set(
+                    v,
+                    "/spec/readinessProbe",
+                    json!({"httpGet": {"path": "ready"}}),
+                )
+            },
+            field: "spec.readinessProbe.httpGet.path",
+            says: "'ready' is not a path",
+        },
+        Case {
+            flaw: "both kinds of disruption budget",
+            edit: |v| {
+                set(
+                    v,
+                    "/spec/disruptionBudget",
+                    json!({"minAvailable": 1, "maxUnavailable": 1}),
+                )
+            },
+            field: "spec.disruptionBudget",
+            says: "set exactly one of minAvailable and maxUnavailable",
         },
         Case {
             flaw: "negative replicas",

@@ -2,12 +2,14 @@
 //! control-plane node and two workers, systemd in every node, the kubelet's systemd cgroup
 //! driver, containerd managed by systemd), set up by `e2e/scripts/kind.sh` from a node image
 //! built here from upstream sources. The test does what a platform engineer does: `kind load
-//! image-archive` the wa8s images, `helm install` the chart, apply the users' manifest
-//! verbatim, and then checks what they would: the node installer restarts containerd through
-//! systemd, the guest sits in its pod's slice under its limits, `kubectl top` shows it, a guest
-//! past its memory is stopped and the object says so, a worker the chart skips gets no wasm
-//! pod, pods spread over the prepared workers and the Service answers from both, a stopped
-//! worker's pods come back elsewhere, a restarted node keeps the runtime, and `helm uninstall`
+//! image-archive` the wa8s images, `helm install` the chart (with chart-wide access logs and
+//! traces to a collector beside the cluster), apply the users' manifest verbatim, and then
+//! checks what they would: the node installers take turns (a rolling install) restarting
+//! containerd through systemd, the guest sits in its pod's slice under its limits, its requests
+//! are access-log lines and spans naming their pod, `kubectl top` shows it, a guest past its
+//! memory is stopped and the object says so, a worker the chart skips gets no wasm pod, pods
+//! spread over the prepared workers and the Service answers from both, a stopped worker's
+//! pods come back elsewhere, a restarted node keeps the runtime, and `helm uninstall`
 //! gives every node its containerd configuration back byte for byte.
 //!
 //! One cluster for all of it (building one costs minutes), each object in its own namespace;
@@ -317,6 +319,48 @@ fn helm_install_on_a_three_node_kind_cluster_runs_the_users_manifest_and_uninsta
     ensure!(
         node_label(&k, &w2).is_empty(),
         "worker2 was prepared though skipped"
+    );
+
+    s.step("a rolling install: the two prepared nodes took turns restarting containerd");
+    let installers = k.ok(&[
+        "get",
+        "pods",
+        "-n",
+        RELEASE_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/component=node-installer",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}",
+    ])?;
+    let mut turns = Vec::new();
+    for line in installers.lines() {
+        let Some((pod, node)) = line.split_once(' ') else {
+            continue;
+        };
+        if node == w2 {
+            continue;
+        }
+        let log = k.ok(&["logs", "-n", RELEASE_NAMESPACE, pod, "--timestamps"])?;
+        let at = |what: &str| -> Result<time::OffsetDateTime> {
+            let line = log
+                .lines()
+                .find(|l| l.contains(what))
+                .with_context(|| format!("{pod} on {node} never logged {what:?}:\n{log}"))?;
+            let stamp = line.split_whitespace().next().unwrap_or_default();
+            time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("a timestamp in {line:?}"))
+        };
+        turns.push((
+            node.to_owned(),
+            at("took a restart slot")?,
+            at("gave the restart slot back")?,
+        ));
+    }
+    ensure!(turns.len() == 2, "{turns:?}");
+    let (a, b) = (&turns[0], &turns[1]);
+    ensure!(
+        a.2 <= b.1 || b.2 <= a.1,
+        "both nodes held a restart slot at once (installer.maxUnavailable=1): {turns:?}"
     );
 
     s.step("the installer restarted containerd through systemd, copying runc's cgroup driver");

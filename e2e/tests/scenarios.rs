@@ -273,6 +273,154 @@ spec:
 }
 
 #[test]
+fn a_platform_teams_pod_settings_reach_the_pods_and_http_probes_and_the_disruption_budget_work()
+-> Result<()> {
+    let c = cluster()?;
+    let k = c.kubectl();
+    let ns = k.namespace("tuned")?;
+    let n = ns.name();
+    c.push(wa8s_test_components::HTTP_COMPONENT, "myorg/tuned:v1")?;
+    // A PriorityClass is cluster-wide: named after the namespace, removed at the end.
+    let priority = format!("{n}-high");
+    let made = k.apply(
+        n,
+        &format!(
+            "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: {priority}\nvalue: 1000\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: tuned\n"
+        ),
+    )?;
+    assert!(made.success, "{}", made.stderr);
+    let manifest = format!(
+        r#"
+apiVersion: wa8s.reconciler.io/v1
+kind: WebAssembly
+metadata:
+  name: tuned
+  labels:
+    cost-center: "4711"
+spec:
+  module:
+    registry: ghcr.io/myorg/tuned
+    tag: v1
+  replicas: 2
+  podLabels:
+    team: imaging
+  podAnnotations:
+    example.com/log-shipper: enabled
+  serviceAnnotations:
+    example.com/load-balancer: internal
+  serviceAccountName: tuned
+  priorityClassName: {priority}
+  topologySpreadConstraints:
+    - maxSkew: 1
+      topologyKey: kubernetes.io/hostname
+      whenUnsatisfiable: ScheduleAnyway
+  readinessProbe:
+    httpGet:
+      path: /
+    periodSeconds: 1
+---
+apiVersion: wa8s.reconciler.io/v1
+kind: WebAssembly
+metadata:
+  name: unlive
+spec:
+  module:
+    registry: ghcr.io/myorg/tuned
+    tag: v1
+  # /recurse traps (500): the kubelet restarts the container.
+  livenessProbe:
+    httpGet:
+      path: /recurse
+    periodSeconds: 1
+    failureThreshold: 1
+"#
+    );
+    let applied = k.apply(n, &manifest)?;
+    let cleanup = || k.run(&["delete", "priorityclass", &priority, "--wait=false"]);
+    assert!(applied.success, "{}", applied.stderr);
+    let ready = c.wait_ready(n, "tuned", READY);
+    if ready.is_err() {
+        let _ = cleanup();
+    }
+    ready?;
+
+    let pod = |path: &str| {
+        jsonpath(
+            &k,
+            n,
+            "pods",
+            &format!(
+                r#"{{.items[?(@.metadata.labels.app\.kubernetes\.io/instance=="tuned")]{path}}}"#
+            ),
+        )
+    };
+    let checks = [
+        (pod(".metadata.labels.team")?, "imaging imaging"),
+        (pod(".metadata.labels.cost-center")?, "4711 4711"),
+        (
+            pod(".metadata.annotations.example\\.com/log-shipper")?,
+            "enabled enabled",
+        ),
+        (pod(".spec.serviceAccountName")?, "tuned tuned"),
+        (pod(".spec.priority")?, "1000 1000"),
+        (
+            pod(".spec.containers[0].readinessProbe.httpGet.path")?,
+            "/ /",
+        ),
+        (
+            jsonpath(
+                &k,
+                n,
+                "service/tuned",
+                "{.metadata.annotations.example\\.com/load-balancer} {.metadata.labels.cost-center}",
+            )?,
+            "internal 4711",
+        ),
+        (
+            jsonpath(&k, n, "webassembly/tuned", "{.status.desiredReplicas}")?,
+            "2",
+        ),
+    ];
+    let wrong: Vec<_> = checks
+        .iter()
+        .filter(|(got, want)| got.trim() != *want)
+        .collect();
+    let _ = cleanup();
+    assert!(wrong.is_empty(), "(got, wanted): {wrong:?}");
+
+    // Two pods: a budget of one unavailable, which the disruption controller computes as one
+    // disruption allowed once both are healthy.
+    let allowed = k.eventually(Duration::from_secs(60), "the budget's allowance", |k| {
+        jsonpath(
+            k,
+            n,
+            "pdb/tuned",
+            "{.spec.maxUnavailable} {.status.currentHealthy} {.status.disruptionsAllowed}",
+        )
+        .ok()
+        .filter(|s| s.trim() == "1 2 1")
+    });
+    assert!(allowed.is_ok(), "{allowed:?}");
+    // One pod: no budget.
+    assert!(!k.run(&["get", "pdb", "-n", n, "unlive"])?.success);
+
+    // The liveness probe reaches the component through the pod network: a failing one
+    // restarts the container.
+    let restarted = k.eventually(Duration::from_secs(90), "a liveness restart", |k| {
+        let count = jsonpath(
+            k,
+            n,
+            "pods",
+            r#"{.items[?(@.metadata.labels.app\.kubernetes\.io/instance=="unlive")].status.containerStatuses[0].restartCount}"#,
+        )
+        .ok()?;
+        (count.trim().parse::<i32>().ok()? >= 1).then_some(())
+    });
+    assert!(restarted.is_ok(), "{restarted:?}");
+    Ok(())
+}
+
+#[test]
 fn grants_hold_inside_real_pods() -> Result<()> {
     let c = cluster()?;
     let k = c.kubectl();

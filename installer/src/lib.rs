@@ -3,8 +3,9 @@
 //!
 //! [`containerd_config`] edits the configuration text (pure functions); [`node`] does the
 //! work on a node (layout detection, atomic writes, the record uninstall works from,
-//! restarting containerd). The `wa8s-node-installer` binary adds the node label and the
-//! DaemonSet's lifecycle.
+//! restarting containerd); [`slots`] limits how many nodes do it at once. The
+//! `wa8s-node-installer` binary adds the node label and the DaemonSet's lifecycle.
 
 pub mod containerd_config;
 pub mod node;
+pub mod slots;

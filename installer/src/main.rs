@@ -13,6 +13,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use wa8s_api::contract::{NODE_LABEL, NODE_LABEL_READY, parse_duration_ms};
 use wa8s_installer::node::{self, Options, Outcome, Restart, SHIM_NAME};
+use wa8s_installer::slots::Slots;
 
 /// The DaemonSet annotation that asks every installer pod to restore its node (set by the
 /// chart's pre-delete hook, `uninstall-all`).
@@ -42,6 +43,10 @@ enum Cmd {
         /// Install, label and exit.
         #[arg(long)]
         once: bool,
+        /// Nodes of this DaemonSet that change (and restart containerd) at once; each
+        /// takes one of this many Leases in the pod's namespace first. Unset: no limit.
+        #[arg(long, env = "WA8S_MAX_UNAVAILABLE", value_parser = clap::value_parser!(u32).range(1..))]
+        max_unavailable: Option<u32>,
     },
     /// Restore this node from the installer's record and take the node label off.
     Uninstall {
@@ -223,7 +228,30 @@ async fn uninstall_requested(api: &Api<DaemonSet>, name: &str) -> Result<bool> {
         .is_some_and(|a| a.get(UNINSTALL_ANNOTATION).is_some_and(|v| v == "true")))
 }
 
-async fn install(node: NodeArgs, once: bool) -> Result<()> {
+/// Installs on this node and labels it once containerd runs the runtime.
+async fn prepare(
+    options: &Options,
+    client: Option<&Client>,
+    node_name: Option<&str>,
+) -> Result<()> {
+    let blocking = options.clone();
+    let outcome = tokio::task::spawn_blocking(move || node::install(&blocking)).await??;
+    report("install", &outcome);
+    let active = outcome.config_changed.is_none() || outcome.restarted.is_some();
+    if let (Some(client), Some(name)) = (client, node_name) {
+        if active {
+            set_label(client, name, Some(NODE_LABEL_READY)).await?;
+            tracing::info!(node = %name, "labelled {NODE_LABEL}={NODE_LABEL_READY}");
+        } else {
+            tracing::warn!(
+                "containerd was not restarted (--restart none): the node is labelled once containerd has read the new configuration and the installer runs again"
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn install(node: NodeArgs, once: bool, max_unavailable: Option<u32>) -> Result<()> {
     let options = node.options()?;
     let client = match &node.node_name {
         Some(_) => Some(
@@ -239,7 +267,7 @@ async fn install(node: NodeArgs, once: bool) -> Result<()> {
     if let (Some(c), Some(n), Ok(pod)) = (&client, &namespace, std::env::var("POD_NAME")) {
         wait_until_started(c, n, &pod).await;
     }
-    let watch = match (&client, daemonset, namespace, once) {
+    let watch = match (&client, daemonset, namespace.clone(), once) {
         (Some(c), Some(d), Some(n), false) => {
             Some((Api::<DaemonSet>::namespaced(c.clone(), &n), d))
         }
@@ -256,24 +284,30 @@ async fn install(node: NodeArgs, once: bool) -> Result<()> {
         uninstalled = true;
     }
     if !uninstalled {
-        let blocking = options.clone();
-        let outcome = tokio::task::spawn_blocking(move || node::install(&blocking)).await??;
-        report("install", &outcome);
-        let active = outcome.config_changed.is_none() || outcome.restarted.is_some();
-        if let (Some(client), Some(name)) = (&client, &node.node_name) {
-            if active {
-                set_label(client, name, Some(NODE_LABEL_READY)).await?;
-                tracing::info!(node = %name, "labelled {NODE_LABEL}={NODE_LABEL_READY}");
-            } else {
-                tracing::warn!(
-                    "containerd was not restarted (--restart none): the node is labelled once containerd has read the new configuration and the installer runs again"
-                );
-            }
+        let slots = match (&client, &watch, &node.node_name, max_unavailable) {
+            (Some(c), Some((_, daemonset)), Some(name), Some(n)) => Some(Slots::new(
+                Api::namespaced(c.clone(), namespace.as_deref().unwrap_or("default")),
+                daemonset,
+                n,
+                name,
+                options.restart_timeout + Duration::from_secs(120),
+            )),
+            _ => None,
+        };
+        let held = match &slots {
+            Some(s) => Some(s.acquire().await),
+            None => None,
+        };
+        let prepared = prepare(&options, client.as_ref(), node.node_name.as_deref()).await;
+        if let Some(h) = held {
+            h.release().await;
         }
+        prepared?;
     }
     if once {
         return Ok(());
     }
+
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut uninstalled = false;
     loop {
@@ -391,7 +425,11 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Cmd::Install { node, once } => install(node, once).await,
+        Cmd::Install {
+            node,
+            once,
+            max_unavailable,
+        } => install(node, once, max_unavailable).await,
         Cmd::Uninstall { node } => uninstall(node).await,
         Cmd::Ready { node } => ready(&node),
         Cmd::UninstallAll {

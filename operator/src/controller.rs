@@ -10,7 +10,8 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -155,7 +156,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         )
         .owns(api::<Deployment>(&ctx, ns), owned.clone())
         .owns(api::<Service>(&ctx, ns), owned.clone())
-        .owns(api::<HorizontalPodAutoscaler>(&ctx, ns), owned)
+        .owns(api::<HorizontalPodAutoscaler>(&ctx, ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&ctx, ns), owned)
         // Pods are not owned directly, but a crash loop must reach status.
         .watches(api::<Pod>(&ctx, ns), pods, |pod| {
             let ns = pod.namespace();
@@ -222,6 +224,10 @@ async fn reconcile(obj: Arc<WebAssembly>, ctx: Arc<Context>) -> Result<Action, E
     result
 }
 
+/// The registry credentials the kubelet would pull with: the object's `imagePullSecrets`,
+/// then those of the pods' ServiceAccount (as the ServiceAccount admission copies them into
+/// the pods). A missing object secret is an error the user must fix; a missing account, or a
+/// secret it names, is skipped, as the kubelet skips it.
 async fn pull_secrets(
     obj: &WebAssembly,
     ctx: &Context,
@@ -230,33 +236,69 @@ async fn pull_secrets(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut out = Vec::new();
     for r in &obj.spec.image_pull_secrets {
-        let name = &r.name;
-        let origin = format!("imagePullSecret {ns}/{name}");
-        let secret = secrets.get_opt(name).await.map_err(|e| ResolveError {
-            reason: "PullSecretUnreadable",
-            message: format!("{origin}: {e}"),
-            transient: true,
-        })?;
-        let Some(secret) = secret else {
-            return Err(ResolveError {
-                reason: "PullSecretNotFound",
-                message: format!("{origin} does not exist"),
-                transient: false,
-            });
-        };
-        let data = secret.data.unwrap_or_default();
-        let Some(ByteString(bytes)) = data.get(".dockerconfigjson") else {
-            return Err(ResolveError {
-                reason: "BadPullSecret",
-                message: format!(
-                    "{origin} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)"
-                ),
-                transient: false,
-            });
-        };
-        out.push((origin, String::from_utf8_lossy(bytes).into_owned()));
+        let origin = format!("imagePullSecret {ns}/{}", r.name);
+        match pull_secret(&secrets, &r.name, &origin).await? {
+            Some(config) => out.push((origin, config)),
+            None => {
+                return Err(ResolveError {
+                    reason: "PullSecretNotFound",
+                    message: format!("{origin} does not exist"),
+                    transient: false,
+                });
+            }
+        }
+    }
+    let account = obj
+        .spec
+        .service_account_name
+        .as_deref()
+        .unwrap_or("default");
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    let found = accounts.get_opt(account).await.map_err(|e| ResolveError {
+        reason: "PullSecretUnreadable",
+        message: format!("ServiceAccount {ns}/{account}: {e}"),
+        transient: true,
+    })?;
+    for r in found.and_then(|a| a.image_pull_secrets).unwrap_or_default() {
+        if obj.spec.image_pull_secrets.iter().any(|o| o.name == r.name) {
+            continue;
+        }
+        let origin = format!(
+            "imagePullSecret {ns}/{} of ServiceAccount {account}",
+            r.name
+        );
+        if let Some(config) = pull_secret(&secrets, &r.name, &origin).await? {
+            out.push((origin, config));
+        }
     }
     Ok(out)
+}
+
+/// The `.dockerconfigjson` of secret `name`, or `None` when it does not exist.
+async fn pull_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    origin: &str,
+) -> Result<Option<String>, ResolveError> {
+    let secret = secrets.get_opt(name).await.map_err(|e| ResolveError {
+        reason: "PullSecretUnreadable",
+        message: format!("{origin}: {e}"),
+        transient: true,
+    })?;
+    let Some(secret) = secret else {
+        return Ok(None);
+    };
+    let data = secret.data.unwrap_or_default();
+    let Some(ByteString(bytes)) = data.get(".dockerconfigjson") else {
+        return Err(ResolveError {
+            reason: "BadPullSecret",
+            message: format!(
+                "{origin} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)"
+            ),
+            transient: false,
+        });
+    };
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// Reconcile in four steps: observe what runs, resolve the module, apply the desired state
@@ -470,6 +512,13 @@ async fn apply(
         }
         None => delete_owned(&hpas, name, obj).await?,
     }
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
+    match &want.pdb {
+        Some(pdb) => {
+            pdbs.patch(name, &pp, &Patch::Apply(pdb)).await?;
+        }
+        None => delete_owned(&pdbs, name, obj).await?,
+    }
     Ok(Applied {
         deployment: Some(deployment),
         service,
@@ -665,6 +714,14 @@ mod tests {
         }))
     }
 
+    /// The Deployment the reconcile applied (the body of its PATCH).
+    fn applied_deployment(seen: &[Seen]) -> serde_json::Value {
+        seen.iter()
+            .find(|s| s.path.contains("/deployments/") && !s.body.is_null())
+            .map(|s| s.body.clone())
+            .expect("a Deployment applied")
+    }
+
     /// The status the reconcile wrote, from the last call.
     fn written_status(seen: &[Seen]) -> WebAssemblyStatus {
         let last = seen.last().expect("calls");
@@ -689,7 +746,7 @@ mod tests {
             status: Some(written_status(&first)),
             ..obj
         };
-        (obj, first[1].body.clone())
+        (obj, applied_deployment(&first))
     }
 
     fn spec() -> serde_json::Value {
@@ -706,7 +763,7 @@ mod tests {
         .await;
         assert!(result.is_ok(), "{result:?}");
         let deployment: Deployment =
-            serde_json::from_value(seen[1].body.clone()).expect("the applied Deployment");
+            serde_json::from_value(applied_deployment(&seen)).expect("the applied Deployment");
         let pod = deployment
             .spec
             .and_then(|s| s.template.spec)
@@ -769,7 +826,7 @@ mod tests {
             "a transient failure is returned for error_policy's backoff: {result:?}"
         );
         // The same Deployment (the running digest, an HTTP module) is applied again.
-        assert_eq!(seen[2].body, live);
+        assert_eq!(applied_deployment(&seen), live);
         let status = written_status(&seen);
         let resolved = condition(&status, status::MODULE_RESOLVED);
         assert_eq!(

@@ -10,11 +10,13 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Lifecycle,
-    LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-    SleepAction, TCPSocketAction, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    ServicePort, ServiceSpec, SleepAction, TCPSocketAction, TopologySpreadConstraint, Volume,
+    VolumeMount,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -69,6 +71,7 @@ pub struct Desired {
     pub deployment: Deployment,
     pub service: Option<Service>,
     pub hpa: Option<HorizontalPodAutoscaler>,
+    pub pdb: Option<PodDisruptionBudget>,
 }
 
 /// Why desired state could not be computed (the object is not one the API server would
@@ -110,8 +113,10 @@ pub fn selector_string(name: &str) -> String {
         .join(",")
 }
 
+/// The object's own labels, then the operator's (which win: they select the pods).
 fn labels(obj: &WebAssembly, name: &str) -> BTreeMap<String, String> {
-    let mut labels = selector_labels(name);
+    let mut labels = obj.metadata.labels.clone().unwrap_or_default();
+    labels.extend(selector_labels(name));
     labels.insert(NAME_LABEL.into(), name.into());
     labels.insert(COMPONENT_LABEL.into(), "webassembly".into());
     labels.insert(PART_OF_LABEL.into(), name.into());
@@ -164,7 +169,8 @@ pub fn desired(obj: &WebAssembly, resolved: &Resolved, config: &Config) -> Resul
     let port = obj.spec.port.unwrap_or(DEFAULT_PORT);
     Ok(Desired {
         deployment: deployment(obj, resolved, config, &name, meta.clone(), port, http),
-        service: http.then(|| service(&name, meta.clone())),
+        service: http.then(|| service(obj, &name, meta.clone())),
+        pdb: pdb(obj, &name, meta.clone()),
         hpa: hpa(obj, &name, meta),
     })
 }
@@ -307,14 +313,18 @@ fn deployment(
         env_from: (!spec.env_from.is_empty()).then(|| spec.env_from.clone()),
         resources,
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
-        readiness_probe: http.then(|| Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::String(PORT_NAME.into()),
-                ..TCPSocketAction::default()
-            }),
-            period_seconds: Some(5),
-            ..Probe::default()
+        readiness_probe: http.then(|| match &spec.readiness_probe {
+            Some(p) => probe(p),
+            None => Probe {
+                tcp_socket: Some(TCPSocketAction {
+                    port: IntOrString::String(PORT_NAME.into()),
+                    ..TCPSocketAction::default()
+                }),
+                period_seconds: Some(5),
+                ..Probe::default()
+            },
         }),
+        liveness_probe: spec.liveness_probe.as_ref().filter(|_| http).map(probe),
         // A terminating pod leaves the Service's endpoints a moment after the kubelet
         // learns of it; waiting before SIGTERM (the kubelet sleeps, nothing runs in the
         // container) lets the node's proxies stop sending it requests first, so a rollout
@@ -342,9 +352,14 @@ fn deployment(
         }),
         ..Container::default()
     };
+    // The object's pod labels and annotations first: the operator's own win.
+    let mut template_labels = spec.pod_labels.clone();
+    template_labels.extend(meta.labels.clone().unwrap_or_default());
+    let mut template_annotations = spec.pod_annotations.clone();
+    template_annotations.extend(policy.to_annotations());
     let mut template_meta = ObjectMeta {
-        labels: meta.labels.clone(),
-        annotations: Some(policy.to_annotations()),
+        labels: Some(template_labels),
+        annotations: Some(template_annotations),
         ..ObjectMeta::default()
     };
     if let Some(a) = template_meta.annotations.as_mut() {
@@ -392,6 +407,10 @@ fn deployment(
                         .then(|| spec.node_selector.clone()),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
                     affinity: spec.affinity.clone(),
+                    service_account_name: spec.service_account_name.clone(),
+                    priority_class_name: spec.priority_class_name.clone(),
+                    topology_spread_constraints: (!spec.topology_spread_constraints.is_empty())
+                        .then(|| spread(&spec.topology_spread_constraints, name)),
                     // The preStop sleep and the shim's drain both fit before the SIGKILL.
                     termination_grace_period_seconds: Some(
                         wa8s_api::contract::TERMINATION_GRACE_SECONDS,
@@ -418,7 +437,9 @@ fn deployment(
     }
 }
 
-fn service(name: &str, meta: ObjectMeta) -> Service {
+fn service(obj: &WebAssembly, name: &str, mut meta: ObjectMeta) -> Service {
+    let annotations = &obj.spec.service_annotations;
+    meta.annotations = (!annotations.is_empty()).then(|| annotations.clone());
     Service {
         metadata: meta,
         spec: Some(ServiceSpec {
@@ -434,6 +455,77 @@ fn service(name: &str, meta: ObjectMeta) -> Service {
             ..ServiceSpec::default()
         }),
         ..Service::default()
+    }
+}
+
+/// The object's budget; without one, `maxUnavailable: 1` once it runs two pods or more: a
+/// drain then never takes every pod of a node at once, and (unhealthy pods being always
+/// evictable) never waits forever either.
+fn pdb(obj: &WebAssembly, name: &str, meta: ObjectMeta) -> Option<PodDisruptionBudget> {
+    let spec = &obj.spec;
+    let (min_available, max_unavailable) = match &spec.disruption_budget {
+        Some(b) => (b.min_available.clone(), b.max_unavailable.clone()),
+        None => {
+            let pods = match &spec.scaling {
+                Some(s) => s.min_replicas.unwrap_or(1),
+                None => spec.replicas.unwrap_or(1),
+            };
+            if pods < 2 {
+                return None;
+            }
+            (None, Some(IntOrString::Int(1)))
+        }
+    };
+    Some(PodDisruptionBudget {
+        metadata: meta,
+        spec: Some(PodDisruptionBudgetSpec {
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(name)),
+                ..LabelSelector::default()
+            }),
+            min_available,
+            max_unavailable,
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+/// The object's constraints; one without a selector counts the object's pods.
+fn spread(constraints: &[TopologySpreadConstraint], name: &str) -> Vec<TopologySpreadConstraint> {
+    constraints
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            if c.label_selector.is_none() {
+                c.label_selector = Some(LabelSelector {
+                    match_labels: Some(selector_labels(name)),
+                    ..LabelSelector::default()
+                });
+            }
+            c
+        })
+        .collect()
+}
+
+/// A probe of the component's port from the object's, with Kubernetes' defaults left to
+/// Kubernetes.
+fn probe(p: &wa8s_api::HttpProbe) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(p.http_get.path.clone()),
+            port: IntOrString::String(PORT_NAME.into()),
+            http_headers: (!p.http_get.http_headers.is_empty())
+                .then(|| p.http_get.http_headers.clone()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: p.initial_delay_seconds,
+        period_seconds: p.period_seconds,
+        timeout_seconds: p.timeout_seconds,
+        success_threshold: p.success_threshold,
+        failure_threshold: p.failure_threshold,
+        ..Probe::default()
     }
 }
 

@@ -94,6 +94,10 @@ fn service_path() -> String {
     format!("/api/v1/namespaces/{NS}/services/{NAME}")
 }
 
+fn pdb_path() -> String {
+    format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/{NAME}")
+}
+
 fn hpa_path() -> String {
     format!("/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/{NAME}")
 }
@@ -131,6 +135,7 @@ impl Scenario {
             Call::new(Method::PATCH, deployment_path(), applied),
             Call::new(Method::PATCH, service_path(), Reply::Echo),
             Call::new(Method::GET, hpa_path(), Reply::NotFound),
+            Call::new(Method::GET, pdb_path(), Reply::NotFound),
         ];
         let middle: Vec<Call> = match self {
             Scenario::FirstApply | Scenario::RolloutComplete(_) => apply.into(),
@@ -176,7 +181,14 @@ impl Scenario {
             format!("/apis/wa8s.reconciler.io/v1/namespaces/{NS}/webassemblies/{NAME}/status"),
             Reply::Json(serde_json::to_value(obj).expect("serializable")),
         );
-        std::iter::once(get_deployment)
+        // Resolving reads the pods' ServiceAccount for its pull secrets (none here).
+        let get_account = Call::new(
+            Method::GET,
+            format!("/api/v1/namespaces/{NS}/serviceaccounts/default"),
+            Reply::NotFound,
+        );
+        [get_deployment, get_account]
+            .into_iter()
             .chain(middle)
             .chain([list_pods])
             .chain(events)

@@ -271,6 +271,7 @@ pub fn status(
             },
         }),
         replicas: observed.rollout.as_ref().map(|r| r.replicas),
+        desired_replicas: observed.rollout.as_ref().map(|r| r.desired),
         ready_replicas: observed.rollout.as_ref().map(|r| r.ready),
         selector: Some(observed.selector.clone()),
         service: observed.service.clone(),

@@ -215,6 +215,18 @@ impl Harness {
 }
 
 /// The same component with a custom section appended: another digest, same behaviour.
+/// Pushes the HTTP test component to a registry that wants `user`'s password; its digest.
+async fn push_as(user: &str, password: &str, reference: &str) -> Result<String> {
+    let pusher = wa8s_oci::Registry::new(wa8s_oci::RegistryOptions {
+        credentials: wa8s_oci::Credentials {
+            explicit: Some((user.into(), password.into())),
+            ..wa8s_oci::Credentials::default()
+        },
+        ..wa8s_oci::RegistryOptions::default()
+    });
+    Ok(pusher.push(guests::HTTP_COMPONENT, reference).await?.digest)
+}
+
 fn with_note(component: &[u8], note: &[u8]) -> Vec<u8> {
     let name = b"note";
     let len = 1 + name.len() + note.len();
@@ -463,17 +475,7 @@ async fn wrong_registry_credentials_end_in_a_permanent_auth_failed_condition_and
     .await?;
     let scrape = || wa8s_e2e::http::get(&http.to_string(), "/metrics", Duration::from_secs(5));
 
-    let pusher = wa8s_oci::Registry::new(wa8s_oci::RegistryOptions {
-        credentials: wa8s_oci::Credentials {
-            explicit: Some(("alice".into(), "s3cret".into())),
-            ..wa8s_oci::Credentials::default()
-        },
-        ..wa8s_oci::RegistryOptions::default()
-    });
-    let digest = pusher
-        .push(guests::HTTP_COMPONENT, &format!("{addr}/myorg/private:v1"))
-        .await?
-        .digest;
+    let digest = push_as("alice", "s3cret", &format!("{addr}/myorg/private:v1")).await?;
     let kubectl = h.cp.kubectl();
     let n = h.ns.name();
     for (name, password) in [("wrong", "nope"), ("right", "s3cret")] {
@@ -539,5 +541,63 @@ async fn wrong_registry_credentials_end_in_a_permanent_auth_failed_condition_and
         Ok(c.filter(|(status, _, _)| status == "True"))
     })
     .await?;
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_tag_resolves_with_the_pull_secrets_of_the_pods_service_account() -> Result<()> {
+    use wa8s_e2e::registry::Users;
+    let registry = Registry::start_with(Users(vec![("bob".into(), "hunter2".into())]))?;
+    let addr = registry.addr().to_owned();
+    let h = Harness::start_with("op-account", Duration::from_secs(300), registry).await?;
+    let digest = push_as("bob", "hunter2", &format!("{addr}/myorg/private:v1")).await?;
+    let kubectl = h.cp.kubectl();
+    let n = h.ns.name();
+    kubectl.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "registry",
+        "-n",
+        n,
+        &format!("--docker-server={addr}"),
+        "--docker-username=bob",
+        "--docker-password=hunter2",
+    ])?;
+    // A named account, and the namespace's default one, each holding the secret: neither
+    // object names a secret itself, as the kubelet would pull for them.
+    let account = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: puller\nimagePullSecrets:\n  - name: registry\n";
+    let applied = kubectl.apply(n, account)?;
+    assert!(applied.success, "{}", applied.stderr);
+    kubectl.ok(&[
+        "patch",
+        "serviceaccount",
+        "default",
+        "-n",
+        n,
+        "-p",
+        r#"{"imagePullSecrets":[{"name":"registry"}]}"#,
+    ])?;
+    let manifest = |name: &str, account: &str| {
+        format!(
+            "apiVersion: wa8s.reconciler.io/v1\nkind: WebAssembly\nmetadata:\n  name: {name}\nspec:\n  module:\n    registry: {addr}/myorg/private\n    tag: v1\n{account}"
+        )
+    };
+    h.apply(&manifest("named", "  serviceAccountName: puller\n"))?;
+    h.apply(&manifest("default", ""))?;
+    for name in ["named", "default"] {
+        let image = h
+            .eventually("the Deployment", || async { h.image(name).await })
+            .await
+            .with_context(|| format!("{name} did not resolve"))?;
+        assert_eq!(image, format!("{addr}/myorg/private@{digest}"));
+    }
+    let d = h.api::<Deployment>().get("named").await?;
+    let pod = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("a pod template")?;
+    assert_eq!(pod.service_account_name.as_deref(), Some("puller"));
+    assert_eq!(pod.automount_service_account_token, Some(false));
     h.stop().await
 }

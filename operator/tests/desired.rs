@@ -30,6 +30,9 @@ fn render(d: &Desired) -> Result<String> {
     if let Some(h) = &d.hpa {
         docs.push(yaml_serde::to_string(h)?);
     }
+    if let Some(p) = &d.pdb {
+        docs.push(yaml_serde::to_string(p)?);
+    }
     Ok(docs.join("---\n"))
 }
 
@@ -117,11 +120,7 @@ fn a_cli_module_gets_no_service_and_no_probe_and_fixed_replicas_without_scaling(
 fn fs_grants_become_volumes_bounded_by_max_size_and_read_only_mounts() -> Result<()> {
     let obj = load(&repo().join("../shared/fixtures/seed-deploy.yaml"))?;
     let d = desired(&obj, &resolved(ModuleKind::Http), &Config::default())?;
-    let pod = d
-        .deployment
-        .spec
-        .and_then(|s| s.template.spec)
-        .context("pod")?;
+    let pod = pod_spec(d)?;
     let mounts = pod.containers[0].volume_mounts.clone().context("mounts")?;
     let config = mounts
         .iter()
@@ -156,6 +155,13 @@ fn an_object_without_a_uid_is_refused_not_guessed() -> Result<()> {
     let err = desired(&obj, &resolved(ModuleKind::Http), &Config::default()).expect_err("no uid");
     assert_eq!(err.to_string(), "the object has no uid");
     Ok(())
+}
+
+fn pod_spec(d: Desired) -> Result<k8s_openapi::api::core::v1::PodSpec> {
+    d.deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("a pod template")
 }
 
 fn container_env(d: &Desired) -> Vec<(String, String)> {
@@ -263,16 +269,157 @@ fn a_cli_modules_args_follow_the_placeholder_command() -> Result<()> {
     let mut obj = load(&repo().join("examples/deploy.yaml"))?;
     obj.spec.args = vec!["lookup".into(), "db.example.com".into()];
     let d = desired(&obj, &resolved(ModuleKind::Cli), &Config::default())?;
-    let pod = d
-        .deployment
-        .spec
-        .and_then(|s| s.template.spec)
-        .context("pod")?;
+    let pod = pod_spec(d)?;
     let c = &pod.containers[0];
     assert_eq!(c.command.as_deref(), Some(&["/".to_owned()][..]));
     assert_eq!(
         c.args.as_deref(),
         Some(&["lookup".to_owned(), "db.example.com".to_owned()][..])
     );
+    Ok(())
+}
+
+#[test]
+fn the_objects_labels_reach_everything_it_makes_but_never_replace_the_operators_own() -> Result<()>
+{
+    let mut obj = load(&repo().join("../shared/fixtures/seed-deploy.yaml"))?;
+    obj.metadata.labels = Some(
+        [
+            ("cost-center", "4711"),
+            ("app.kubernetes.io/instance", "a-helm-release"),
+            ("app.kubernetes.io/managed-by", "Helm"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    );
+    obj.spec.pod_labels = [("team".to_owned(), "imaging".to_owned())].into();
+    let d = desired(&obj, &resolved(ModuleKind::Http), &Config::default())?;
+    let metas = [
+        Some(&d.deployment.metadata),
+        d.service.as_ref().map(|s| &s.metadata),
+        d.hpa.as_ref().map(|h| &h.metadata),
+        d.pdb.as_ref().map(|p| &p.metadata),
+        d.deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref()),
+    ];
+    for meta in metas {
+        let labels = meta
+            .context("every object")?
+            .labels
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(labels.get("cost-center").map(String::as_str), Some("4711"));
+        assert_eq!(
+            labels.get("app.kubernetes.io/instance").map(String::as_str),
+            Some("image-processor")
+        );
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("wa8s-operator")
+        );
+    }
+    let template = d
+        .deployment
+        .spec
+        .and_then(|s| s.template.metadata)
+        .context("template")?;
+    assert_eq!(
+        template
+            .labels
+            .unwrap_or_default()
+            .get("team")
+            .map(String::as_str),
+        Some("imaging")
+    );
+    Ok(())
+}
+
+#[test]
+fn two_or_more_pods_get_a_budget_of_one_unavailable_unless_the_object_sets_its_own() -> Result<()> {
+    let seed = load(&repo().join("../shared/fixtures/seed-deploy.yaml"))?;
+    let budget = |obj: &WebAssembly| -> Result<Option<(String, String, String)>> {
+        let d = desired(obj, &resolved(ModuleKind::Http), &Config::default())?;
+        Ok(d.pdb.and_then(|p| p.spec).map(|s| {
+            let show = |v: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>| {
+                v.map(|v| serde_json::to_string(&v).unwrap_or_default())
+                    .unwrap_or_default()
+            };
+            (
+                show(s.min_available),
+                show(s.max_unavailable),
+                s.unhealthy_pod_eviction_policy.unwrap_or_default(),
+            )
+        }))
+    };
+    // The users' manifest: minReplicas 2.
+    assert_eq!(
+        budget(&seed)?,
+        Some((String::new(), "1".into(), "AlwaysAllow".into()))
+    );
+    let mut one = seed.clone();
+    one.spec.scaling = None;
+    assert_eq!(budget(&one)?, None, "a single pod gets no budget");
+    one.spec.replicas = Some(3);
+    assert!(budget(&one)?.is_some());
+    let mut own = seed.clone();
+    own.spec.disruption_budget = Some(yaml_serde::from_str("{minAvailable: 50%}")?);
+    assert_eq!(
+        budget(&own)?,
+        Some((r#""50%""#.into(), String::new(), "AlwaysAllow".into()))
+    );
+    Ok(())
+}
+
+#[test]
+fn http_probes_use_the_components_port_and_spread_constraints_count_the_objects_pods() -> Result<()>
+{
+    let mut obj = load(&repo().join("../shared/fixtures/seed-deploy.yaml"))?;
+    obj.spec.readiness_probe = Some(yaml_serde::from_str(
+        "{httpGet: {path: /ready}, periodSeconds: 2}",
+    )?);
+    obj.spec.liveness_probe = Some(yaml_serde::from_str("{httpGet: {path: /healthz}}")?);
+    obj.spec.topology_spread_constraints = vec![yaml_serde::from_str(
+        "{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule}",
+    )?];
+    let d = desired(&obj, &resolved(ModuleKind::Http), &Config::default())?;
+    let pod = pod_spec(d)?;
+    let c = &pod.containers[0];
+    let ready = c.readiness_probe.as_ref().context("readiness")?;
+    let get = ready.http_get.as_ref().context("an HTTP GET")?;
+    assert_eq!(
+        (
+            get.path.as_deref(),
+            serde_json::to_string(&get.port)?.as_str()
+        ),
+        (Some("/ready"), r#""http""#)
+    );
+    assert_eq!(ready.period_seconds, Some(2));
+    assert!(ready.tcp_socket.is_none());
+    let live = c.liveness_probe.as_ref().context("liveness")?;
+    assert_eq!(
+        live.http_get.as_ref().and_then(|g| g.path.as_deref()),
+        Some("/healthz")
+    );
+    // Kubernetes' defaults stay Kubernetes': nothing the object did not set.
+    assert_eq!((live.period_seconds, live.failure_threshold), (None, None));
+    let spread = &pod.topology_spread_constraints.context("constraints")?[0];
+    let selector = spread
+        .label_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.clone());
+    assert_eq!(
+        selector,
+        Some(wa8s_operator::desired::selector_labels("image-processor"))
+    );
+
+    // A wasi:cli component has no port to probe.
+    let d = desired(&obj, &resolved(ModuleKind::Cli), &Config::default())?;
+    let pod = pod_spec(d)?;
+    assert!(pod.containers[0].liveness_probe.is_none());
     Ok(())
 }

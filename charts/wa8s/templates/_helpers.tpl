@@ -11,6 +11,15 @@
 {{- printf "%s-operator" (include "wa8s.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The operator's ServiceAccount: the chart's, or one the user manages. */}}
+{{- define "wa8s.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (include "wa8s.operator.name" .) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- required "operator.serviceAccount.name is required when operator.serviceAccount.create=false" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "wa8s.installer.name" -}}
 {{- printf "%s-node-installer" (include "wa8s.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -72,3 +81,12 @@ The operator's --pod-env flags: the runtime settings it writes into every wasm p
 - {{ printf "--pod-env=%s=%s" $name $value | quote }}
 {{- end }}
 {{- end }}
+
+{{/* The Secrets holding registry CAs, each once (a JSON list). */}}
+{{- define "wa8s.registryCASecrets" -}}
+{{- $secrets := list -}}
+{{- range .Values.operator.registryCAs -}}
+{{- $secrets = append $secrets .secretName -}}
+{{- end -}}
+{{- $secrets | uniq | toJson -}}
+{{- end -}}

@@ -1,4 +1,5 @@
-//! Prints the WebAssembly CRD, or with `--write` updates the committed copies.
+//! Prints the WebAssembly CRD, or with `--write` updates the committed copies and the field
+//! reference (docs/reference.md).
 
 use std::path::Path;
 
@@ -25,5 +26,9 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", output.path);
     }
+    let path = root.join(crd::REFERENCE_PATH);
+    std::fs::write(&path, crd::reference())
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", crd::REFERENCE_PATH);
     Ok(())
 }

@@ -42,6 +42,13 @@ enum Command {
     Pull(oci::PullArgs),
     /// Show what a component is: kind, imports, exports, size, digests, media types.
     Inspect(oci::InspectArgs),
+    /// Print a WebAssembly object for a pushed component (its world decides HTTP or worker,
+    /// its digest is pinned, nothing is granted), ready for `kubectl apply -f -`.
+    Manifest(oci::ManifestArgs),
+    /// Print a shell completion script: `wa8s completions bash > /etc/bash_completion.d/wa8s`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff): `wa8s man | man -l -`.
+    Man,
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,6 +144,22 @@ fn main() -> ExitCode {
         Command::Push(args) => registry_command(runtime.block_on(oci::push(args))),
         Command::Pull(args) => registry_command(runtime.block_on(oci::pull(args))),
         Command::Inspect(args) => registry_command(runtime.block_on(oci::inspect(args))),
+        Command::Manifest(args) => registry_command(runtime.block_on(oci::manifest(args))),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "wa8s", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            use clap::CommandFactory as _;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("wa8s: writing the manual page: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `wa8s push`, `wa8s pull` and `wa8s inspect`.
+//! `wa8s push`, `wa8s pull`, `wa8s inspect` and `wa8s manifest`.
 
 use std::path::{Path, PathBuf};
 
@@ -67,14 +67,94 @@ impl RegistryArgs {
     }
 }
 
+/// How a command prints its result on stdout.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    /// For people (and, for push and pull, just the digest).
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+    /// YAML (`wa8s manifest` only; others print JSON).
+    Yaml,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct PushArgs {
     /// The component or preview1 module.
     file: PathBuf,
     /// Where to push it, e.g. ghcr.io/myorg/app:v1.
     reference: String,
+    /// A manifest annotation, e.g. org.opencontainers.image.description=… Repeatable.
+    /// `source` and `revision` are filled from a forge's CI variables (GITHUB_SERVER_URL,
+    /// GITHUB_REPOSITORY, GITHUB_SHA), `created` from SOURCE_DATE_EPOCH, else the time of
+    /// the push.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
+    /// text (the digest) or json.
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
     #[command(flatten)]
     registry: RegistryArgs,
+}
+
+/// The standard OCI annotations a push fills in from its environment, then the user's.
+fn annotations(given: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    const SOURCE: &str = "org.opencontainers.image.source";
+    const REVISION: &str = "org.opencontainers.image.revision";
+    const CREATED: &str = "org.opencontainers.image.created";
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut out = std::collections::BTreeMap::new();
+    if let (Some(server), Some(repo)) = (env("GITHUB_SERVER_URL"), env("GITHUB_REPOSITORY")) {
+        out.insert(SOURCE.to_owned(), format!("{server}/{repo}"));
+    }
+    if let Some(sha) = env("GITHUB_SHA") {
+        out.insert(REVISION.to_owned(), sha);
+    }
+    // Reproducible builds name their time in SOURCE_DATE_EPOCH; else now.
+    let seconds = match env("SOURCE_DATE_EPOCH") {
+        Some(epoch) => epoch
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={epoch:?} is not a number of seconds"))?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+    };
+    let created = time_rfc3339(seconds)
+        .with_context(|| format!("{seconds} seconds since 1970 is out of range"))?;
+    out.insert(CREATED.to_owned(), created);
+    for a in given {
+        let (k, v) = a
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .with_context(|| format!("--annotation {a:?}: expected KEY=VALUE"))?;
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+/// `seconds` since the epoch as RFC 3339 UTC (`2026-12-07T10:00:00Z`).
+fn time_rfc3339(seconds: i64) -> Option<String> {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (0..=9999).contains(&year).then(|| {
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            secs % 3600 / 60,
+            secs % 60
+        )
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,8 +162,11 @@ pub struct PullArgs {
     /// What to pull, e.g. ghcr.io/myorg/app:v1 or ghcr.io/myorg/app@sha256:….
     reference: String,
     /// Where to write the binary (default: the repository's last segment + .wasm).
-    #[arg(short, long, value_name = "FILE")]
-    output: Option<PathBuf>,
+    #[arg(short = 'o', long = "to", value_name = "FILE")]
+    to: Option<PathBuf>,
+    /// text (the digest) or json.
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
     /// Go through this blob cache directory (as the node does).
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
@@ -95,9 +178,26 @@ pub struct PullArgs {
 pub struct InspectArgs {
     /// A reference in a registry, or a local .wasm file.
     target: String,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text (the same as --output json).
     #[arg(long)]
     json: bool,
+    /// text or json.
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ManifestArgs {
+    /// A pushed component, e.g. ghcr.io/myorg/app:v1.
+    reference: String,
+    /// The object's name (default: the repository's last segment).
+    #[arg(long)]
+    name: Option<String>,
+    /// yaml, or json.
+    #[arg(long, value_enum, default_value = "yaml")]
+    output: Output,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -145,19 +245,32 @@ pub async fn load_reference(
 pub async fn push(args: PushArgs) -> Result<()> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let annotations = annotations(&args.annotations)?;
     let pushed = args
         .registry
         .registry()?
-        .push(&bytes, &args.reference)
+        .push_annotated(&bytes, &args.reference, annotations.clone())
         .await?;
     eprintln!("pushed {} ({} bytes)", args.reference, bytes.len());
-    println!("{}", pushed.digest);
+    match args.output {
+        Output::Json | Output::Yaml => println!(
+            "{}",
+            serde_json::json!({
+                "reference": args.reference,
+                "digest": pushed.digest,
+                "layerDigest": pushed.layer_digest,
+                "size": bytes.len(),
+                "annotations": annotations,
+            })
+        ),
+        Output::Text => println!("{}", pushed.digest),
+    }
     Ok(())
 }
 
 pub async fn pull(args: PullArgs) -> Result<()> {
     let registry = args.registry.registry()?;
-    let output = match &args.output {
+    let output = match &args.to {
         Some(o) => o.clone(),
         None => default_output(&args.reference),
     };
@@ -196,8 +309,101 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         info.size,
         info.kind.os()
     );
-    println!("{}", resolved.digest);
+    match args.output {
+        Output::Json | Output::Yaml => println!(
+            "{}",
+            serde_json::json!({
+                "reference": args.reference,
+                "digest": resolved.digest,
+                "file": output,
+                "size": info.size,
+                "kind": info.kind.os(),
+            })
+        ),
+        Output::Text => println!("{}", resolved.digest),
+    }
     Ok(())
+}
+
+/// Prints a `WebAssembly` object for a pushed component: HTTP or cli from its world, the
+/// digest pinned, nothing granted.
+pub async fn manifest(args: ManifestArgs) -> Result<()> {
+    let described = args.registry.registry()?.describe(&args.reference).await?;
+    let repository = args
+        .reference
+        .split('@')
+        .next()
+        .map(|r| match r.rsplit_once(':') {
+            // A ':' after the last '/' is a tag; one before it is a registry's port.
+            Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
+            _ => (r, None),
+        })
+        .unwrap_or((args.reference.as_str(), None));
+    let (registry, tag) = repository;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => object_name(registry),
+    };
+    let mut module = serde_json::json!({
+        "registry": registry,
+        "digest": described.resolved.digest,
+    });
+    if let Some(tag) = tag {
+        module["tag"] = tag.into();
+    }
+    let mut spec = serde_json::json!({ "module": module });
+    let http = described.serves_http();
+    if http == Some(false) {
+        // A wasi:cli command runs as a worker: one pod, no Service.
+        spec["replicas"] = 1.into();
+    }
+    let object = serde_json::json!({
+        "apiVersion": "wa8s.reconciler.io/v1",
+        "kind": "WebAssembly",
+        "metadata": { "name": name },
+        "spec": spec,
+    });
+    // The object must be one the API server would take: the CRD's own types read it back.
+    let _: wa8s_api::WebAssembly = serde_json::from_value(object.clone())
+        .context("the generated object does not match the WebAssembly API")?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&object)?),
+        Output::Yaml | Output::Text => {
+            let kind = match http {
+                Some(true) => "a wasi:http component: gets a Service on port 80",
+                Some(false) => "a wasi:cli command: runs as a worker, no Service",
+                None => "the registry does not say which world: treated as HTTP",
+            };
+            println!(
+                "# {} — {kind}. Nothing is granted: add spec.wasi.",
+                args.reference
+            );
+            print!("{}", yaml_serde::to_string(&object)?);
+        }
+    }
+    Ok(())
+}
+
+/// A DNS-1123 name from a repository's last segment.
+fn object_name(repository: &str) -> String {
+    let last = repository.rsplit('/').next().unwrap_or(repository);
+    let mut name: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(63);
+    let name = name.trim_matches('-').to_owned();
+    if name.is_empty() {
+        "component".into()
+    } else {
+        name
+    }
 }
 
 /// A file written next to its destination and renamed over it only when complete. Dropped
@@ -249,7 +455,7 @@ pub async fn inspect(args: InspectArgs) -> Result<()> {
         });
         (pulled.info, source)
     };
-    if args.json {
+    if args.json || args.output != Output::Text {
         let mut doc = serde_json::to_value(&info)?;
         if let (Some(doc), Some(src)) = (doc.as_object_mut(), source.as_object()) {
             doc.extend(src.clone());

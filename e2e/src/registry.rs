@@ -232,6 +232,32 @@ impl Registry {
         std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
     }
 
+    /// Requests for manifests and blobs of `repository` so far, by method (from the access
+    /// log): what resolving and pulling cost the registry.
+    pub fn content_requests(&self, repository: &str) -> std::collections::BTreeMap<String, usize> {
+        let manifests = format!(" /v2/{repository}/manifests/");
+        let blobs = format!(" /v2/{repository}/blobs/");
+        let mut counts = std::collections::BTreeMap::new();
+        for line in self.log().lines() {
+            let Some((_, request)) = line.split_once("] \"") else {
+                continue;
+            };
+            let Some((method, rest)) = request.split_once(' ') else {
+                continue;
+            };
+            let rest = format!(" {rest}");
+            let what = if rest.starts_with(&manifests) {
+                "manifest"
+            } else if rest.starts_with(&blobs) {
+                "blob"
+            } else {
+                continue;
+            };
+            *counts.entry(format!("{method} {what}")).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// Successful GETs of the blob `digest` so far (from the access log).
     pub fn blob_fetches(&self, digest: &str) -> usize {
         let needle = format!("/blobs/{digest} HTTP");

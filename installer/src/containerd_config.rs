@@ -43,6 +43,10 @@ pub struct Runtime {
     /// decides the `cgroupsPath` form the shim gets). `None`: not set. [`add_runtime`] reads it
     /// from the file it edits; a drop-in gets it from [`runc_systemd_cgroup`] of the main file.
     pub systemd_cgroup: Option<bool>,
+    /// `runtime_path`: the shim's absolute path, for a shim outside containerd's `PATH` (a
+    /// node whose `/usr/local/bin` is read-only: Talos, Bottlerocket, COS). `None`: found
+    /// on the `PATH` by its name, as containerd does by default.
+    pub runtime_path: Option<String>,
 }
 
 impl Default for Runtime {
@@ -52,6 +56,7 @@ impl Default for Runtime {
             runtime_type: RUNTIME_TYPE.to_owned(),
             pod_annotations: POD_ANNOTATIONS.iter().map(|a| (*a).to_owned()).collect(),
             systemd_cgroup: None,
+            runtime_path: None,
         }
     }
 }
@@ -150,6 +155,9 @@ pub fn runtime_table(version: i64, runtime: &Runtime) -> String {
         rt = runtime.runtime_type,
         ann = annotations.join(", "),
     );
+    if let Some(path) = &runtime.runtime_path {
+        table.push_str(&format!("  runtime_path = {path:?}\n"));
+    }
     if let Some(systemd) = runtime.systemd_cgroup {
         table.push_str(&format!(
             "[{plugins}.\"{cri}\".{containerd}.{runtimes}.{handler}.options]\n  SystemdCgroup = {systemd}\n",
@@ -208,14 +216,24 @@ pub fn add_runtime(text: &str, path: &str, runtime: &Runtime) -> Result<Change, 
         .get("options")
         .and_then(|o| o.get("SystemdCgroup"))
         .and_then(Item::as_bool);
+    let current_path = entry.get("runtime_path").and_then(Item::as_str);
     if current_type == Some(runtime.runtime_type.as_str())
         && current_annotations.as_deref() == Some(wanted.as_slice())
+        && current_path == runtime.runtime_path.as_deref()
         && (systemd_cgroup.is_none() || current_systemd == systemd_cgroup)
     {
         return Ok(Change::Unchanged);
     }
     entry.insert("runtime_type", toml_edit::value(&runtime.runtime_type));
     entry.insert("pod_annotations", toml_edit::value(annotations));
+    match &runtime.runtime_path {
+        Some(p) => {
+            entry.insert("runtime_path", toml_edit::value(p));
+        }
+        None => {
+            entry.remove("runtime_path");
+        }
+    }
     if let Some(systemd) = systemd_cgroup {
         let options = entry
             .entry("options")

@@ -87,8 +87,9 @@ struct NodeArgs {
     /// The shim binary to install. Default: next to this binary.
     #[arg(long, env = "WA8S_SHIM")]
     shim: Option<PathBuf>,
-    /// Node directory for the shim; must be on containerd's PATH.
-    #[arg(long, env = "WA8S_SHIM_DIR", default_value = "/usr/local/bin")]
+    /// Node directory for the shim. Outside /usr/local/bin (on containerd's PATH), the
+    /// runtime names the shim by its absolute path (nodes whose /usr/local/bin is read-only).
+    #[arg(long, env = "WA8S_SHIM_DIR", default_value = node::DEFAULT_SHIM_DIR)]
     shim_dir: PathBuf,
     /// auto (systemd's containerd, or k3s), systemd, command or none.
     #[arg(long, env = "WA8S_RESTART", default_value = "auto")]
@@ -144,7 +145,7 @@ impl NodeArgs {
         let mut o = Options::new(&self.root, shim);
         o.config = self.config.clone();
         o.new_config_version = self.new_config_version;
-        o.shim_dir = self.shim_dir.clone();
+        o.set_shim_dir(self.shim_dir.clone());
         o.restart = restart;
         o.socket = self.socket.clone();
         o.restart_timeout = duration("restart-timeout", &self.restart_timeout)?;

@@ -23,6 +23,8 @@ use crate::containerd_config::{self, Change, Installed, Runtime};
 
 /// The shim's file name: containerd derives it from the runtime type `io.containerd.wa8s.v1`.
 pub const SHIM_NAME: &str = "containerd-shim-wa8s-v1";
+/// Where the shim goes by default: on containerd's `PATH` on every distribution.
+pub const DEFAULT_SHIM_DIR: &str = "/usr/local/bin";
 /// Where k3s keeps its containerd configuration (and the templates it renders it from).
 pub const K3S_CONTAINERD_DIR: &str = "/var/lib/rancher/k3s/agent/etc/containerd";
 /// containerd's own configuration file.
@@ -97,7 +99,8 @@ pub struct Options {
     pub new_config_version: i64,
     /// The shim binary to install (a path in this process's own filesystem).
     pub shim_source: PathBuf,
-    /// The node directory it goes to; must be on containerd's PATH.
+    /// The node directory it goes to ([`Options::set_shim_dir`] keeps the runtime's
+    /// `runtime_path` in step).
     pub shim_dir: PathBuf,
     pub restart: Restart,
     /// containerd's socket (node path); `None`: containerd's or k3s's by layout.
@@ -110,6 +113,15 @@ pub struct Options {
 }
 
 impl Options {
+    /// Puts the shim in node directory `dir`; outside [`DEFAULT_SHIM_DIR`] the runtime names
+    /// it by its absolute path (`runtime_path`), since containerd finds shims on its `PATH`
+    /// and a node with a read-only `/usr/local/bin` keeps writable directories off it.
+    pub fn set_shim_dir(&mut self, dir: PathBuf) {
+        self.runtime.runtime_path = (dir != Path::new(DEFAULT_SHIM_DIR))
+            .then(|| dir.join(SHIM_NAME).to_string_lossy().into_owned());
+        self.shim_dir = dir;
+    }
+
     /// Defaults for a node whose `/` is at `root`.
     pub fn new(root: impl Into<PathBuf>, shim_source: impl Into<PathBuf>) -> Self {
         Options {
@@ -117,7 +129,7 @@ impl Options {
             config: None,
             new_config_version: 2,
             shim_source: shim_source.into(),
-            shim_dir: PathBuf::from("/usr/local/bin"),
+            shim_dir: PathBuf::from(DEFAULT_SHIM_DIR),
             restart: Restart::Auto,
             socket: None,
             restart_timeout: Duration::from_secs(120),

@@ -318,3 +318,36 @@ fn the_runtime_takes_the_cgroup_driver_of_the_nodes_runc() -> Result<()> {
     assert!(!patched.contains("SystemdCgroup"), "{patched}");
     Ok(())
 }
+
+#[test]
+fn a_shim_outside_containerds_path_is_named_by_its_absolute_path_and_containerd_reads_it()
+-> Result<()> {
+    // A node whose /usr/local/bin is read-only (Talos, Bottlerocket, COS): the shim goes to a
+    // writable directory off containerd's PATH, and the runtime names it.
+    let mut o = wa8s_installer::node::Options::new("/", "/shim");
+    o.set_shim_dir("/var/lib/wa8s/bin".into());
+    let runtime = o.runtime.clone();
+    assert_eq!(
+        runtime.runtime_path.as_deref(),
+        Some("/var/lib/wa8s/bin/containerd-shim-wa8s-v1")
+    );
+    for name in ["kind-v0.33.0.toml", "containerd-2.2.9-default.toml"] {
+        let (path, original) = fixture(name)?;
+        let p = path.display().to_string();
+        let patched = written(add_runtime(&original, &p, &runtime)?)?;
+        let dump = containerd_dump(&patched)?;
+        assert!(
+            dump.contains("runtime_path = '/var/lib/wa8s/bin/containerd-shim-wa8s-v1'"),
+            "{name}: containerd does not see the shim's path:\n{dump}"
+        );
+        // Moving the shim back onto the PATH takes the path out again.
+        let mut back = o.clone();
+        back.set_shim_dir(wa8s_installer::node::DEFAULT_SHIM_DIR.into());
+        let moved = written(add_runtime(&patched, &p, &back.runtime)?)?;
+        assert!(!moved.contains("/var/lib/wa8s/bin"), "{moved}");
+    }
+    // A drop-in carries it too.
+    let drop_in = cc::drop_in(3, &runtime);
+    assert!(containerd_dump(&drop_in)?.contains("runtime_path"));
+    Ok(())
+}

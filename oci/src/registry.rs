@@ -1,5 +1,6 @@
 //! Talking to registries: push, resolve and pull Wasm artifacts.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -342,6 +343,17 @@ impl Registry {
     /// Pushes `wasm` as a CNCF wasm artifact (one `application/wasm` layer, a
     /// `vnd.wasm.config.v0` config describing it) and returns the manifest digest.
     pub async fn push(&self, wasm: &[u8], reference: &str) -> Result<Pushed, Error> {
+        self.push_annotated(wasm, reference, BTreeMap::new()).await
+    }
+
+    /// [`Registry::push`] with manifest annotations (`org.opencontainers.image.source`,
+    /// which links a GHCR package to its repository, `revision`, `created`, any other).
+    pub async fn push_annotated(
+        &self,
+        wasm: &[u8],
+        reference: &str,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<Pushed, Error> {
         let reference = parse_reference(reference)?;
         let info = artifact::inspect(wasm)?;
         let config = WasmConfig::for_binary(&info);
@@ -355,7 +367,11 @@ impl Registry {
             None,
         )];
         let config = Config::new(config_json, artifact::WASM_CONFIG_V0.to_owned(), None);
-        let mut manifest = OciImageManifest::build(&layers, &config, None);
+        let mut manifest = OciImageManifest::build(
+            &layers,
+            &config,
+            (!annotations.is_empty()).then_some(annotations),
+        );
         manifest.media_type = Some(artifact::OCI_MANIFEST.to_owned());
         let registry = reference.resolve_registry().to_owned();
         let auth = self.options.credentials.for_registry(&registry)?;
@@ -382,6 +398,24 @@ impl Registry {
             reference: reference.to_owned(),
             digest,
         })
+    }
+
+    /// The digest `reference` names now (through mirrors), from a HEAD request (a GET where
+    /// the registry's HEAD answer carries no `Docker-Content-Digest`): what polling a tag
+    /// for a move costs. For an image index, the index's digest.
+    pub async fn current_digest(&self, reference: &str) -> Result<String, Error> {
+        let parsed = parse_reference(reference)?;
+        let target = self.mirrored(&parsed);
+        let registry = target.resolve_registry().to_owned();
+        let auth = self
+            .options
+            .credentials
+            .for_registry(parsed.resolve_registry())?;
+        let client = self.client(&registry, parsed.resolve_registry())?;
+        client
+            .fetch_manifest_digest(&target, &auth)
+            .await
+            .map_err(|e| translate(&parsed, e))
     }
 
     /// A client for where `at` lives, holding the credentials for the registry `parsed`

@@ -1,13 +1,15 @@
 //! Benchmark: N `WebAssembly` objects created at once against a real kube-apiserver + etcd
 //! and a real registry, reconciled by the operator binary running as its own process.
 //! Reports the time until every Deployment exists and every object's status is observed
-//! (`observedGeneration` = `generation`, `ModuleResolved=True`), reconciles per second, and
-//! the operator's resident memory (current and peak).
+//! (`observedGeneration` = `generation`, `ModuleResolved=True`), reconciles per second, the
+//! operator's resident memory (current and peak), and the registry requests (manifests and
+//! blobs, by method) while converging and over two resolve intervals after.
 //!
 //! ```sh
 //! e2e/scripts/images.sh     # builds target/image/wa8s-operator (optimized, as shipped)
 //! cargo run -p wa8s-operator --example bench-objects -- 1000
 //! cargo run -p wa8s-operator --example bench-objects -- 10000 --operator target/image/wa8s-operator
+//! cargo run -p wa8s-operator --example bench-objects -- 1000 --resolve-interval-seconds 60
 //! ```
 //!
 //! There is no kubelet or kube-controller-manager here: Deployments get no pods, so this
@@ -29,6 +31,8 @@ use wa8s_e2e::process::Lifetime;
 use wa8s_e2e::registry::Registry;
 
 const NAMESPACE: &str = "bench";
+
+type Counts = std::collections::BTreeMap<String, usize>;
 /// Creations in flight at once.
 const CONCURRENCY: usize = 16;
 /// How long convergence may take before the run is called failed.
@@ -75,10 +79,17 @@ fn object(i: usize) -> Result<WebAssembly> {
 async fn main() -> Result<()> {
     let mut n = 1000usize;
     let mut operator = wa8s_e2e::repo_root().join("target/image/wa8s-operator");
+    let mut interval = 60u64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--operator" => operator = PathBuf::from(args.next().context("--operator PATH")?),
+            "--resolve-interval-seconds" => {
+                interval = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .context("--resolve-interval-seconds N")?;
+            }
             other => {
                 n = other
                     .parse()
@@ -108,6 +119,9 @@ async fn main() -> Result<()> {
         )
         .await?;
 
+    // What the push cost the registry, so only the operator's requests are counted below.
+    let pushed_requests = registry.content_requests("myorg/bench");
+
     let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let log = std::fs::File::create(dir.join("wa8s-operator.log"))?;
     let child = Command::new(&operator)
@@ -116,6 +130,7 @@ async fn main() -> Result<()> {
         .arg(format!("--mirror=ghcr.io={}", registry.addr()))
         .arg(format!("--insecure-registry={}", registry.addr()))
         .arg("--leader-elect=false")
+        .arg(format!("--resolve-interval={interval}s"))
         .arg(format!("--http-addr={http}"))
         .stdout(Stdio::null())
         .stderr(log)
@@ -198,6 +213,22 @@ async fn main() -> Result<()> {
     // Settled: what the operator holds once the burst is over.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (settled_rss, _) = memory_mib(pid)?;
+    let since = |before: &Counts, after: &Counts| -> Counts {
+        after
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, v)| *v > 0)
+            .collect()
+    };
+    let converged_requests = registry.content_requests("myorg/bench");
+    let converging_requests = since(&pushed_requests, &converged_requests);
+    // Steady state: every object polls its tag once per interval; count what two intervals
+    // of polling cost the registry.
+    tokio::time::sleep(Duration::from_secs(2 * interval)).await;
+    let polling = since(
+        &converged_requests,
+        &registry.content_requests("myorg/bench"),
+    );
 
     println!("objects:                       {n}");
     println!(
@@ -218,6 +249,8 @@ async fn main() -> Result<()> {
         peak_rss.max(rss)
     );
     println!("operator RSS 10 s later:       {settled_rss:.1} MiB");
+    println!("registry requests, converging: {converging_requests:?}");
+    println!("registry requests, 2 polls ({interval} s interval): {polling:?}");
     drop(operator);
     drop(registry);
     drop(cp);

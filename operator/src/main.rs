@@ -134,7 +134,8 @@ async fn run(args: Args) -> Result<()> {
         registry.add_ca_setting(c)?;
     }
     registry.gate_addresses(args.private_registries.clone(), &args.denied_networks)?;
-    let resolver = OciResolver::new(registry);
+    // Objects naming the same tag share one poll per half interval.
+    let resolver = OciResolver::new(registry, Duration::from_millis(interval_ms / 2));
     let identity = args
         .identity
         .clone()

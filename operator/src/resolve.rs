@@ -32,14 +32,33 @@ pub trait Resolve: Send + Sync {
 }
 
 /// The real resolver: asks the registry (through configured mirrors).
+///
+/// A poll costs one HEAD per `repository:tag` and credential set per `fresh_for`, however
+/// many objects name it: objects resolving the same tag within that time share the answer
+/// (and wait for one request in flight rather than send their own). What a digest holds
+/// never changes, so the manifest (and wasm config) is read once per digest.
 #[derive(Default)]
 pub struct OciResolver {
     config: RegistryConfig,
     /// Registry clients by the pull secrets they carry, reused across reconciles: each
     /// holds an HTTP client per registry (its trust roots, its connection pool), which costs
     /// more to build than a resolve and would otherwise be rebuilt every time.
-    registries: Mutex<HashMap<Vec<(String, String)>, Registry>>,
+    registries: Mutex<HashMap<Secrets, Registry>>,
+    fresh_for: std::time::Duration,
+    /// The digest a reference named, and when it was asked, per (reference, credentials).
+    polls: Mutex<HashMap<(String, Secrets), Poll>>,
+    /// What a (HEAD) digest resolved to: the manifest digest the pods pin and its kind.
+    described: Mutex<HashMap<String, Resolved>>,
 }
+
+type Secrets = Vec<(String, String)>;
+/// The last answer for one reference: a digest, or why there was none.
+type Poll =
+    std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, Result<String, ResolveError>)>>>;
+
+/// How long a failed poll's answer is shared: those waiting on a registry that is down get
+/// its error at once instead of each waiting out its own timeout in turn.
+const FAILURE_SHARED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 // Not derived: the cache's keys are the pull secrets' contents.
 impl std::fmt::Debug for OciResolver {
@@ -53,16 +72,88 @@ impl std::fmt::Debug for OciResolver {
 /// Distinct credential sets kept; past this the cache starts over (secrets that changed
 /// leave their old entries behind).
 const MAX_CACHED_REGISTRIES: usize = 64;
+/// Tags polled and digests described that are kept; past this each cache starts over.
+const MAX_CACHED_RESOLVES: usize = 16_384;
 
 impl OciResolver {
-    pub fn new(config: RegistryConfig) -> Self {
+    /// A resolver whose answer for a tag is shared for `fresh_for` (half the resolve
+    /// interval: a moved tag is seen within 1.5 intervals).
+    pub fn new(config: RegistryConfig, fresh_for: std::time::Duration) -> Self {
         OciResolver {
             config,
-            registries: Mutex::new(HashMap::new()),
+            fresh_for,
+            ..OciResolver::default()
         }
     }
 
-    fn registry(&self, pull_secrets: Vec<(String, String)>) -> Registry {
+    /// What `reference` names: its digest asked at most once per `fresh_for` for everyone,
+    /// a digest's manifest read once.
+    async fn resolve_shared(
+        &self,
+        registry: &Registry,
+        module: &Module,
+        reference: &str,
+        secrets: &Secrets,
+    ) -> Result<Resolved, ResolveError> {
+        let slot = {
+            let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
+            if polls.len() >= MAX_CACHED_RESOLVES {
+                polls.clear();
+            }
+            polls
+                .entry((reference.to_owned(), secrets.clone()))
+                .or_default()
+                .clone()
+        };
+        // Held across the requests: others resolving the same meanwhile wait for the answer.
+        let mut last = slot.lock().await;
+        let current = match last.as_ref() {
+            Some((at, Ok(digest))) if at.elapsed() < self.fresh_for => digest.clone(),
+            Some((at, Err(e))) if at.elapsed() < self.fresh_for.min(FAILURE_SHARED_FOR) => {
+                return Err(e.clone());
+            }
+            _ => {
+                let answer = registry
+                    .current_digest(reference)
+                    .await
+                    .map_err(|e| translate(&e));
+                *last = Some((std::time::Instant::now(), answer.clone()));
+                answer?
+            }
+        };
+        let known = self
+            .described
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&current)
+            .cloned();
+        if let Some(resolved) = known {
+            return Ok(resolved);
+        }
+        // A digest not seen before: its manifest, checked to be that digest and to carry
+        // WebAssembly, and what its config says it serves.
+        let described = registry
+            .describe(&format!("{}@{current}", module.registry))
+            .await
+            .map_err(|e| translate(&e))?;
+        let kind = match described.serves_http() {
+            Some(true) => ModuleKind::Http,
+            Some(false) => ModuleKind::Cli,
+            None => ModuleKind::Unknown,
+        };
+        let resolved = Resolved {
+            digest: described.resolved.digest,
+            kind,
+        };
+        let mut cache = self.described.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED_RESOLVES {
+            cache.clear();
+        }
+        cache.insert(current, resolved.clone());
+        Ok(resolved)
+    }
+
+    fn registry(&self, pull_secrets: Secrets) -> Registry {
         let mut cached = self.registries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = cached.get(&pull_secrets) {
             return r.clone();
@@ -121,23 +212,11 @@ impl Resolve for OciResolver {
         module: &Module,
         pull_secrets: Vec<(String, String)>,
     ) -> Result<(String, Resolved), ResolveError> {
-        let registry = self.registry(pull_secrets);
+        let registry = self.registry(pull_secrets.clone());
         let reference = reference(module);
-        let described = registry
-            .describe(&reference)
-            .await
-            .map_err(|e| translate(&e))?;
-        let kind = match described.serves_http() {
-            Some(true) => ModuleKind::Http,
-            Some(false) => ModuleKind::Cli,
-            None => ModuleKind::Unknown,
-        };
-        Ok((
-            reference,
-            Resolved {
-                digest: described.resolved.digest,
-                kind,
-            },
-        ))
+        let resolved = self
+            .resolve_shared(&registry, module, &reference, &pull_secrets)
+            .await?;
+        Ok((reference, resolved))
     }
 }

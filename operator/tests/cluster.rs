@@ -105,10 +105,13 @@ impl Harness {
         kubectl.install_crd()?;
         let ns = kubectl.namespace(prefix)?;
         let client = operator_client(cp, &ns).await?;
-        let resolver = OciResolver::new(RegistryConfig {
-            mirrors: [("ghcr.io".to_owned(), registry.addr().to_owned())].into(),
-            ..RegistryConfig::default()
-        });
+        let resolver = OciResolver::new(
+            RegistryConfig {
+                mirrors: [("ghcr.io".to_owned(), registry.addr().to_owned())].into(),
+                ..RegistryConfig::default()
+            },
+            resolve_interval / 2,
+        );
         let metrics = Arc::new(Metrics::new());
         let ctx = Arc::new(Context::new(
             client.clone(),

@@ -64,6 +64,10 @@ struct RunArgs {
     cache_dir: Option<PathBuf>,
     #[command(flatten)]
     registry: oci::RegistryArgs,
+    /// Say nothing of wa8s's own (no timing of slow start steps); the guest's output and
+    /// errors still go to stdout and stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
     /// Serve a wasi:http component on this address, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -344,22 +348,48 @@ async fn prepare(args: &RunArgs) -> Result<(Program, Grants)> {
         }),
         ..EngineConfig::default()
     })?;
+    let began = std::time::Instant::now();
     let program = if args.file.exists() || !oci::looks_like_reference(&args.file) {
         let bytes = std::fs::read(&args.file)
             .with_context(|| format!("reading {}", args.file.display()))?;
-        Program::load(&engine, &bytes)
-            .with_context(|| format!("loading {}", args.file.display()))?
+        let program = Program::load(&engine, &bytes)
+            .with_context(|| format!("loading {}", args.file.display()))?;
+        // Compiling a big component takes seconds on a small machine; say where they went.
+        slow(
+            args.quiet,
+            began,
+            &format!(
+                "compiling {} ({} MiB); a registry reference is compiled once and cached",
+                args.file.display(),
+                bytes.len() >> 20
+            ),
+        );
+        program
     } else {
         let reference = args.file.to_string_lossy();
         let cache_dir = match &args.cache_dir {
             Some(d) => d.clone(),
             None => default_cache_dir()?,
         };
-        oci::load_reference(&engine, &args.registry, &reference, &cache_dir)
+        let program = oci::load_reference(&engine, &args.registry, &reference, &cache_dir)
             .await
-            .with_context(|| format!("loading {reference}"))?
+            .with_context(|| format!("loading {reference}"))?;
+        slow(
+            args.quiet,
+            began,
+            &format!("pulling and compiling {reference} (the next run starts from the cache)"),
+        );
+        program
     };
     Ok((program, grants))
+}
+
+/// Tells on stderr how long a start step took, when it took a second or more.
+fn slow(quiet: bool, began: std::time::Instant, what: &str) {
+    let took = began.elapsed();
+    if !quiet && took >= Duration::from_secs(1) {
+        eprintln!("wa8s: {what} took {:.1} s", took.as_secs_f64());
+    }
 }
 
 fn default_cache_dir() -> Result<PathBuf> {

@@ -446,14 +446,32 @@ pub async fn inspect(args: InspectArgs) -> Result<()> {
             serde_json::json!({ "file": args.target }),
         )
     } else {
-        let pulled = args.registry.registry()?.pull(&args.target, None).await?;
-        let source = serde_json::json!({
-            "reference": args.target,
-            "manifestDigest": pulled.resolved.digest,
-            "configMediaType": pulled.config_media_type,
-            "layerMediaType": pulled.carrier,
-        });
-        (pulled.info, source)
+        let registry = args.registry.registry()?;
+        // The manifest and the wasm config say what a component imports and exports: the
+        // binary (megabytes, for a language runtime inside) is downloaded only when they
+        // do not (a preview1 module, a layered image).
+        let described = registry.describe(&args.target).await?;
+        match (described.info(), &described.wasm_layer) {
+            (Some(info), Some(layer)) => {
+                let source = serde_json::json!({
+                    "reference": args.target,
+                    "manifestDigest": described.resolved.digest,
+                    "configMediaType": described.config_media_type,
+                    "layerMediaType": layer.media_type,
+                });
+                (info, source)
+            }
+            _ => {
+                let pulled = registry.pull(&args.target, None).await?;
+                let source = serde_json::json!({
+                    "reference": args.target,
+                    "manifestDigest": pulled.resolved.digest,
+                    "configMediaType": pulled.config_media_type,
+                    "layerMediaType": pulled.carrier,
+                });
+                (pulled.info, source)
+            }
+        }
     };
     if args.json || args.output != Output::Text {
         let mut doc = serde_json::to_value(&info)?;

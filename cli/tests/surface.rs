@@ -181,3 +181,87 @@ fn completions_for_bash_zsh_and_fish_and_the_manual_page_are_generated_from_the_
     assert!(man.starts_with(".ie") || man.contains(".TH wa8s"), "{man}");
     assert!(man.contains("manifest"));
 }
+
+/// `component` with a custom section of `size` bytes appended (a language runtime's bulk).
+fn padded(component: &[u8], size: usize) -> Vec<u8> {
+    let name = b"padding";
+    let mut payload = vec![name.len() as u8];
+    payload.extend(name);
+    payload.extend(std::iter::repeat_n(0u8, size));
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    let mut len = payload.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend(payload);
+    out
+}
+
+#[test]
+fn inspect_reads_a_20_mib_components_world_from_its_manifest_without_downloading_it() {
+    let reg = Registry::start().expect("registry");
+    let dir = tempfile::tempdir().expect("tmp");
+    let big = padded(guests::HTTP_COMPONENT, 20 << 20);
+    let path = file(&dir, "big.wasm", &big);
+    let reference = format!("{}/myorg/big:v1", reg.addr());
+    let pushed: serde_json::Value = serde_json::from_str(&ok(
+        wa8s().args(["push", &path, &reference, "--output", "json"])
+    ))
+    .expect("JSON");
+    let layer = pushed["layerDigest"]
+        .as_str()
+        .expect("a layer digest")
+        .to_owned();
+    let inspected: serde_json::Value =
+        serde_json::from_str(&ok(wa8s().args(["inspect", &reference, "--output", "json"])))
+            .expect("JSON");
+    assert_eq!(inspected["size"], big.len());
+    assert_eq!(inspected["digest"], layer.as_str());
+    assert!(
+        inspected["exports"]
+            .as_array()
+            .expect("exports")
+            .iter()
+            .any(|e| e
+                .as_str()
+                .is_some_and(|e| e.starts_with("wasi:http/incoming-handler"))),
+        "{inspected}"
+    );
+    // The registry served the manifest and the small config, never the 20 MiB layer.
+    assert_eq!(reg.blob_fetches(&layer), 0, "{}", reg.log());
+    let requests = reg.content_requests("myorg/big");
+    assert_eq!(requests.get("GET blob"), Some(&1), "{requests:?}");
+}
+
+#[test]
+fn a_start_step_of_a_second_or_more_is_named_with_its_time_unless_quiet() {
+    // CPython inside: seconds of compiling on a small machine.
+    let python = wa8s_e2e::guests::python_guest().expect("the Python guest");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = file(&dir, "python.wasm", &python);
+    let run = |quiet: bool| {
+        let mut cmd = wa8s();
+        cmd.args(["run", "--listen", "192.0.2.1:8080"]);
+        if quiet {
+            cmd.arg("--quiet");
+        }
+        // An address this machine does not have: the run stops right after the start steps.
+        let out = cmd.arg(&path).output().expect("runs");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = run(false);
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("wa8s: compiling") && l.contains(" took ")),
+        "{said}"
+    );
+    let quiet = run(true);
+    assert!(!quiet.contains("wa8s: compiling"), "{quiet}");
+}

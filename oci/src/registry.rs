@@ -74,9 +74,27 @@ pub struct Described {
     pub config_media_type: String,
     /// The CNCF wasm config, when the artifact has one.
     pub config: Option<WasmConfig>,
+    /// The layer that is the binary, when one is (not a `.wasm` inside tar layers).
+    pub wasm_layer: Option<Descriptor>,
 }
 
 impl Described {
+    /// What the binary is, from the manifest and the wasm config alone, when those say it
+    /// (a component's imports and exports are in the config; a preview1 module's are not):
+    /// nothing of the binary itself is downloaded.
+    pub fn info(&self) -> Option<WasmInfo> {
+        let config = self.config.as_ref()?;
+        let component = config.component.as_ref()?;
+        let layer = self.wasm_layer.as_ref()?;
+        Some(WasmInfo {
+            kind: artifact::Kind::Component,
+            digest: layer.digest.clone(),
+            size: u64::try_from(layer.size).ok()?,
+            imports: component.imports.clone(),
+            exports: component.exports.clone(),
+        })
+    }
+
     /// Whether the config says the component serves HTTP; `None` when it does not say.
     pub fn serves_http(&self) -> Option<bool> {
         let config = self.config.as_ref()?;
@@ -468,7 +486,12 @@ impl Registry {
                     })?,
                 );
         }
+        let wasm_layer = match &shaped.manifest.carrier {
+            artifact::Carrier::WasmLayer { index } => shaped.manifest.layers.get(*index).cloned(),
+            artifact::Carrier::TarLayers { .. } => None,
+        };
         Ok(Described {
+            wasm_layer,
             config_media_type: config.media_type.clone(),
             resolved: Resolved {
                 reference: reference.to_owned(),

@@ -135,26 +135,10 @@ fn annotations(given: &[String]) -> Result<std::collections::BTreeMap<String, St
 
 /// `seconds` since the epoch as RFC 3339 UTC (`2026-12-07T10:00:00Z`).
 fn time_rfc3339(seconds: i64) -> Option<String> {
-    let days = seconds.div_euclid(86_400);
-    let secs = seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (0..=9999).contains(&year).then(|| {
-        format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-            secs / 3600,
-            secs % 3600 / 60,
-            secs % 60
-        )
-    })
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 #[derive(clap::Args, Debug)]
@@ -329,20 +313,12 @@ pub async fn pull(args: PullArgs) -> Result<()> {
 /// digest pinned, nothing granted.
 pub async fn manifest(args: ManifestArgs) -> Result<()> {
     let described = args.registry.registry()?.describe(&args.reference).await?;
-    let repository = args
-        .reference
-        .split('@')
-        .next()
-        .map(|r| match r.rsplit_once(':') {
-            // A ':' after the last '/' is a tag; one before it is a registry's port.
-            Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
-            _ => (r, None),
-        })
-        .unwrap_or((args.reference.as_str(), None));
-    let (registry, tag) = repository;
+    let parsed = wa8s_oci::parse_reference(&args.reference)?;
+    let registry = format!("{}/{}", parsed.registry(), parsed.repository());
+    let tag = parsed.tag();
     let name = match &args.name {
         Some(n) => n.clone(),
-        None => object_name(registry),
+        None => object_name(&registry),
     };
     let mut module = serde_json::json!({
         "registry": registry,

@@ -11,6 +11,7 @@ use crate::{BlobCache, Credentials, Error, RegistryConfig, VerifiedBlob};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 /// Manifest media types wa8s asks for.
@@ -423,17 +424,27 @@ impl Registry {
     /// for a move costs. For an image index, the index's digest.
     pub async fn current_digest(&self, reference: &str) -> Result<String, Error> {
         let parsed = parse_reference(reference)?;
-        let target = self.mirrored(&parsed);
+        let (target, auth, client) = self.mirrored_client(&parsed)?;
+        client
+            .fetch_manifest_digest(&target, &auth)
+            .await
+            .map_err(|e| translate(&parsed, e))
+    }
+
+    /// Where `parsed` is fetched from (its mirror, if any), the credentials of the registry
+    /// it names (a mirror is presented those), and a client for that place.
+    fn mirrored_client(
+        &self,
+        parsed: &Reference,
+    ) -> Result<(Reference, RegistryAuth, Client), Error> {
+        let target = self.mirrored(parsed);
         let registry = target.resolve_registry().to_owned();
         let auth = self
             .options
             .credentials
             .for_registry(parsed.resolve_registry())?;
         let client = self.client(&registry, parsed.resolve_registry())?;
-        client
-            .fetch_manifest_digest(&target, &auth)
-            .await
-            .map_err(|e| translate(&parsed, e))
+        Ok((target, auth, client))
     }
 
     /// A client for where `at` lives, holding the credentials for the registry `parsed`
@@ -507,13 +518,7 @@ impl Registry {
         &self,
         parsed: &Reference,
     ) -> Result<(image::Manifest, String, Reference), Error> {
-        let target = self.mirrored(parsed);
-        let registry = target.resolve_registry().to_owned();
-        let auth = self
-            .options
-            .credentials
-            .for_registry(parsed.resolve_registry())?;
-        let client = self.client(&registry, parsed.resolve_registry())?;
+        let (target, auth, client) = self.mirrored_client(parsed)?;
         let mut current = target.clone();
         for _ in 0..2 {
             let (raw, digest) = client

@@ -148,7 +148,7 @@ up() {
   command -v docker-registry >/dev/null || apt_install docker-registry
   command -v curl >/dev/null || apt_install curl
   local t0=$SECONDS image
-  mkdir -p "$state/registry" "$state/certs.d"
+  mkdir -p "$state/registry"
   # WA8S_KIND_NODE_IMAGE runs another (already loaded) node image instead of building ours.
   image="${WA8S_KIND_NODE_IMAGE:-$("$here/kind-node-image.sh")}"
   log "node image: $image ($((SECONDS - t0)) s)"
@@ -176,17 +176,15 @@ up() {
     #   every sandbox fails ("can't get final child's PID from pipe"); kind sets it only rootless;
     #   (kind's containerd.service keeps OOMScoreAdjust=-999: systemd in a container ignores
     #   the EPERM, measured: `systemd-run -p OOMScoreAdjust=-999` in a node runs at 0);
-    # - config_path + certs.d (mounted from $state/certs.d): ghcr.io pulls go to the local
-    #   registry, as kind's local-registry guide does it.
+    # No registry configuration on the nodes: the chart's node installer writes containerd's
+    # hosts.toml (and config_path) from operator.mirrors / operator.insecureRegistries, as on
+    # an air-gapped cluster, and the kind suite checks that pulls go through it.
     {
       cat <<EOF
 kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
 name: $name
 containerdConfigPatches:
-- |-
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "/etc/containerd/certs.d"
 - |-
   [plugins."io.containerd.grpc.v1.cri"]
     restrict_oom_score_adj = true
@@ -212,8 +210,6 @@ EOF
         role=worker; [ $i -eq 0 ] && role=control-plane
         cat <<EOF
 - role: $role
-  extraMounts:
-  - { hostPath: $state/certs.d, containerPath: /etc/containerd/certs.d, readOnly: true }
 EOF
       done
     } >"$state/kind-config.yaml"
@@ -229,17 +225,6 @@ EOF
   gw="$(kind_gateway)"
   [ -n "$gw" ] || die "no IPv4 gateway on the podman network kind"
   start_registry gateway "$gw:$registry_port"
-  # containerd reads hosts.toml at each pull, so writing it after the nodes started is enough.
-  for host in ghcr.io "localhost:$registry_port" "$gw:$registry_port"; do
-    mkdir -p "$state/certs.d/$host"
-    server="https://$host"; [ "$host" = ghcr.io ] || server="http://$gw:$registry_port"
-    cat >"$state/certs.d/$host/hosts.toml" <<EOF
-server = "$server"
-
-[host."http://$gw:$registry_port"]
-  capabilities = ["pull", "resolve"]
-EOF
-  done
   # kind's local-registry convention (KEP-1755): tell tools where the registry is.
   kc apply -f - >/dev/null <<EOF
 apiVersion: v1
@@ -251,7 +236,7 @@ data:
   localRegistryHosting.v1: |
     host: "127.0.0.1:$registry_port"
     hostFromContainerRuntime: "$gw:$registry_port"
-    help: "ghcr.io is mirrored to this registry (e2e/scripts/kind.sh)"
+    help: "helm install wa8s with this registry (hostFromContainerRuntime) as the mirror of ghcr.io in operator.mirrors and in operator.insecureRegistries: its node installer points the nodes at it"
 EOF
 
   wait_for "all nodes Ready" 300 all_nodes_ready || { kc get nodes -o wide >&2; exit 1; }

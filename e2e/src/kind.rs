@@ -116,8 +116,8 @@ impl KindCluster {
         &self.registry
     }
 
-    /// The same registry as the nodes and pods reach it; the nodes' containerd mirrors
-    /// `ghcr.io` to it.
+    /// The same registry as the nodes and pods reach it: the mirror of `ghcr.io` to give
+    /// the chart (whose node installer then points the nodes' containerd at it).
     pub fn registry_from_nodes(&self) -> &str {
         &self.registry_from_nodes
     }

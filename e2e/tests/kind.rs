@@ -28,6 +28,9 @@ const RELEASE_NAMESPACE: &str = "wa8s-system";
 /// The label that tells this install's node installer to leave a node alone.
 const SKIP_LABEL: &str = "e2e.wa8s.reconciler.io/skip";
 const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+/// The hosts file the node installer writes for ghcr.io (kind names no hosts directory, so
+/// the installer sets containerd's default).
+const GHCR_HOSTS: &str = "/etc/containerd/certs.d/ghcr.io/hosts.toml";
 const READY: Duration = Duration::from_secs(300);
 
 /// Logs a step with the time since the start, so a slow machine shows where time went.
@@ -319,6 +322,19 @@ fn helm_install_on_a_three_node_kind_cluster_runs_the_users_manifest_and_uninsta
     ensure!(
         node_label(&k, &w2).is_empty(),
         "worker2 was prepared though skipped"
+    );
+    // The nodes have no registry configuration of their own (kind.sh): every pull of
+    // ghcr.io below goes through the hosts.toml the installer wrote from the chart values.
+    for node in [&control_plane, &w1] {
+        let hosts = c.exec(node, &["cat", GHCR_HOSTS])?;
+        ensure!(
+            hosts.contains(&format!("[host.\"http://{registry}\"]")),
+            "{node}'s {GHCR_HOSTS} does not name the mirror:\n{hosts}"
+        );
+    }
+    ensure!(
+        c.exec(&w2, &["cat", GHCR_HOSTS]).is_err(),
+        "worker2 got registry hosts though skipped"
     );
 
     s.step("a rolling install: the two prepared nodes took turns restarting containerd");
@@ -686,6 +702,10 @@ fn helm_install_on_a_three_node_kind_cluster_runs_the_users_manifest_and_uninsta
             "{node}'s containerd configuration differs after uninstall:\n{now}"
         );
         ensure!(node_label(&k, node).is_empty(), "{node} still labelled");
+        ensure!(
+            c.exec(node, &["cat", GHCR_HOSTS]).is_err(),
+            "{node} keeps the installer's {GHCR_HOSTS} after uninstall"
+        );
     }
     s.step("done; kind delete cluster");
     c.down()?;

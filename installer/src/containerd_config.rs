@@ -141,6 +141,106 @@ fn systemd_cgroup_of(doc: &DocumentMut, version: i64, handler: &str) -> Option<b
         .as_bool()
 }
 
+/// The table at `parts`, made (header-less) where missing; with its dotted key.
+fn table_at<'d>(
+    doc: &'d mut DocumentMut,
+    parts: &[&str],
+    path: &str,
+) -> Result<(&'d mut Table, String), Error> {
+    let mut table = doc.as_table_mut();
+    let mut key = String::new();
+    for part in parts {
+        key = if key.is_empty() {
+            (*part).to_owned()
+        } else {
+            format!("{key}.{part}")
+        };
+        let item = table.entry(part).or_insert_with(|| {
+            let mut t = Table::new();
+            // Intermediate tables print no header of their own.
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        table = item.as_table_mut().ok_or_else(|| Error::NotATable {
+            path: path.to_owned(),
+            key: key.clone(),
+        })?;
+    }
+    Ok((table, key))
+}
+
+/// The CRI plugin's registry table for a config version (where `config_path` lives).
+fn registry_path(version: i64) -> [&'static str; 3] {
+    match version {
+        2 => ["plugins", "io.containerd.grpc.v1.cri", "registry"],
+        _ => ["plugins", "io.containerd.cri.v1.images", "registry"],
+    }
+}
+
+/// Where a configuration has containerd's CRI read registry hosts (`hosts.toml`) from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostsDir {
+    /// `config_path` names a directory (the first of a `:`-separated list).
+    Set(PathBuf),
+    /// Not set: containerd's CRI reads no hosts directory until it is.
+    Unset,
+    /// Not set, and the deprecated `registry.mirrors` / `registry.configs` are: containerd
+    /// refuses `config_path` next to them, so it cannot be added.
+    Legacy,
+}
+
+/// The registry hosts directory a configuration sets.
+pub fn hosts_dir(text: &str, path: &str) -> Result<HostsDir, Error> {
+    let (doc, version) = parse(text, path)?;
+    let mut item = doc.as_item();
+    for part in registry_path(version) {
+        match item.get(part) {
+            Some(i) => item = i,
+            None => return Ok(HostsDir::Unset),
+        }
+    }
+    let set = item
+        .get("config_path")
+        .and_then(Item::as_str)
+        .and_then(|p| p.split(':').find(|d| !d.is_empty()));
+    if let Some(dir) = set {
+        return Ok(HostsDir::Set(PathBuf::from(dir)));
+    }
+    let non_empty = |key: &str| {
+        item.get(key)
+            .and_then(Item::as_table_like)
+            .is_some_and(|t| !t.is_empty())
+    };
+    Ok(if non_empty("mirrors") || non_empty("configs") {
+        HostsDir::Legacy
+    } else {
+        HostsDir::Unset
+    })
+}
+
+/// Sets the registry hosts directory (`config_path`) in a configuration that sets none;
+/// uninstall's byte-exact restore takes it out again with the runtime.
+pub fn set_hosts_dir(text: &str, path: &str, dir: &Path) -> Result<Change, Error> {
+    let (mut doc, version) = parse(text, path)?;
+    let (table, _) = table_at(&mut doc, &registry_path(version), path)?;
+    let wanted = dir.to_string_lossy();
+    if table.get("config_path").and_then(Item::as_str) == Some(&*wanted) {
+        return Ok(Change::Unchanged);
+    }
+    table.insert("config_path", toml_edit::value(wanted.as_ref()));
+    Ok(Change::Write(doc.to_string()))
+}
+
+/// The registry table setting `config_path` alone, as TOML for a configuration of `version`
+/// (for a drop-in).
+pub fn hosts_dir_table(version: i64, dir: &Path) -> String {
+    let [plugins, cri, registry] = registry_path(version);
+    format!(
+        "[{plugins}.\"{cri}\".{registry}]\n  config_path = {:?}\n",
+        dir.to_string_lossy()
+    )
+}
+
 /// The runtime's table alone, as TOML for a configuration of `version`.
 pub fn runtime_table(version: i64, runtime: &Runtime) -> String {
     let [plugins, cri, containerd, runtimes] = runtimes_path(version);
@@ -179,25 +279,7 @@ pub fn drop_in(version: i64, runtime: &Runtime) -> String {
 pub fn add_runtime(text: &str, path: &str, runtime: &Runtime) -> Result<Change, Error> {
     let (mut doc, version) = parse(text, path)?;
     let systemd_cgroup = systemd_cgroup_of(&doc, version, "runc").or(runtime.systemd_cgroup);
-    let mut table = doc.as_table_mut();
-    let mut key = String::new();
-    for part in runtimes_path(version) {
-        key = if key.is_empty() {
-            part.to_owned()
-        } else {
-            format!("{key}.{part}")
-        };
-        let item = table.entry(part).or_insert_with(|| {
-            let mut t = Table::new();
-            // Intermediate tables print no header of their own.
-            t.set_implicit(true);
-            Item::Table(t)
-        });
-        table = item.as_table_mut().ok_or_else(|| Error::NotATable {
-            path: path.to_owned(),
-            key: key.clone(),
-        })?;
-    }
+    let (table, key) = table_at(&mut doc, &runtimes_path(version), path)?;
     let entry = table
         .entry(&runtime.handler)
         .or_insert_with(|| Item::Table(Table::new()));

@@ -8,4 +8,5 @@
 
 pub mod containerd_config;
 pub mod node;
+pub mod registry_hosts;
 pub mod slots;

@@ -77,8 +77,9 @@ struct NodeArgs {
     /// The node's `/` as mounted in this container.
     #[arg(long, env = "WA8S_HOST_ROOT", default_value = "/")]
     root: PathBuf,
-    /// containerd's configuration (node path). Default: k3s's template on k3s nodes, else
-    /// /etc/containerd/config.toml (through its conf.d drop-in directory if it imports one).
+    /// containerd's configuration (node path). Default: found by distribution — k3s's or
+    /// RKE2's template, MicroK8s's containerd-template.toml, k0s's containerd.toml, else
+    /// /etc/containerd/config.toml (through a drop-in directory when the file imports one).
     #[arg(long, env = "WA8S_CONTAINERD_CONFIG")]
     config: Option<PathBuf>,
     /// Config version for a config.toml the installer has to create (2 or 3).
@@ -91,7 +92,8 @@ struct NodeArgs {
     /// runtime names the shim by its absolute path (nodes whose /usr/local/bin is read-only).
     #[arg(long, env = "WA8S_SHIM_DIR", default_value = node::DEFAULT_SHIM_DIR)]
     shim_dir: PathBuf,
-    /// auto (systemd's containerd, or k3s), systemd, command or none.
+    /// auto (the distribution's systemd unit: containerd, k3s, rke2, MicroK8s's containerd;
+    /// on k0s, k0s's own restart), systemd, command or none.
     #[arg(long, env = "WA8S_RESTART", default_value = "auto")]
     restart: String,
     /// The systemd unit for --restart systemd.
@@ -100,7 +102,7 @@ struct NodeArgs {
     /// Shell command run in the node's root for --restart command.
     #[arg(long, env = "WA8S_RESTART_COMMAND")]
     restart_command: Option<String>,
-    /// containerd's socket (node path). Default: containerd's, or k3s's on k3s nodes.
+    /// containerd's socket (node path). Default: the distribution's.
     #[arg(long, env = "WA8S_CONTAINERD_SOCKET")]
     socket: Option<PathBuf>,
     /// How long containerd may take to come back after a restart, e.g. 2m.
@@ -113,6 +115,17 @@ struct NodeArgs {
         default_value = "/var/lib/wa8s/node-installer.json"
     )]
     state_file: PathBuf,
+    /// A registry the node's containerd pulls from through a mirror (the operator's
+    /// --mirror): written as the registry's hosts.toml.
+    #[arg(long = "mirror", value_name = "REGISTRY=MIRROR")]
+    mirrors: Vec<String>,
+    /// A registry spoken to over plain HTTP (the operator's --insecure-registry).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+    /// CA certificates (PEM file in this container) trusted for a registry (the operator's
+    /// --registry-ca): copied beside the registry's hosts.toml.
+    #[arg(long = "registry-ca", value_name = "REGISTRY=FILE")]
+    registry_cas: Vec<String>,
     /// The node to label (the DaemonSet passes spec.nodeName); none: no label.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -150,6 +163,13 @@ impl NodeArgs {
         o.socket = self.socket.clone();
         o.restart_timeout = duration("restart-timeout", &self.restart_timeout)?;
         o.state_file = self.state_file.clone();
+        o.registry.insecure = self.insecure.clone();
+        for m in &self.mirrors {
+            o.registry.add_mirror_setting(m)?;
+        }
+        for ca in &self.registry_cas {
+            o.registry.add_ca_setting(ca)?;
+        }
         Ok(o)
     }
 }
@@ -166,6 +186,7 @@ fn report(what: &str, outcome: &Outcome) {
             .map(|p| p.display().to_string()),
         shim_changed = outcome.shim_changed,
         restarted = outcome.restarted,
+        registry_hosts = ?outcome.hosts_changed,
         "{what}: done"
     );
 }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::containerd_config::{self, Change, Installed, Runtime};
+use crate::containerd_config::{self, Change, HostsDir, Installed, Runtime};
+use crate::registry_hosts::{self, DEFAULT_HOSTS_DIR, HostsFile};
+use wa8s_oci::RegistryConfig;
 
 /// The shim's file name: containerd derives it from the runtime type `io.containerd.wa8s.v1`.
 pub const SHIM_NAME: &str = "containerd-shim-wa8s-v1";
@@ -34,6 +36,71 @@ pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 pub const K3S_CONTAINERD_SOCKET: &str = "/run/k3s/containerd/containerd.sock";
 /// The drop-in file's name inside an imported `conf.d`.
 pub const DROP_IN_NAME: &str = "wa8s.toml";
+/// RKE2's containerd directory (k3s's agent code: the same templates, socket and layout).
+pub const RKE2_CONTAINERD_DIR: &str = "/var/lib/rancher/rke2/agent/etc/containerd";
+/// k0s's containerd configuration: k0s writes it with `imports` of `containerd.d/*.toml`.
+pub const K0S_CONTAINERD_CONFIG: &str = "/etc/k0s/containerd.toml";
+pub const K0S_CONTAINERD_SOCKET: &str = "/run/k0s/containerd.sock";
+/// MicroK8s renders `containerd.toml` from this template at each containerd start.
+pub const MICROK8S_CONTAINERD_TEMPLATE: &str =
+    "/var/snap/microk8s/current/args/containerd-template.toml";
+pub const MICROK8S_CONTAINERD_SOCKET: &str = "/var/snap/microk8s/common/run/containerd.sock";
+/// What MicroK8s's `${SNAP_DATA}` stands for in its template.
+const MICROK8S_SNAP_DATA: &str = "/var/snap/microk8s/current";
+
+/// Whose containerd a node runs: where its configuration and socket are and how it is
+/// restarted. Found from the file the installer writes, so uninstall knows it from its
+/// record alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distribution {
+    /// containerd's own layout (kubeadm, kind, managed node images).
+    Containerd,
+    K3s,
+    Rke2,
+    /// k0s: restarts its containerd itself when `containerd.d` changes.
+    K0s,
+    /// MicroK8s: its containerd's `PATH` is the snap's read-only image first, so the shim
+    /// is always named by its absolute path.
+    MicroK8s,
+}
+
+impl Distribution {
+    /// The distribution whose file `config` (a node path) is.
+    pub fn of(config: &Path) -> Self {
+        if config.starts_with(K3S_CONTAINERD_DIR) {
+            Distribution::K3s
+        } else if config.starts_with(RKE2_CONTAINERD_DIR) {
+            Distribution::Rke2
+        } else if config.starts_with("/etc/k0s") {
+            Distribution::K0s
+        } else if config.starts_with("/var/snap/microk8s") {
+            Distribution::MicroK8s
+        } else {
+            Distribution::Containerd
+        }
+    }
+
+    /// Its containerd's socket (node path).
+    pub fn socket(self) -> &'static str {
+        match self {
+            Distribution::Containerd => CONTAINERD_SOCKET,
+            Distribution::K3s | Distribution::Rke2 => K3S_CONTAINERD_SOCKET,
+            Distribution::K0s => K0S_CONTAINERD_SOCKET,
+            Distribution::MicroK8s => MICROK8S_CONTAINERD_SOCKET,
+        }
+    }
+
+    /// The systemd units that run its containerd, the agent's before the server's.
+    fn units(self) -> &'static [&'static str] {
+        match self {
+            Distribution::Containerd => &["containerd"],
+            Distribution::K3s => &["k3s-agent", "k3s"],
+            Distribution::Rke2 => &["rke2-agent", "rke2-server"],
+            Distribution::K0s => &[],
+            Distribution::MicroK8s => &["snap.microk8s.daemon-containerd"],
+        }
+    }
+}
 
 /// Why a node could not be prepared (or restored). Files are never left half-written: every
 /// write is a temporary file renamed into place.
@@ -41,6 +108,12 @@ pub const DROP_IN_NAME: &str = "wa8s.toml";
 pub enum Error {
     #[error(transparent)]
     Config(#[from] containerd_config::Error),
+    #[error(transparent)]
+    Hosts(#[from] registry_hosts::Error),
+    #[error(
+        "{path}: the registry settings need containerd's registry hosts directory (config_path), which containerd refuses next to the deprecated registry.mirrors / registry.configs this file sets; move those to hosts.toml files (https://github.com/containerd/containerd/blob/main/docs/hosts.md) or unset the chart's registry settings; left untouched"
+    )]
+    LegacyRegistry { path: PathBuf },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -81,6 +154,9 @@ pub enum Restart {
     Auto,
     /// Do not restart (the configuration takes effect at containerd's next start).
     None,
+    /// The distribution restarts containerd itself when its drop-in directory changes
+    /// (k0s): wait for the new containerd.
+    Itself,
     /// `systemctl restart <unit>` in the node's root.
     Systemd(String),
     /// `/bin/sh -c <command>` in the node's root.
@@ -110,6 +186,9 @@ pub struct Options {
     /// The record of what was changed (node path).
     pub state_file: PathBuf,
     pub runtime: Runtime,
+    /// Registries the node's containerd reaches through a mirror, over plain HTTP or with a
+    /// CA: written as its `hosts.toml` files (empty: none, and earlier ones are removed).
+    pub registry: RegistryConfig,
 }
 
 impl Options {
@@ -135,7 +214,14 @@ impl Options {
             restart_timeout: Duration::from_secs(120),
             state_file: PathBuf::from("/var/lib/wa8s/node-installer.json"),
             runtime: Runtime::default(),
+            registry: RegistryConfig::default(),
         }
+    }
+
+    /// The record of the registry hosts files written (node path), beside the main record
+    /// and separate from it, so an older installer still reads its own.
+    pub fn hosts_record(&self) -> PathBuf {
+        self.state_file.with_file_name("registry-hosts.json")
     }
 
     /// A node path as this process reaches it.
@@ -184,34 +270,49 @@ fn read_optional(path: &Path) -> Result<Option<String>, Error> {
     }
 }
 
-/// Finds the layout: the configured file (a `.tmpl` is a k3s template); else a k3s node's
-/// template (the existing one, or the one matching the version k3s renders); else
-/// `/etc/containerd/config.toml`, through its drop-in directory when it imports one.
+/// The template a k3s-family node renders containerd's configuration from: the existing
+/// one, else the one matching the version it renders.
+fn template_in(o: &Options, dir: &Path) -> Result<PathBuf, Error> {
+    let v3 = dir.join("config-v3.toml.tmpl");
+    let v2 = dir.join("config.toml.tmpl");
+    if o.on_node(&v3).exists() {
+        return Ok(v3);
+    }
+    if o.on_node(&v2).exists() {
+        return Ok(v2);
+    }
+    // The template must match the version k3s renders (its containerd's).
+    let rendered = dir.join("config.toml");
+    Ok(match read_optional(&o.on_node(&rendered))? {
+        Some(t) if containerd_config::version(&t, &rendered.to_string_lossy())? == 2 => v2,
+        _ => v3,
+    })
+}
+
+/// The main configuration file: the configured one, k0s's or containerd's.
+fn main_config(o: &Options) -> PathBuf {
+    match &o.config {
+        Some(p) => p.clone(),
+        None if o.on_node(Path::new(K0S_CONTAINERD_CONFIG)).is_file() => {
+            K0S_CONTAINERD_CONFIG.into()
+        }
+        None => CONTAINERD_CONFIG.into(),
+    }
+}
+
+/// Finds the layout: the configured file (a `.tmpl` is a k3s template); else a k3s or RKE2
+/// node's template; else MicroK8s's template (plain TOML with `${…}` inside strings); else
+/// k0s's or containerd's `config.toml`, through its drop-in directory when it imports one.
 pub fn detect(o: &Options) -> Result<Layout, Error> {
     let k3s_dir = Path::new(K3S_CONTAINERD_DIR);
+    let rke2_dir = Path::new(RKE2_CONTAINERD_DIR);
+    let microk8s = Path::new(MICROK8S_CONTAINERD_TEMPLATE);
     let config = match &o.config {
         Some(p) => p.clone(),
-        None if o.on_node(k3s_dir).is_dir() => {
-            let v3 = k3s_dir.join("config-v3.toml.tmpl");
-            let v2 = k3s_dir.join("config.toml.tmpl");
-            if o.on_node(&v3).exists() {
-                v3
-            } else if o.on_node(&v2).exists() {
-                v2
-            } else {
-                // The template must match the version k3s renders (its containerd's).
-                let rendered = k3s_dir.join("config.toml");
-                match read_optional(&o.on_node(&rendered))? {
-                    Some(t)
-                        if containerd_config::version(&t, &rendered.to_string_lossy())? == 2 =>
-                    {
-                        v2
-                    }
-                    _ => v3,
-                }
-            }
-        }
-        None => PathBuf::from(CONTAINERD_CONFIG),
+        None if o.on_node(k3s_dir).is_dir() => template_in(o, k3s_dir)?,
+        None if o.on_node(rke2_dir).is_dir() => template_in(o, rke2_dir)?,
+        None if o.on_node(microk8s).is_file() => microk8s.to_owned(),
+        None => main_config(o),
     };
     if containerd_config::is_template(&config) {
         let name = config.file_name().unwrap_or_default().to_string_lossy();
@@ -274,12 +375,17 @@ pub struct Outcome {
     pub shim_changed: bool,
     /// How containerd was restarted, if it was.
     pub restarted: Option<String>,
+    /// Registry hosts files written or removed (node paths).
+    pub hosts_changed: Vec<PathBuf>,
 }
 
 impl Outcome {
     /// Whether the run changed nothing on the node.
     pub fn is_noop(&self) -> bool {
-        self.config_changed.is_none() && !self.shim_changed && self.restarted.is_none()
+        self.config_changed.is_none()
+            && !self.shim_changed
+            && self.restarted.is_none()
+            && self.hosts_changed.is_empty()
     }
 }
 
@@ -386,54 +492,226 @@ fn install_shim(o: &Options) -> Result<(PathBuf, bool), Error> {
     Ok((node_path, !same))
 }
 
-/// Installs the shim and the runtime, restarting containerd only when its configuration
-/// changed. Running it again changes nothing.
+/// Where the registry hosts files go on this node, and whether the configuration must be
+/// made to name that directory. `None`: no files (none wanted, or a k3s template, whose
+/// hosts k3s renders from its own `registries.yaml` at every start).
+fn hosts_target(
+    o: &Options,
+    layout: &Layout,
+    current: Option<&str>,
+) -> Result<Option<(PathBuf, bool)>, Error> {
+    if registry_hosts::files(&o.registry, Path::new(DEFAULT_HOSTS_DIR))?.is_empty() {
+        return Ok(None);
+    }
+    let (main_path, main) = match layout {
+        Layout::K3sTemplate { .. } => {
+            tracing::warn!(
+                "k3s and RKE2 render containerd's registry hosts from /etc/rancher/<k3s|rke2>/registries.yaml at each start: the chart's registry settings are not written on this node; add the mirrors there"
+            );
+            return Ok(None);
+        }
+        Layout::File { path, .. } => (path.clone(), current.map(str::to_owned)),
+        Layout::DropIn { .. } => {
+            let main = main_config(o);
+            let text = read_optional(&o.on_node(&main))?;
+            (main, text)
+        }
+    };
+    let Some(text) = main else {
+        return Ok(Some((DEFAULT_HOSTS_DIR.into(), true)));
+    };
+    match containerd_config::hosts_dir(&text, &main_path.to_string_lossy())? {
+        // MicroK8s's template names it by `${SNAP_DATA}`.
+        HostsDir::Set(dir) => Ok(Some((
+            match dir.strip_prefix("${SNAP_DATA}") {
+                Ok(rest) => Path::new(MICROK8S_SNAP_DATA).join(rest),
+                Err(_) => dir,
+            },
+            false,
+        ))),
+        HostsDir::Unset => Ok(Some((DEFAULT_HOSTS_DIR.into(), true))),
+        HostsDir::Legacy => Err(Error::LegacyRegistry { path: main_path }),
+    }
+}
+
+/// A file the installer writes whole (its drop-in, or a `config.toml` it creates): the
+/// runtime, and the registry hosts directory when it has to be named.
+fn whole_file(version: i64, runtime: &Runtime, hosts_dir: Option<&Path>) -> String {
+    let mut text = containerd_config::drop_in(version, runtime);
+    if let Some(dir) = hosts_dir {
+        text.push('\n');
+        text.push_str(&containerd_config::hosts_dir_table(version, dir));
+    }
+    text
+}
+
+fn read_hosts_record(o: &Options) -> Result<Vec<Installed>, Error> {
+    let node_path = o.hosts_record();
+    let Some(text) = read_optional(&o.on_node(&node_path))? else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str(&text).map_err(|e| Error::Record {
+        path: node_path,
+        reason: e.to_string(),
+    })
+}
+
+fn save_hosts_record(o: &Options, files: &[Installed]) -> Result<(), Error> {
+    let path = o.on_node(&o.hosts_record());
+    if files.is_empty() {
+        remove_optional(&path)?;
+        return Ok(());
+    }
+    let json = serde_json::to_string_pretty(files).unwrap_or_default();
+    write_atomically(&path, json.as_bytes(), 0o600)
+}
+
+/// Gives back a file the installer wrote: its original (or nothing) when it is still as
+/// written; a file someone changed since is theirs now and left alone. Returns whether it
+/// changed the node.
+fn give_back(o: &Options, file: &Installed) -> Result<bool, Error> {
+    let path = o.on_node(&file.path);
+    let current = read_optional(&path)?;
+    if current.as_deref() != Some(file.written.as_str()) {
+        if current.is_some() {
+            tracing::warn!(path = %file.path.display(), "changed since the installer wrote it: left as it is");
+        }
+        return Ok(false);
+    }
+    match &file.original {
+        Some(text) => write_atomically(&path, text.as_bytes(), 0o644)?,
+        None => {
+            remove_optional(&path)?;
+            // The registry's directory, if that emptied it (else this fails, as it should).
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Brings the registry hosts files to `wanted`: each written unless already so (its
+/// original kept from the first write), and those written earlier but no longer wanted
+/// given back. Returns the node paths changed.
+fn sync_hosts(o: &Options, wanted: &[HostsFile]) -> Result<Vec<PathBuf>, Error> {
+    let old = read_hosts_record(o)?;
+    let mut kept = Vec::new();
+    let mut to_write = Vec::new();
+    for file in wanted {
+        let current = read_optional(&o.on_node(&file.path))?;
+        let original = match old.iter().find(|i| i.path == file.path) {
+            Some(i) => i.original.clone(),
+            None => current.clone(),
+        };
+        if current.as_deref() != Some(file.text.as_str()) {
+            to_write.push(file);
+        }
+        kept.push(Installed {
+            path: file.path.clone(),
+            original,
+            written: file.text.clone(),
+        });
+    }
+    let stale: Vec<&Installed> = old
+        .iter()
+        .filter(|i| !wanted.iter().any(|w| w.path == i.path))
+        .collect();
+    // Recorded before writing: a crash in between leaves a record uninstall can work from.
+    let mut record = kept.clone();
+    record.extend(stale.iter().map(|i| (*i).clone()));
+    save_hosts_record(o, &record)?;
+    let mut changed = Vec::new();
+    for file in to_write {
+        write_atomically(&o.on_node(&file.path), file.text.as_bytes(), 0o644)?;
+        changed.push(file.path.clone());
+    }
+    for file in stale {
+        if give_back(o, file)? {
+            changed.push(file.path.clone());
+        }
+    }
+    save_hosts_record(o, &kept)?;
+    Ok(changed)
+}
+
+/// Installs the shim, the runtime and the registry hosts files, restarting containerd only
+/// when its configuration changed. Running it again changes nothing.
 pub fn install(o: &Options) -> Result<Outcome, Error> {
     let record = read_record(o)?;
     let layout = detect(o)?;
     // Known before anything is written: a node the installer cannot restart is left as is.
-    let method = resolve(o, layout.is_k3s())?;
+    let dist = Distribution::of(layout.path());
+    let dist = if layout.is_k3s() && dist == Distribution::Containerd {
+        Distribution::K3s
+    } else {
+        dist
+    };
+    let method = resolve(o, dist)?;
+    let mut runtime = o.runtime.clone();
+    if dist == Distribution::MicroK8s && runtime.runtime_path.is_none() {
+        runtime.runtime_path = Some(o.shim_dir.join(SHIM_NAME).to_string_lossy().into_owned());
+    }
     let node_path = layout.path().to_owned();
     let path = o.on_node(&node_path);
     let shown = node_path.to_string_lossy().into_owned();
     let current = read_optional(&path)?;
+    let hosts = hosts_target(o, &layout, current.as_deref())?;
+    let set_dir = hosts
+        .as_ref()
+        .filter(|(_, set)| *set)
+        .map(|(dir, _)| dir.as_path());
+    let whole = |wanted: String| {
+        if current.as_deref() == Some(wanted.as_str()) {
+            Change::Unchanged
+        } else {
+            Change::Write(wanted)
+        }
+    };
     let change = match (&layout, current.as_deref()) {
         (Layout::File { .. }, Some(text)) => {
-            containerd_config::add_runtime(text, &shown, &o.runtime)?
-        }
-        (Layout::File { version, .. }, current) => {
-            let wanted = containerd_config::drop_in(*version, &o.runtime);
-            if current == Some(wanted.as_str()) {
-                Change::Unchanged
-            } else {
-                Change::Write(wanted)
+            let change = containerd_config::add_runtime(text, &shown, &runtime)?;
+            match set_dir {
+                None => change,
+                Some(dir) => {
+                    let runtime_added = match &change {
+                        Change::Write(t) => t.as_str(),
+                        Change::Unchanged => text,
+                    };
+                    match containerd_config::set_hosts_dir(runtime_added, &shown, dir)? {
+                        Change::Unchanged => change,
+                        write => write,
+                    }
+                }
             }
         }
+        (Layout::File { version, .. }, None) => whole(whole_file(*version, &runtime, set_dir)),
         (
             Layout::DropIn {
                 version,
                 systemd_cgroup,
                 ..
             },
-            current,
+            _,
         ) => {
             let runtime = containerd_config::Runtime {
-                systemd_cgroup: systemd_cgroup.or(o.runtime.systemd_cgroup),
-                ..o.runtime.clone()
+                systemd_cgroup: systemd_cgroup.or(runtime.systemd_cgroup),
+                ..runtime.clone()
             };
-            let wanted = containerd_config::drop_in(*version, &runtime);
-            if current == Some(wanted.as_str()) {
-                Change::Unchanged
-            } else {
-                Change::Write(wanted)
-            }
+            whole(whole_file(*version, &runtime, set_dir))
         }
         (Layout::K3sTemplate { version, .. }, current) => {
-            containerd_config::add_to_template(current, *version, &o.runtime)
+            containerd_config::add_to_template(current, *version, &runtime)
         }
+    };
+    let wanted_hosts = match &hosts {
+        Some((dir, _)) => registry_hosts::files(&o.registry, dir)?,
+        None => Vec::new(),
     };
     // Checked before anything is written, so a refused config leaves the node untouched.
     let (shim, shim_changed) = install_shim(o)?;
+    // Before the configuration names their directory: containerd reads them at each pull.
+    let hosts_changed = sync_hosts(o, &wanted_hosts)?;
     // The original is what was there before the *first* install of this file.
     let original = match &record {
         Some(r) if r.config.path == node_path => r.config.original.clone(),
@@ -460,7 +738,7 @@ pub fn install(o: &Options) -> Result<Outcome, Error> {
     };
     save_record(o, record.as_ref(), &new_record)?;
     let restarted = if new_record.restart_pending {
-        let how = restart(o, &method, new_record.k3s)?;
+        let how = restart(o, &method, dist)?;
         let before = new_record.clone();
         new_record.restart_pending = false;
         save_record(o, Some(&before), &new_record)?;
@@ -472,6 +750,7 @@ pub fn install(o: &Options) -> Result<Outcome, Error> {
         config_changed,
         shim_changed,
         restarted,
+        hosts_changed,
     })
 }
 
@@ -479,8 +758,19 @@ pub fn install(o: &Options) -> Result<Outcome, Error> {
 /// (or, if others edited the file since, the file without the runtime), the shim removed,
 /// containerd restarted. Without a record there is nothing to undo.
 pub fn uninstall(o: &Options) -> Result<Outcome, Error> {
+    // The registry hosts first: their record is separate, and holds only what was written.
+    let mut hosts_changed = Vec::new();
+    for file in read_hosts_record(o)? {
+        if give_back(o, &file)? {
+            hosts_changed.push(file.path.clone());
+        }
+    }
+    save_hosts_record(o, &[])?;
     let Some(record) = read_record(o)? else {
-        return Ok(Outcome::default());
+        return Ok(Outcome {
+            hosts_changed,
+            ..Outcome::default()
+        });
     };
     let path = o.on_node(&record.config.path);
     let current = read_optional(&path)?;
@@ -501,7 +791,10 @@ pub fn uninstall(o: &Options) -> Result<Outcome, Error> {
     };
     let shim_changed = remove_optional(&o.on_node(&record.shim))?;
     let restarted = match config_changed {
-        Some(_) => restart(o, &resolve(o, record.k3s)?, record.k3s)?,
+        Some(_) => {
+            let dist = record_distribution(&record);
+            restart(o, &resolve(o, dist)?, dist)?
+        }
         None => None,
     };
     // Last: if anything above failed, the record is still there for the next attempt.
@@ -510,37 +803,56 @@ pub fn uninstall(o: &Options) -> Result<Outcome, Error> {
         config_changed,
         shim_changed,
         restarted,
+        hosts_changed,
     })
 }
 
 /// The method [`Restart::Auto`] stands for on this node (other methods stand for
-/// themselves); k3s nodes restart k3s's unit.
-pub fn resolve(o: &Options, k3s: bool) -> Result<Restart, Error> {
+/// themselves): the distribution's systemd unit (an enabled one first: RKE2 installs both
+/// its units on every node), or k0s's own restart.
+pub fn resolve(o: &Options, dist: Distribution) -> Result<Restart, Error> {
     if o.restart != Restart::Auto {
         return Ok(o.restart.clone());
     }
-    let unit_exists = |unit: &str| {
-        [
-            "/etc/systemd/system",
-            "/lib/systemd/system",
-            "/usr/lib/systemd/system",
-        ]
-        .iter()
-        .any(|d| o.on_node(&Path::new(d).join(unit)).exists())
+    if dist == Distribution::K0s {
+        return Ok(Restart::Itself);
+    }
+    let in_dirs = |dirs: &[&str], unit: &str| {
+        let file = format!("{unit}.service");
+        dirs.iter()
+            .any(|d| o.on_node(&Path::new(d).join(&file)).exists())
+    };
+    let enabled = |unit: &str| in_dirs(&["/etc/systemd/system/multi-user.target.wants"], unit);
+    let exists = |unit: &str| {
+        in_dirs(
+            &[
+                "/etc/systemd/system",
+                "/lib/systemd/system",
+                "/usr/lib/systemd/system",
+            ],
+            unit,
+        )
     };
     if !o.on_node(Path::new("/run/systemd/system")).is_dir() {
         return Err(Error::NoRestartMethod);
     }
-    if k3s {
-        // A k3s agent runs as `k3s-agent`, a server as `k3s`.
-        let unit = if unit_exists("k3s-agent.service") {
-            "k3s-agent"
-        } else {
-            "k3s"
-        };
-        return Ok(Restart::Systemd(unit.to_owned()));
+    let units = dist.units();
+    let unit = units
+        .iter()
+        .find(|u| enabled(u))
+        .or_else(|| units.iter().find(|u| exists(u)))
+        .or(units.last())
+        .copied()
+        .unwrap_or("containerd");
+    Ok(Restart::Systemd(unit.to_owned()))
+}
+
+/// The distribution of the file a record names (`k3s`: it is a template).
+fn record_distribution(record: &Record) -> Distribution {
+    match Distribution::of(&record.config.path) {
+        Distribution::Containerd if record.k3s => Distribution::K3s,
+        d => d,
     }
-    Ok(Restart::Systemd("containerd".to_owned()))
 }
 
 /// A command run in the node's root, unless this process already runs in it: in the node's
@@ -626,54 +938,71 @@ fn socket_identity(path: &Path) -> Option<(u64, i64, i64)> {
 
 /// Restarts containerd (or k3s) and waits until a *new* containerd answers on its socket.
 /// Returns how it was restarted; `None` when the method is [`Restart::None`].
-fn restart(o: &Options, method: &Restart, k3s: bool) -> Result<Option<String>, Error> {
-    let (shown, mut cmd) = match method {
+fn restart(o: &Options, method: &Restart, dist: Distribution) -> Result<Option<String>, Error> {
+    let (shown, cmd) = match method {
         Restart::None => return Ok(None),
         Restart::Auto => return Err(Error::NoRestartMethod),
+        Restart::Itself => (
+            "k0s (it restarts containerd when containerd.d changes)".to_owned(),
+            None,
+        ),
         Restart::Systemd(unit) => (
             format!("systemctl restart {unit}"),
-            on_node_command(&o.root, "systemctl", &["restart", unit])?,
+            Some(on_node_command(&o.root, "systemctl", &["restart", unit])?),
         ),
-        Restart::Command(c) => (c.clone(), on_node_command(&o.root, "/bin/sh", &["-c", c])?),
-    };
-    let default_socket = if k3s {
-        K3S_CONTAINERD_SOCKET
-    } else {
-        CONTAINERD_SOCKET
+        Restart::Command(c) => (
+            c.clone(),
+            Some(on_node_command(&o.root, "/bin/sh", &["-c", c])?),
+        ),
     };
     let node_socket = o
         .socket
         .clone()
-        .unwrap_or_else(|| PathBuf::from(default_socket));
+        .unwrap_or_else(|| PathBuf::from(dist.socket()));
     let socket = o.on_node(&node_socket);
     let before = socket_identity(&socket);
+    if let Some(mut cmd) = cmd {
+        run_restart(&mut cmd, &shown, &o.root)?;
+    }
+    wait_for_new_socket(o, &shown, &node_socket, &socket, before)
+}
+
+fn run_restart(cmd: &mut Command, shown: &str, root: &Path) -> Result<(), Error> {
     let out = cmd
         .output()
-        .map_err(io("running the restart command in", &o.root))?;
+        .map_err(io("running the restart command in", root))?;
     if !out.status.success() {
         return Err(Error::RestartFailed {
-            command: shown,
+            command: shown.to_owned(),
             status: out.status,
             output: String::from_utf8_lossy(&[out.stdout, out.stderr].concat())
                 .trim()
                 .to_owned(),
         });
     }
-    // containerd removes and re-creates its socket on start, so a new socket file that
-    // accepts connections is the restarted containerd, not the old one on its way out.
+    Ok(())
+}
+
+/// containerd removes and re-creates its socket on start, so a new socket file that accepts
+/// connections is the restarted containerd, not the old one on its way out.
+fn wait_for_new_socket(
+    o: &Options,
+    shown: &str,
+    node_socket: &Path,
+    socket: &Path,
+    before: Option<(u64, i64, i64)>,
+) -> Result<Option<String>, Error> {
     let started = Instant::now();
     loop {
-        let now = socket_identity(&socket);
-        if now.is_some()
-            && now != before
-            && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        let now = socket_identity(socket);
+        if now.is_some() && now != before && std::os::unix::net::UnixStream::connect(socket).is_ok()
         {
-            return Ok(Some(shown));
+            return Ok(Some(shown.to_owned()));
         }
         if started.elapsed() > o.restart_timeout {
             return Err(Error::NotBack {
-                command: shown,
-                socket: node_socket,
+                command: shown.to_owned(),
+                socket: node_socket.to_owned(),
                 waited: o.restart_timeout,
             });
         }

@@ -4,8 +4,9 @@
 //! and a k3s template. Every result is also read by a real containerd 2.2.9 (`containerd config
 //! dump`), which must show the wa8s runtime.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use wa8s_installer::containerd_config::{
@@ -31,33 +32,8 @@ const TOML_FIXTURES: &[&str] = &[
 
 /// What a real containerd makes of `config`: its `config dump` (the merged, migrated view).
 fn containerd_dump(config: &str) -> Result<String> {
-    let bins = wa8s_e2e::binaries::ensure(&["containerd"])?;
-    let dir = tempfile_dir()?;
-    let file = dir.join("config.toml");
-    std::fs::write(&file, config)?;
-    let out = Command::new(&bins["containerd"])
-        .arg("--config")
-        .arg(&file)
-        .args(["config", "dump"])
-        .output()?;
-    let _ = std::fs::remove_dir_all(&dir);
-    if !out.status.success() {
-        bail!(
-            "containerd refused the configuration: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "wa8s-installer-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    let dir = tempfile::tempdir()?;
+    common::containerd_dump_in(dir.path(), config)
 }
 
 fn written(change: Change) -> Result<String> {

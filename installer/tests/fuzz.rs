@@ -81,7 +81,7 @@ proptest! {
 
     #[test]
     fn mutated_real_configurations_never_panic_an_edit(
-        which in 0usize..6,
+        which in any::<prop::sample::Index>(),
         cut in any::<prop::sample::Index>(),
         keep in any::<prop::sample::Index>(),
         insert in prop_oneof![
@@ -93,7 +93,7 @@ proptest! {
         ],
     ) {
         let texts = fixtures();
-        let text = &texts[which % texts.len()];
+        let text = &texts[which.index(texts.len())];
         let lines: Vec<&str> = text.lines().collect();
         let at = cut.index(lines.len() + 1);
         let len = keep.index(lines.len() - at + 1);

@@ -3,36 +3,17 @@
 //! restart command. The containerd it restarts here is a stand-in that only re-creates its
 //! socket (the chart's e2e test restarts a real one).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use wa8s_installer::containerd_config::is_template;
-use wa8s_installer::node::{self, Layout, Options, Restart, SHIM_NAME};
+use wa8s_installer::node::{self, Distribution, Layout, Options, Restart, SHIM_NAME};
 
-fn fixture(name: &str) -> Result<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// A fake node root holding `files` (node path → contents) and a shim to install.
-fn node_root(files: &[(&str, &str)]) -> Result<(tempfile::TempDir, Options)> {
-    let dir = tempfile::tempdir()?;
-    for (path, text) in files {
-        let p = dir.path().join(path.trim_start_matches('/'));
-        std::fs::create_dir_all(p.parent().context("fixture path has a parent")?)?;
-        std::fs::write(p, text)?;
-    }
-    let shim = dir.path().join("image/containerd-shim-wa8s-v1");
-    std::fs::create_dir_all(shim.parent().context("shim has a parent")?)?;
-    std::fs::write(&shim, b"#!/bin/sh\n# the shim\n")?;
-    let mut o = Options::new(dir.path(), shim);
-    o.restart = Restart::None;
-    Ok((dir, o))
-}
+use common::{fixture, node_root};
 
 fn read(o: &Options, node_path: &str) -> Option<String> {
     std::fs::read_to_string(o.on_node(Path::new(node_path))).ok()
@@ -241,18 +222,21 @@ fn automatic_restart_picks_systemds_containerd_or_the_k3s_unit_the_node_has() ->
     ])?;
     o.restart = Restart::Auto;
     assert_eq!(
-        node::resolve(&o, false)?,
+        node::resolve(&o, Distribution::Containerd)?,
         Restart::Systemd("containerd".into())
     );
     assert_eq!(
-        node::resolve(&o, true)?,
+        node::resolve(&o, Distribution::K3s)?,
         Restart::Systemd("k3s-agent".into())
     );
     let (_d, mut o) = node_root(&[("/run/systemd/system/.keep", "")])?;
     o.restart = Restart::Auto;
-    assert_eq!(node::resolve(&o, true)?, Restart::Systemd("k3s".into()));
+    assert_eq!(
+        node::resolve(&o, Distribution::K3s)?,
+        Restart::Systemd("k3s".into())
+    );
     o.restart = Restart::Command("rc-service containerd restart".into());
-    assert_eq!(node::resolve(&o, false)?, o.restart);
+    assert_eq!(node::resolve(&o, Distribution::Containerd)?, o.restart);
     Ok(())
 }
 

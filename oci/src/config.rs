@@ -79,6 +79,14 @@ impl RegistryConfig {
         Ok(())
     }
 
+    /// Whether `registry` is spoken to over plain HTTP: it is listed insecure, or it is on
+    /// loopback and has no CA. (The nodes' containerd gets the same rule in `hosts.toml`.)
+    pub fn plain_http(&self, registry: &str) -> bool {
+        self.insecure.iter().any(|i| i == registry)
+            || (crate::registry::is_loopback(registry)
+                && !self.ca_certificates.contains_key(registry))
+    }
+
     /// Gates requests by address: none to restricted addresses or `denied_networks` (CIDR
     /// strings, checked here), except to `private_registries` and the mirrors.
     pub fn gate_addresses(

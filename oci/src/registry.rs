@@ -256,14 +256,14 @@ pub fn parse_reference(reference: &str) -> Result<Reference, Error> {
 }
 
 /// The host of `host[:port]` (brackets kept for IPv6).
-fn host_of(registry: &str) -> &str {
+pub(crate) fn host_of(registry: &str) -> &str {
     registry
         .rsplit_once(':')
         .filter(|(h, port)| port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':'))
         .map_or(registry, |(h, _)| h)
 }
 
-fn is_loopback(registry: &str) -> bool {
+pub(crate) fn is_loopback(registry: &str) -> bool {
     let host = host_of(registry)
         .trim_start_matches('[')
         .trim_end_matches(']');
@@ -299,7 +299,7 @@ impl Registry {
         let config = &self.options.config;
         let mut insecure = config.insecure.clone();
         let ca = config.ca_certificates.get(registry);
-        if is_loopback(registry) && ca.is_none() {
+        if config.plain_http(registry) {
             insecure.push(registry.to_owned());
         }
         let gate = config.addresses.gate_for(registry, config.mirrors.values());

@@ -28,7 +28,8 @@ source e2e/scripts/prerequisites.sh
 export CONTAINERS_CONF="$PWD/e2e/kind/containers.conf"   # podman settings for this host
 build_wa8s_binaries --quiet
 helm_bin="$(bash e2e/scripts/build-binaries.sh helm | sed -n 's/^helm=//p')"
-[ -f target/images/wa8s-operator.tar ] || bash e2e/scripts/images.sh >&2
+# Incremental: seconds when nothing changed, so the images always match the code.
+bash e2e/scripts/images.sh >&2
 # The node image is built (or loaded from its cache) before the clock starts.
 bash e2e/scripts/kind-node-image.sh >/dev/null
 

@@ -4,6 +4,7 @@
 # kind-node-image.sh, and a local registry that stands in for ghcr.io.
 #
 #   e2e/scripts/kind.sh up   [--name NAME] [--workers N] [--registry-port PORT] [--fast-eviction]
+#                            [--node-registry-hosts]
 #   e2e/scripts/kind.sh down [--name NAME]
 #   e2e/scripts/kind.sh load [--name NAME] TAR...     # OCI/docker image tarballs into every node
 #
@@ -31,7 +32,7 @@ LOG_PREFIX=kind
 source "$here/lib/common.sh"
 
 cmd="${1:-}"; [ $# -gt 0 ] && shift
-name=wa8s workers=2 registry_port=5001 fast_eviction=
+name=wa8s workers=2 registry_port=5001 fast_eviction= node_registry_hosts=
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,6 +42,9 @@ while [ $# -gt 0 ]; do
     # Pods of an unreachable node are evicted after 20 s instead of 5 minutes (the
     # DefaultTolerationSeconds admission plugin), so a test can stop a node and wait.
     --fast-eviction) fast_eviction=1; shift ;;
+    # The nodes configured by hand for the local registry, as wa8s 0.1 users had to
+    # (config_path in containerd's config, a hosts.toml per node): the upgrade test's cluster.
+    --node-registry-hosts) node_registry_hosts=1; shift ;;
     -*) die "unknown option $1" ;;
     *) args+=("$1"); shift ;;
   esac
@@ -188,6 +192,15 @@ containerdConfigPatches:
 - |-
   [plugins."io.containerd.grpc.v1.cri"]
     restrict_oom_score_adj = true
+EOF
+      if [ -n "$node_registry_hosts" ]; then
+        cat <<'EOF'
+- |-
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "/etc/containerd/certs.d"
+EOF
+      fi
+      cat <<'EOF'
 kubeadmConfigPatches:
 - |
   kind: KubeletConfiguration
@@ -225,6 +238,15 @@ EOF
   gw="$(kind_gateway)"
   [ -n "$gw" ] || die "no IPv4 gateway on the podman network kind"
   start_registry gateway "$gw:$registry_port"
+  if [ -n "$node_registry_hosts" ]; then
+    # containerd reads hosts.toml at each pull: written after the nodes started is enough.
+    local node
+    for node in $(kind_nodes); do
+      podman exec "$node" mkdir -p /etc/containerd/certs.d/ghcr.io
+      printf 'server = "https://ghcr.io"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
+        "$gw:$registry_port" | podman exec -i "$node" sh -c 'cat >/etc/containerd/certs.d/ghcr.io/hosts.toml'
+    done
+  fi
   # kind's local-registry convention (KEP-1755): tell tools where the registry is.
   kc apply -f - >/dev/null <<EOF
 apiVersion: v1

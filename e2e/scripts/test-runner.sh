@@ -4,8 +4,9 @@
 # (registries, etcd, kube-apiserver) in one process group and signals the whole group.
 set -uo pipefail
 limit="${WA8S_TEST_BINARY_TIMEOUT:-900}"
-# The kind scenarios build a three-node cluster and take it through node stops and restarts.
-case "$(basename "$1")" in kind-*) limit="${WA8S_KIND_TEST_TIMEOUT:-2400}" ;; esac
+# The kind scenarios build a three-node cluster and take it through node stops and restarts;
+# the upgrade scenario builds its own cluster (the previous release is built beforehand).
+case "$(basename "$1")" in kind-* | kind_upgrade-*) limit="${WA8S_KIND_TEST_TIMEOUT:-2400}" ;; esac
 timeout --kill-after=15s "${limit}s" "$@"
 rc=$?
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then

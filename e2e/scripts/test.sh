@@ -11,10 +11,11 @@ bash e2e/scripts/build-binaries.sh etcd kube-apiserver kube-controller-manager k
   kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl helm metrics-server prometheus >/dev/null
 
 # The kind node image (a Debian rootfs, kubeadm, coredns, kindnetd, ...; cached by version)
-# builds in the background while cargo works; the kind scenarios need it.
+# and then the previous wa8s release (its chart and images, for the helm-upgrade scenario;
+# cached by version and commit) build in the background while cargo works.
 mkdir -p target
 kind_image_log="$(pwd)/target/kind-node-image.log"
-bash e2e/scripts/kind-node-image.sh >"$kind_image_log" 2>&1 &
+{ bash e2e/scripts/kind-node-image.sh && bash e2e/scripts/previous-release.sh; } >"$kind_image_log" 2>&1 &
 kind_image_pid=$!
 
 echo "== cargo fmt --check"
@@ -25,13 +26,13 @@ echo "== cargo build (the binaries the end-to-end scenarios run: shim, operator,
 build_wa8s_binaries
 echo "== container images (the chart's install test imports them)"
 bash e2e/scripts/images.sh
-echo "== kind node image (built in the background)"
+echo "== kind node image and the previous release (built in the background)"
 if ! wait "$kind_image_pid"; then
   tail -40 "$kind_image_log" >&2
-  echo "error: building the kind node image failed (log: $kind_image_log)" >&2
+  echo "error: building the kind node image or the previous release failed (log: $kind_image_log)" >&2
   exit 1
 fi
-tail -1 "$kind_image_log"
+tail -2 "$kind_image_log"
 echo "== cargo test"
 # Every test binary runs under a time limit (see test-runner.sh).
 runner="$(pwd)/e2e/scripts/test-runner.sh"

@@ -49,3 +49,9 @@ KIND_NODE_DEBIAN_SUITE="${KIND_NODE_DEBIAN_SUITE:-bookworm}"
 # Coverage-guided fuzzing (e2e/scripts/fuzz.sh): cargo-afl, which builds AFL++ when installed.
 CARGO_AFL_VERSION="${CARGO_AFL_VERSION:-0.18.2}"
 cargo_afl_dir() { echo "$WA8S_CACHE/bin/cargo-afl-$CARGO_AFL_VERSION"; }
+
+# The release `helm upgrade` is tested from (e2e/tests/kind_upgrade.rs): wa8s 0.1.0 as it
+# landed (commit in this repository's history), its chart and images built once and cached.
+WA8S_PREVIOUS_VERSION="${WA8S_PREVIOUS_VERSION:-0.1.0}"
+WA8S_PREVIOUS_COMMIT="${WA8S_PREVIOUS_COMMIT:-91e6877}"
+previous_release_dir() { echo "$WA8S_CACHE/previous/wa8s-$WA8S_PREVIOUS_VERSION-$WA8S_PREVIOUS_COMMIT"; }

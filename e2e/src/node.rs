@@ -499,7 +499,7 @@ pub fn import_image(state_dir: &Path, tarball: &Path) -> Result<(), Error> {
 }
 
 /// Pushes image `local` (already in the node's containerd) to `remote` on a plain-HTTP
-/// registry, e.g. `127.0.0.1:5000/wa8s/operator:0.1.0`.
+/// registry, e.g. `127.0.0.1:5000/wa8s/operator:0.2.0`.
 pub fn push_image(state_dir: &Path, local: &str, remote: &str) -> Result<(), Error> {
     let bins = binaries::ensure(&["ctr"])?;
     let out = ctr_cmd(

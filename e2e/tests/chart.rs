@@ -276,7 +276,7 @@ fn the_chart_is_pushed_to_an_oci_registry_and_renders_from_there() -> Result<()>
     let out = tempfile::tempdir()?;
     let dest = out.path().display().to_string();
     helm_ok(&["package", &chart_dir().display().to_string(), "-d", &dest])?;
-    let package = Path::new(&dest).join("wa8s-0.1.0.tgz");
+    let package = Path::new(&dest).join(concat!("wa8s-", env!("CARGO_PKG_VERSION"), ".tgz"));
     ensure!(
         package.exists(),
         "helm package wrote no {}",
@@ -299,7 +299,7 @@ fn the_chart_is_pushed_to_an_oci_registry_and_renders_from_there() -> Result<()>
         "wa8s",
         &format!("{repo}/wa8s"),
         "--version",
-        "0.1.0",
+        env!("CARGO_PKG_VERSION"),
         "--plain-http",
         "--namespace",
         "wa8s-system",

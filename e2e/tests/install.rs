@@ -465,12 +465,20 @@ fn helm_install_from_the_chart_directory_and_from_an_oci_registry_prepares_the_n
     let repository = format!("oci://{}/charts", cluster.registry());
     helm.ok(&[
         "push",
-        &packaged.path().join("wa8s-0.1.0.tgz").to_string_lossy(),
+        &packaged
+            .path()
+            .join(concat!("wa8s-", env!("CARGO_PKG_VERSION"), ".tgz"))
+            .to_string_lossy(),
         &repository,
         "--plain-http",
     ])?;
     let reference = format!("{repository}/wa8s");
-    let mut args = vec![reference.as_str(), "--version", "0.1.0", "--plain-http"];
+    let mut args = vec![
+        reference.as_str(),
+        "--version",
+        env!("CARGO_PKG_VERSION"),
+        "--plain-http",
+    ];
     for v in &image_values {
         args.extend(["--set", v.as_str()]);
     }

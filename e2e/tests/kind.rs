@@ -18,122 +18,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use wa8s_e2e::Kubectl;
 use wa8s_e2e::helm::Helm;
 use wa8s_e2e::kind::KindCluster;
 
+mod kind_common;
+use kind_common::{
+    RELEASE_NAMESPACE, Steps, containerd_pid, hello_from, jsonpath, node_label, push, running_pods,
+    wait_ready,
+};
+
 const CLUSTER: &str = "wa8s-e2e";
-const RELEASE_NAMESPACE: &str = "wa8s-system";
 /// The label that tells this install's node installer to leave a node alone.
 const SKIP_LABEL: &str = "e2e.wa8s.reconciler.io/skip";
 const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 /// The hosts file the node installer writes for ghcr.io (kind names no hosts directory, so
 /// the installer sets containerd's default).
 const GHCR_HOSTS: &str = "/etc/containerd/certs.d/ghcr.io/hosts.toml";
-const READY: Duration = Duration::from_secs(300);
-
-/// Logs a step with the time since the start, so a slow machine shows where time went.
-struct Steps(Instant);
-impl Steps {
-    fn step(&self, what: &str) {
-        eprintln!("[kind +{:>5.1}s] {what}", self.0.elapsed().as_secs_f64());
-    }
-}
-
-fn push(c: &KindCluster, wasm: &[u8], repository_tag: &str) -> Result<String> {
-    wa8s_e2e::registry::push_with_cli(
-        &wa8s_e2e::repo_root().join("target/debug/wa8s"),
-        wasm,
-        &format!("{}/{repository_tag}", c.registry()),
-    )
-}
-
-fn jsonpath(k: &Kubectl, ns: &str, object: &str, path: &str) -> Result<String> {
-    Ok(k.ok(&["get", object, "-n", ns, "-o", &format!("jsonpath={path}")])?)
-}
-
-/// `kubectl wait` for the object's Ready condition, with its state in the error.
-fn wait_ready(k: &Kubectl, ns: &str, name: &str) -> Result<()> {
-    let out = k.run(&[
-        "wait",
-        "-n",
-        ns,
-        "--for=condition=Ready",
-        &format!("--timeout={}s", READY.as_secs()),
-        &format!("webassembly/{name}"),
-    ])?;
-    if out.success {
-        return Ok(());
-    }
-    let get = |args: &[&str]| k.run(args).map(|o| o.stdout).unwrap_or_default();
-    bail!(
-        "{ns}/{name} not Ready: {}\n{}\n{}\nevents:\n{}\noperator:\n{}",
-        out.stderr,
-        get(&["get", "webassembly,deploy,pods", "-n", ns, "-o", "wide"]),
-        get(&[
-            "get",
-            &format!("webassembly/{name}"),
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={.status.conditions}"
-        ]),
-        get(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"]),
-        get(&[
-            "logs",
-            "-n",
-            RELEASE_NAMESPACE,
-            "deploy/wa8s-operator",
-            "--tail=30"
-        ]),
-    )
-}
-
-/// `pod name → node` of the object's running pods.
-fn running_pods(k: &Kubectl, ns: &str, name: &str) -> Result<BTreeMap<String, String>> {
-    let out = k.ok(&[
-        "get",
-        "pods",
-        "-n",
-        ns,
-        "-l",
-        &format!("app.kubernetes.io/instance={name}"),
-        "--field-selector=status.phase=Running",
-        "-o",
-        "jsonpath={range .items[*]}{.metadata.name}{\" \"}{.spec.nodeName}{\" \"}{.metadata.deletionTimestamp}{\"\\n\"}{end}",
-    ])?;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // A pod being deleted (third field) no longer counts.
-            (f.len() == 2).then(|| (f[0].to_owned(), f[1].to_owned()))
-        })
-        .collect())
-}
-
-/// GET `url` from inside node container `node` until the hello component answers (kube-proxy
-/// programs a Service a moment after its endpoints are ready), for up to 30 s.
-fn hello_from(c: &KindCluster, node: &str, url: &str) -> Result<()> {
-    let mut last = String::new();
-    let answered =
-        wa8s_e2e::process::eventually(Duration::from_secs(30), Duration::from_millis(500), || {
-            match c.exec(node, &["curl", "-sS", "-m", "5", url]) {
-                Ok(answer) if answer.trim() == "hello from wasm" => Some(()),
-                Ok(answer) => {
-                    last = answer;
-                    None
-                }
-                Err(e) => {
-                    last = e.to_string();
-                    None
-                }
-            }
-        });
-    answered.with_context(|| format!("{url} from {node}: {last}"))
-}
-
 /// `jsonpath` over the Service's EndpointSlices.
 fn endpoint_slices(k: &Kubectl, ns: &str, service: &str, path: &str) -> Result<String> {
     Ok(k.ok(&[
@@ -146,33 +48,6 @@ fn endpoint_slices(k: &Kubectl, ns: &str, service: &str, path: &str) -> Result<S
         "-o",
         &format!("jsonpath={path}"),
     ])?)
-}
-
-fn node_label(k: &Kubectl, node: &str) -> String {
-    k.ok(&[
-        "get",
-        "node",
-        node,
-        "-o",
-        "jsonpath={.metadata.labels.wa8s\\.reconciler\\.io/runtime}",
-    ])
-    .unwrap_or_default()
-}
-
-fn containerd_pid(c: &KindCluster, node: &str) -> Result<String> {
-    Ok(c.exec(
-        node,
-        &[
-            "systemctl",
-            "show",
-            "-p",
-            "MainPID",
-            "--value",
-            "containerd",
-        ],
-    )?
-    .trim()
-    .to_owned())
 }
 
 /// metrics-server (for `kubectl top`) as kind users add it: its image built here from the

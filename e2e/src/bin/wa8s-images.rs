@@ -1,6 +1,7 @@
-//! `wa8s-images [--profile PROFILE] [--out DIR]` — the wa8s container images as OCI image
-//! tarballs, written without a Docker engine from binaries already built in
-//! `target/<profile>/` (`image` by default; see `e2e/scripts/images.sh`):
+//! `wa8s-images [--profile PROFILE] [--out DIR] [--bin-dir DIR --version V]` — the wa8s
+//! container images as OCI image tarballs, written without a Docker engine from binaries
+//! already built in `target/<profile>/` (`image` by default; see `e2e/scripts/images.sh`), or
+//! in `--bin-dir` for another release's binaries (`e2e/scripts/previous-release.sh`):
 //!
 //! - `ghcr.io/reconcilerio/wa8s-operator:<version>`: the operator, its shared libraries and
 //!   CA certificates;
@@ -14,25 +15,31 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use wa8s_e2e::image;
 
-const USAGE: &str = "usage: wa8s-images [--profile PROFILE] [--out DIR]";
+const USAGE: &str =
+    "usage: wa8s-images [--profile PROFILE] [--out DIR] [--bin-dir DIR --version VERSION]";
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 fn main() -> anyhow::Result<()> {
     let root = wa8s_e2e::repo_root();
     let mut profile = "image".to_owned();
     let mut out = root.join("target/images");
+    let mut bin_dir = None;
+    let mut version = env!("CARGO_PKG_VERSION").to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--profile" => profile = args.next().context(USAGE)?,
             "--out" => out = PathBuf::from(args.next().context(USAGE)?),
+            "--bin-dir" => bin_dir = Some(PathBuf::from(args.next().context(USAGE)?)),
+            "--version" => version = args.next().context(USAGE)?,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
     // cargo puts the dev profile in target/debug.
-    let dir = root
-        .join("target")
-        .join(if profile == "dev" { "debug" } else { &profile });
+    let dir = bin_dir.unwrap_or_else(|| {
+        root.join("target")
+            .join(if profile == "dev" { "debug" } else { &profile })
+    });
     let bin = |name: &str| -> anyhow::Result<PathBuf> {
         let p = dir.join(name);
         if !p.exists() {
@@ -44,7 +51,6 @@ fn main() -> anyhow::Result<()> {
         Ok(p)
     };
     std::fs::create_dir_all(&out)?;
-    let version = env!("CARGO_PKG_VERSION");
     let ca = std::fs::read(CA_BUNDLE)
         .with_context(|| format!("reading {CA_BUNDLE} (Debian's ca-certificates)"))?;
 

@@ -197,6 +197,34 @@ fn helm_upgrade_from_the_previous_release_keeps_objects_serving_and_re_prepares_
         .iter()
         .map(|n| Ok((n.clone(), shim_digest(&c, n)?)))
         .collect::<Result<_>>()?;
+    // What the upgrade must change: the previous CRD lacks this release's fields, and the
+    // previous operator runs.
+    let pod_labels_type = |k: &wa8s_e2e::Kubectl| {
+        k.ok(&[
+            "get",
+            "crd",
+            "webassemblies.wa8s.reconciler.io",
+            "-o",
+            "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.podLabels.type}",
+        ])
+    };
+    let operator_image = |k: &wa8s_e2e::Kubectl| {
+        k.ok(&[
+            "get",
+            "deploy/wa8s-operator",
+            "-n",
+            RELEASE_NAMESPACE,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+    };
+    ensure!(
+        pod_labels_type(&k)?.is_empty(),
+        "the previous CRD already has spec.podLabels"
+    );
+    let image = operator_image(&k)?;
+    ensure!(image.ends_with(&format!(":{previous_version}")), "{image}");
+    let pods_before = running_pods(&k, n, "image-processor")?;
     let chart = wa8s_e2e::repo_root().join("charts/wa8s");
     helm.ok(&[
         "upgrade",
@@ -235,25 +263,12 @@ fn helm_upgrade_from_the_previous_release_keeps_objects_serving_and_re_prepares_
     }
 
     s.step("the CRD, the operator and the object are the new release's");
-    let crd_field = k.ok(&[
-        "get",
-        "crd",
-        "webassemblies.wa8s.reconciler.io",
-        "-o",
-        "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.podLabels.type}",
-    ])?;
+    let crd_field = pod_labels_type(&k)?;
     ensure!(
         crd_field == "object",
         "the CRD was not upgraded (spec.podLabels: {crd_field:?})"
     );
-    let image = k.ok(&[
-        "get",
-        "deploy/wa8s-operator",
-        "-n",
-        RELEASE_NAMESPACE,
-        "-o",
-        "jsonpath={.spec.template.spec.containers[0].image}",
-    ])?;
+    let image = operator_image(&k)?;
     ensure!(
         image.ends_with(concat!(":", env!("CARGO_PKG_VERSION"))),
         "{image}"
@@ -271,11 +286,16 @@ fn helm_upgrade_from_the_previous_release_keeps_objects_serving_and_re_prepares_
             .then_some(())
     })?;
     wait_ready(&k, n, "image-processor")?;
-    k.eventually(Duration::from_secs(120), "2 running pods", |k| {
+    let pods_after = k.eventually(Duration::from_secs(120), "2 running pods", |k| {
         running_pods(k, n, "image-processor")
             .ok()
             .filter(|p| p.len() == 2)
     })?;
+    eprintln!(
+        "pods before the upgrade {:?}, after {:?}",
+        pods_before.keys().collect::<Vec<_>>(),
+        pods_after.keys().collect::<Vec<_>>()
+    );
 
     s.step("the client saw no error through the upgrade");
     c.exec(&control_plane, &["touch", PROBE_STOP])?;

@@ -15,6 +15,7 @@ use wa8s_host::{
 };
 
 mod oci;
+mod progress;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -94,6 +94,9 @@ pub struct PushArgs {
     /// text (the digest) or json.
     #[arg(long, value_enum, default_value_t)]
     output: Output,
+    /// No progress line (there is none anyway when standard error is not a terminal).
+    #[arg(long, short)]
+    quiet: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -154,6 +157,9 @@ pub struct PullArgs {
     /// Go through this blob cache directory (as the node does).
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
+    /// No progress line (there is none anyway when standard error is not a terminal).
+    #[arg(long, short)]
+    quiet: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -233,7 +239,12 @@ pub async fn push(args: PushArgs) -> Result<()> {
     let pushed = args
         .registry
         .registry()?
-        .push_annotated(&bytes, &args.reference, annotations.clone())
+        .push_observed(
+            &bytes,
+            &args.reference,
+            annotations.clone(),
+            crate::progress::bar(&format!("pushing {}", args.reference), args.quiet),
+        )
         .await?;
     eprintln!("pushed {} ({} bytes)", args.reference, bytes.len());
     match args.output {
@@ -273,8 +284,9 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         None => {
             let mut file = std::fs::File::create(&partial.path)
                 .with_context(|| format!("writing {}", partial.path.display()))?;
+            let progress = crate::progress::bar(&format!("pulling {}", args.reference), args.quiet);
             let written = registry
-                .pull_into(&args.reference, &mut file)
+                .pull_observed(&args.reference, &mut file, progress)
                 .await
                 .map_err(|e| match e {
                     wa8s_oci::Error::Io { source, .. } => {

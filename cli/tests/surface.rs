@@ -1,6 +1,6 @@
 //! The CLI's surface for people and scripts: JSON results parsed back, annotations in the
 //! pushed manifest, a WebAssembly object generated for a pushed component, shell
-//! completions and the manual page.
+//! completions and the manual page, progress lines on a terminal only.
 
 use std::process::Command;
 use std::time::Duration;
@@ -264,4 +264,79 @@ fn a_start_step_of_a_second_or_more_is_named_with_its_time_unless_quiet() {
     );
     let quiet = run(true);
     assert!(!quiet.contains("wa8s: compiling"), "{quiet}");
+}
+
+/// `wa8s ARGS` on a terminal (util-linux `script` gives it a pseudo-terminal): what the
+/// terminal showed, standard error included.
+fn on_a_terminal(args: &[&str]) -> String {
+    let bin = env!("CARGO_BIN_EXE_wa8s");
+    let line = std::iter::once(bin)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .expect("script runs");
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn push_and_pull_draw_progress_on_a_terminal_only_and_not_when_quiet() {
+    let reg = Registry::start().expect("registry");
+    let dir = tempfile::tempdir().expect("tmp");
+    let big = padded(guests::HTTP_COMPONENT, 20 << 20);
+    let path = file(&dir, "big.wasm", &big);
+    let reference = format!("{}/myorg/progress:v1", reg.addr());
+    let to = dir.path().join("pulled.wasm").to_string_lossy().into_owned();
+
+    // Piped (as in a CI log): no progress line, no carriage returns.
+    let out = wa8s()
+        .args(["push", &path, &reference])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\r') && !stderr.contains("MiB/s"),
+        "{stderr:?}"
+    );
+    let out = wa8s()
+        .args(["pull", &reference, "-o", &to])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\r') && !stderr.contains("MiB/s"),
+        "{stderr:?}"
+    );
+
+    // On a terminal: a line with bytes, rate and time left (the first is drawn at once),
+    // cleared before the summary.
+    let shown = on_a_terminal(&["push", &path, &reference]);
+    assert!(
+        shown.contains("pushing ") && shown.contains("/20.0 MiB") && shown.contains("MiB/s"),
+        "{shown:?}"
+    );
+    assert!(shown.contains("pushed "), "{shown:?}");
+    let shown = on_a_terminal(&["pull", &reference, "-o", &to]);
+    assert!(
+        shown.contains("pulling ") && shown.contains("/20.0 MiB"),
+        "{shown:?}"
+    );
+    assert_eq!(std::fs::read(&to).expect("pulled"), big);
+
+    // --quiet: none on a terminal either.
+    let shown = on_a_terminal(&["pull", "--quiet", &reference, "-o", &to]);
+    assert!(!shown.contains("MiB/s"), "{shown:?}");
+    let shown = on_a_terminal(&["push", "-q", &path, &reference]);
+    assert!(!shown.contains("MiB/s"), "{shown:?}");
 }

@@ -28,8 +28,8 @@ pub use config::RegistryConfig;
 pub use error::Error;
 pub use gate::AddressPolicy;
 pub use registry::{
-    DEFAULT_MAX_COMPONENT_BYTES, Described, Pulled, Pushed, Registry, RegistryOptions, Resolved,
-    Written, parse_reference,
+    DEFAULT_MAX_COMPONENT_BYTES, Described, PUSH_PIECE, Progress, Pulled, Pushed, Registry,
+    RegistryOptions, Resolved, Written, parse_reference,
 };
 pub use tls::check_registry_ca;
 

@@ -273,6 +273,12 @@ pub(crate) fn is_loopback(registry: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Told (bytes done, bytes in all) as a push or pull goes.
+pub type Progress = Box<dyn FnMut(u64, u64) + Send + 'static>;
+
+/// The pieces an observed push streams its layer in.
+pub const PUSH_PIECE: usize = 256 * 1024;
+
 impl Registry {
     pub fn new(options: RegistryOptions) -> Self {
         Registry {
@@ -373,6 +379,19 @@ impl Registry {
         reference: &str,
         annotations: BTreeMap<String, String>,
     ) -> Result<Pushed, Error> {
+        self.push_observed(wasm, reference, annotations, None).await
+    }
+
+    /// [`Registry::push_annotated`], telling `progress` (bytes sent, total) as the layer's
+    /// pieces go out: the layer is then streamed in [`PUSH_PIECE`]-byte pieces instead of
+    /// being handed over whole.
+    pub async fn push_observed(
+        &self,
+        wasm: &[u8],
+        reference: &str,
+        annotations: BTreeMap<String, String>,
+        progress: Option<Progress>,
+    ) -> Result<Pushed, Error> {
         let reference = parse_reference(reference)?;
         let info = artifact::inspect(wasm)?;
         let config = WasmConfig::for_binary(&info);
@@ -395,10 +414,43 @@ impl Registry {
         let registry = reference.resolve_registry().to_owned();
         let auth = self.options.credentials.for_registry(&registry)?;
         let client = self.client(&registry, &registry)?;
-        client
-            .push(&reference, &layers, config, &auth, Some(manifest))
-            .await
-            .map_err(|e| translate(&reference, e))?;
+        match progress {
+            None => client
+                .push(&reference, &layers, config, &auth, Some(manifest))
+                .await
+                .map(drop),
+            Some(mut progress) => {
+                // What `push` does, with the layer as a stream whose pieces are counted as
+                // the client takes them.
+                client.store_auth_if_needed(&registry, &auth).await;
+                let total = wasm.len() as u64;
+                let data = bytes::Bytes::copy_from_slice(wasm);
+                let mut sent = 0u64;
+                let pieces: Vec<bytes::Bytes> = (0..data.len())
+                    .step_by(PUSH_PIECE)
+                    .map(|at| data.slice(at..data.len().min(at + PUSH_PIECE)))
+                    .collect();
+                let stream = futures_util::stream::iter(pieces.into_iter().map(move |piece| {
+                    sent += piece.len() as u64;
+                    progress(sent, total);
+                    Ok(piece)
+                }));
+                let layer_digest = manifest.layers[0].digest.clone();
+                let config_digest = manifest.config.digest.clone();
+                async {
+                    client
+                        .push_blob_stream(&reference, stream, &layer_digest, Some(total))
+                        .await?;
+                    client
+                        .push_blob(&reference, config.data, &config_digest)
+                        .await?;
+                    client.push_manifest(&reference, &manifest.into()).await
+                }
+                .await
+                .map(drop)
+            }
+        }
+        .map_err(|e| translate(&reference, e))?;
         let digest = client
             .fetch_manifest_digest(&reference, &auth)
             .await
@@ -607,6 +659,17 @@ impl Registry {
         reference: &str,
         out: &mut (dyn std::io::Write + Send),
     ) -> Result<Written, Error> {
+        self.pull_observed(reference, out, None).await
+    }
+
+    /// [`Registry::pull_into`], telling `progress` (bytes received, declared size) as the
+    /// component's pieces arrive.
+    pub async fn pull_observed(
+        &self,
+        reference: &str,
+        out: &mut (dyn std::io::Write + Send),
+        mut progress: Option<Progress>,
+    ) -> Result<Written, Error> {
         let parsed = parse_reference(reference)?;
         let (shaped, client) = self.shaped_with_client(&parsed).await?;
         let blobs = shaped.blobs(&client, &parsed);
@@ -632,7 +695,11 @@ impl Registry {
                                 d.size
                             ),
                         })?;
-                        out.write_all(chunk).map_err(writing)
+                        out.write_all(chunk).map_err(writing)?;
+                        if let Some(p) = progress.as_mut() {
+                            p(received, d.size);
+                        }
+                        Ok(())
                     })
                     .await?;
                 // The layer was verified against its digest as it arrived.
@@ -645,6 +712,10 @@ impl Registry {
                 let fetch = |d: Descriptor, limit: u64| async move { blobs.get(&d, limit).await };
                 let (assembled, info) = self.assemble(&parsed, &shaped.manifest, fetch).await?;
                 out.write_all(&assembled.bytes).map_err(writing)?;
+                if let Some(p) = progress.as_mut() {
+                    let n = assembled.bytes.len() as u64;
+                    p(n, n);
+                }
                 (info, assembled.carrier)
             }
         };

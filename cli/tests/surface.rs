@@ -295,7 +295,11 @@ fn push_and_pull_draw_progress_on_a_terminal_only_and_not_when_quiet() {
     let big = padded(guests::HTTP_COMPONENT, 20 << 20);
     let path = file(&dir, "big.wasm", &big);
     let reference = format!("{}/myorg/progress:v1", reg.addr());
-    let to = dir.path().join("pulled.wasm").to_string_lossy().into_owned();
+    let to = dir
+        .path()
+        .join("pulled.wasm")
+        .to_string_lossy()
+        .into_owned();
 
     // Piped (as in a CI log): no progress line, no carriage returns.
     let out = wa8s()

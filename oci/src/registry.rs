@@ -276,8 +276,10 @@ pub(crate) fn is_loopback(registry: &str) -> bool {
 /// Told (bytes done, bytes in all) as a push or pull goes.
 pub type Progress = Box<dyn FnMut(u64, u64) + Send + 'static>;
 
-/// The pieces an observed push streams its layer in.
-pub const PUSH_PIECE: usize = 256 * 1024;
+/// The pieces an observed push streams its layer in: the OCI client's own PATCH size (it
+/// sends each piece as its own request), so observing a push costs no extra requests
+/// (256 KiB pieces made a 20 MiB push 25% slower).
+pub const PUSH_PIECE: usize = 4 << 20;
 
 impl Registry {
     pub fn new(options: RegistryOptions) -> Self {
@@ -697,7 +699,7 @@ impl Registry {
                         })?;
                         out.write_all(chunk).map_err(writing)?;
                         if let Some(p) = progress.as_mut() {
-                            p(received, d.size);
+                            p(received, u64::try_from(d.size).unwrap_or_default());
                         }
                         Ok(())
                     })

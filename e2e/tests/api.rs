@@ -104,6 +104,17 @@ fn kubectl_explain_teaches_the_network_grant() -> Result<()> {
         "wasi",
         "replicas",
         "imagePullSecrets",
+        // Day two (issue 23).
+        "podLabels",
+        "podAnnotations",
+        "serviceAnnotations",
+        "serviceAccountName",
+        "priorityClassName",
+        "topologySpreadConstraints",
+        "args",
+        "readinessProbe",
+        "livenessProbe",
+        "disruptionBudget",
     ] {
         assert!(
             spec.contains(field),

@@ -302,26 +302,17 @@ fn push_and_pull_draw_progress_on_a_terminal_only_and_not_when_quiet() {
         .into_owned();
 
     // Piped (as in a CI log): no progress line, no carriage returns.
-    let out = wa8s()
-        .args(["push", &path, &reference])
-        .output()
-        .expect("runs");
-    assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains('\r') && !stderr.contains("MiB/s"),
-        "{stderr:?}"
-    );
-    let out = wa8s()
-        .args(["pull", &reference, "-o", &to])
-        .output()
-        .expect("runs");
-    assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains('\r') && !stderr.contains("MiB/s"),
-        "{stderr:?}"
-    );
+    let push: &[&str] = &["push", &path, &reference];
+    let pull: &[&str] = &["pull", &reference, "-o", &to];
+    for args in [push, pull] {
+        let out = wa8s().args(args).output().expect("runs");
+        assert!(out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains('\r') && !stderr.contains("MiB/s"),
+            "{args:?}: {stderr:?}"
+        );
+    }
 
     // On a terminal: a line with bytes, rate and time left (the first is drawn at once),
     // cleared before the summary.

@@ -25,8 +25,8 @@ use wa8s_e2e::kind::KindCluster;
 
 mod kind_common;
 use kind_common::{
-    RELEASE_NAMESPACE, Steps, containerd_pid, hello_from, jsonpath, node_label, push, running_pods,
-    wait_ready,
+    RELEASE_NAMESPACE, Steps, containerd_pid, hello_from, helm_uninstall, jsonpath, node_label,
+    push, running_pods, wait_ready,
 };
 
 const CLUSTER: &str = "wa8s-e2e";
@@ -561,15 +561,7 @@ fn helm_install_on_a_three_node_kind_cluster_runs_the_users_manifest_and_uninsta
 
     s.step("helm uninstall restores every node's containerd configuration byte for byte");
     drop(seed_ns);
-    helm.ok(&[
-        "uninstall",
-        "wa8s",
-        "--namespace",
-        RELEASE_NAMESPACE,
-        "--wait",
-        "--timeout",
-        "5m",
-    ])?;
+    helm_uninstall(&helm)?;
     for node in &nodes {
         let now = c.exec(node, &["cat", CONTAINERD_CONFIG])?;
         ensure!(

@@ -22,8 +22,8 @@ use wa8s_e2e::kind::KindCluster;
 
 mod kind_common;
 use kind_common::{
-    RELEASE_NAMESPACE, Steps, containerd_pid, hello_from, jsonpath, node_label, push, running_pods,
-    wait_ready,
+    RELEASE_NAMESPACE, Steps, containerd_pid, hello_from, helm_uninstall, jsonpath, node_label,
+    push, running_pods, wait_ready,
 };
 
 const CLUSTER: &str = "wa8s-upgrade";
@@ -34,6 +34,8 @@ const SHIM: &str = "/usr/local/bin/containerd-shim-wa8s-v1";
 /// Where the probe in the control-plane node writes one HTTP status per request.
 const PROBE_LOG: &str = "/tmp/wa8s-probe.log";
 const PROBE_STOP: &str = "/tmp/wa8s-probe.stop";
+/// The probe writes this once it has stopped: its log is complete.
+const PROBE_DONE: &str = "/tmp/wa8s-probe.done";
 
 /// The previous release's directory: `chart/` and `images/*.tar`.
 fn previous_release() -> Result<std::path::PathBuf> {
@@ -120,21 +122,29 @@ fn helm_upgrade_from_the_previous_release_keeps_objects_serving_and_re_prepares_
     let registry = c.registry_from_nodes().to_owned();
     let mirror = format!("operator.mirrors.ghcr\\.io={registry}");
     let insecure = format!("operator.insecureRegistries[0]={registry}");
-    helm.ok(&[
+    // `helm install|upgrade wa8s CHART` in the release namespace, waiting, with `extra`.
+    let release = |verb: &str, chart: &std::path::Path, extra: &[&str]| -> Result<()> {
+        let chart = chart.to_string_lossy();
+        let mut args = vec![
+            verb,
+            "wa8s",
+            &chart,
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--wait",
+            "--timeout",
+            "5m",
+        ];
+        args.extend_from_slice(extra);
+        helm.ok(&args)?;
+        Ok(())
+    };
+    let registry_values = ["--set", &mirror, "--set", &insecure];
+    release(
         "install",
-        "wa8s",
-        &previous_chart.to_string_lossy(),
-        "--namespace",
-        RELEASE_NAMESPACE,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "5m",
-        "--set",
-        &mirror,
-        "--set",
-        &insecure,
-    ])?;
+        &previous_chart,
+        &[&["--create-namespace"], &registry_values[..]].concat(),
+    )?;
     for node in &nodes {
         k.eventually(
             Duration::from_secs(180),
@@ -168,7 +178,7 @@ fn helm_upgrade_from_the_previous_release_keeps_objects_serving_and_re_prepares_
     // In the control-plane node, beside the cluster's own components: a request that fails
     // in any way is a line other than 200.
     let probe = format!(
-        "rm -f {PROBE_LOG} {PROBE_STOP}; while [ ! -e {PROBE_STOP} ]; do curl -s -o /dev/null -m 2 -w '%{{http_code}}\\n' {url} >>{PROBE_LOG} || true; sleep 0.2; done"
+        "rm -f {PROBE_LOG} {PROBE_STOP} {PROBE_DONE}; while [ ! -e {PROBE_STOP} ]; do curl -s -o /dev/null -m 2 -w '%{{http_code}}\\n' {url} >>{PROBE_LOG} || true; sleep 0.2; done; touch {PROBE_DONE}"
     );
     c.podman(&["exec", "-d", &control_plane, "sh", "-c", &probe])?;
     let probe_lines = || -> Vec<String> {
@@ -185,18 +195,12 @@ fn helm_upgrade_from_the_previous_release_keeps_objects_serving_and_re_prepares_
         "helm upgrade to {} (this tree's chart, same values)",
         env!("CARGO_PKG_VERSION")
     ));
-    let pids: BTreeMap<String, String> = nodes
-        .iter()
-        .map(|n| Ok((n.clone(), containerd_pid(&c, n)?)))
-        .collect::<Result<_>>()?;
-    let configs: BTreeMap<String, String> = nodes
-        .iter()
-        .map(|n| Ok((n.clone(), c.exec(n, &["cat", CONTAINERD_CONFIG])?)))
-        .collect::<Result<_>>()?;
-    let shims: BTreeMap<String, String> = nodes
-        .iter()
-        .map(|n| Ok((n.clone(), shim_digest(&c, n)?)))
-        .collect::<Result<_>>()?;
+    let per_node = |read: &dyn Fn(&str) -> Result<String>| -> Result<BTreeMap<String, String>> {
+        nodes.iter().map(|n| Ok((n.clone(), read(n)?))).collect()
+    };
+    let pids = per_node(&|n| containerd_pid(&c, n))?;
+    let configs = per_node(&|n| Ok(c.exec(n, &["cat", CONTAINERD_CONFIG])?))?;
+    let shims = per_node(&|n| shim_digest(&c, n))?;
     // What the upgrade must change: the previous CRD lacks this release's fields, and the
     // previous operator runs.
     let pod_labels_type = |k: &wa8s_e2e::Kubectl| {
@@ -226,20 +230,7 @@ fn helm_upgrade_from_the_previous_release_keeps_objects_serving_and_re_prepares_
     ensure!(image.ends_with(&format!(":{previous_version}")), "{image}");
     let pods_before = running_pods(&k, n, "image-processor")?;
     let chart = wa8s_e2e::repo_root().join("charts/wa8s");
-    helm.ok(&[
-        "upgrade",
-        "wa8s",
-        &chart.to_string_lossy(),
-        "--namespace",
-        RELEASE_NAMESPACE,
-        "--wait",
-        "--timeout",
-        "5m",
-        "--set",
-        &mirror,
-        "--set",
-        &insecure,
-    ])?;
+    release("upgrade", &chart, &registry_values)?;
 
     s.step("every node has the new shim and the installer's registry hosts; containerd restarted only for a changed configuration");
     for node in &nodes {
@@ -299,7 +290,10 @@ fn helm_upgrade_from_the_previous_release_keeps_objects_serving_and_re_prepares_
 
     s.step("the client saw no error through the upgrade");
     c.exec(&control_plane, &["touch", PROBE_STOP])?;
-    std::thread::sleep(Duration::from_secs(3));
+    wa8s_e2e::process::eventually(Duration::from_secs(10), Duration::from_millis(200), || {
+        c.exec(&control_plane, &["test", "-e", PROBE_DONE]).ok()
+    })
+    .context("the probe did not stop")?;
     let lines = probe_lines();
     let failed: Vec<(usize, &String)> = lines
         .iter()
@@ -315,49 +309,31 @@ fn helm_upgrade_from_the_previous_release_keeps_objects_serving_and_re_prepares_
     eprintln!("{} requests during the upgrade, all 200", lines.len());
 
     s.step("an upgrade that changes the installer's pods but not the shim restarts no containerd");
-    let pids: BTreeMap<String, String> = nodes
-        .iter()
-        .map(|n| Ok((n.clone(), containerd_pid(&c, n)?)))
-        .collect::<Result<_>>()?;
-    let before: String = k.ok(&[
-        "get",
-        "pods",
-        "-n",
-        RELEASE_NAMESPACE,
-        "-l",
-        "app.kubernetes.io/component=node-installer",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ])?;
-    helm.ok(&[
+    let pids = per_node(&|n| containerd_pid(&c, n))?;
+    let installer_pods = |k: &wa8s_e2e::Kubectl| -> Result<Vec<String>> {
+        Ok(k.ok(&[
+            "get",
+            "pods",
+            "-n",
+            RELEASE_NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=node-installer",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect())
+    };
+    let before = installer_pods(&k)?;
+    release(
         "upgrade",
-        "wa8s",
-        &chart.to_string_lossy(),
-        "--namespace",
-        RELEASE_NAMESPACE,
-        "--reuse-values",
-        "--wait",
-        "--timeout",
-        "5m",
-        "--set",
-        "logging.format=json",
-    ])?;
+        &chart,
+        &["--reuse-values", "--set", "logging.format=json"],
+    )?;
     let installers = k.eventually(Duration::from_secs(180), "new installer pods", |k| {
-        let now = k
-            .ok(&[
-                "get",
-                "pods",
-                "-n",
-                RELEASE_NAMESPACE,
-                "-l",
-                "app.kubernetes.io/component=node-installer",
-                "-o",
-                "jsonpath={.items[*].metadata.name}",
-            ])
-            .ok()?;
-        let names: Vec<String> = now.split_whitespace().map(str::to_owned).collect();
-        (names.len() == nodes.len() && names.iter().all(|p| !before.contains(p.as_str())))
-            .then_some(names)
+        let names = installer_pods(k).ok()?;
+        (names.len() == nodes.len() && names.iter().all(|p| !before.contains(p))).then_some(names)
     })?;
     for pod in &installers {
         let log = k.eventually(Duration::from_secs(120), "the install's outcome", |k| {
@@ -379,15 +355,7 @@ fn helm_upgrade_from_the_previous_release_keeps_objects_serving_and_re_prepares_
 
     s.step("helm uninstall gives every node back as it was, hand-written registry hosts included");
     drop(seed_ns);
-    helm.ok(&[
-        "uninstall",
-        "wa8s",
-        "--namespace",
-        RELEASE_NAMESPACE,
-        "--wait",
-        "--timeout",
-        "5m",
-    ])?;
+    helm_uninstall(&helm)?;
     for node in &nodes {
         let (config, hosts) = &originals[node.as_str()];
         ensure!(

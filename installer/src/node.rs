@@ -80,6 +80,15 @@ impl Distribution {
         }
     }
 
+    /// The distribution of the file the installer writes: by its place, and a template
+    /// elsewhere (a configured path) is k3s's kind.
+    fn of_file(config: &Path, template: bool) -> Self {
+        match Self::of(config) {
+            Distribution::Containerd if template => Distribution::K3s,
+            d => d,
+        }
+    }
+
     /// Its containerd's socket (node path).
     pub fn socket(self) -> &'static str {
         match self {
@@ -641,12 +650,7 @@ pub fn install(o: &Options) -> Result<Outcome, Error> {
     let record = read_record(o)?;
     let layout = detect(o)?;
     // Known before anything is written: a node the installer cannot restart is left as is.
-    let dist = Distribution::of(layout.path());
-    let dist = if layout.is_k3s() && dist == Distribution::Containerd {
-        Distribution::K3s
-    } else {
-        dist
-    };
+    let dist = Distribution::of_file(layout.path(), layout.is_k3s());
     let method = resolve(o, dist)?;
     let mut runtime = o.runtime.clone();
     if dist == Distribution::MicroK8s && runtime.runtime_path.is_none() {
@@ -792,7 +796,7 @@ pub fn uninstall(o: &Options) -> Result<Outcome, Error> {
     let shim_changed = remove_optional(&o.on_node(&record.shim))?;
     let restarted = match config_changed {
         Some(_) => {
-            let dist = record_distribution(&record);
+            let dist = Distribution::of_file(&record.config.path, record.k3s);
             restart(o, &resolve(o, dist)?, dist)?
         }
         None => None,
@@ -845,14 +849,6 @@ pub fn resolve(o: &Options, dist: Distribution) -> Result<Restart, Error> {
         .copied()
         .unwrap_or("containerd");
     Ok(Restart::Systemd(unit.to_owned()))
-}
-
-/// The distribution of the file a record names (`k3s`: it is a template).
-fn record_distribution(record: &Record) -> Distribution {
-    match Distribution::of(&record.config.path) {
-        Distribution::Containerd if record.k3s => Distribution::K3s,
-        d => d,
-    }
 }
 
 /// A command run in the node's root, unless this process already runs in it: in the node's

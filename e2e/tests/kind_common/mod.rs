@@ -139,3 +139,17 @@ pub fn containerd_pid(c: &KindCluster, node: &str) -> Result<String> {
     .trim()
     .to_owned())
 }
+
+/// `helm uninstall wa8s`, waiting (its pre-delete hook restores every node first).
+pub fn helm_uninstall(helm: &wa8s_e2e::helm::Helm) -> Result<()> {
+    helm.ok(&[
+        "uninstall",
+        "wa8s",
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--wait",
+        "--timeout",
+        "5m",
+    ])?;
+    Ok(())
+}

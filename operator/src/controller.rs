@@ -13,11 +13,11 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, GetParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use wa8s_api::{ServiceStatus, WebAssembly, WebAssemblyStatus};
@@ -26,6 +26,8 @@ use crate::desired::{self, Config as DesiredConfig, MANAGER, ModuleKind, OWNER_L
 use crate::metrics::Metrics;
 use crate::resolve::{Resolve, ResolveError};
 use crate::status::{self, Observed, PodFailure, Resolution, Rollout};
+use crate::triggers::{self, Echoes, Relevance};
+use kube::runtime::Predicate as _;
 
 /// Field manager that sets a new Deployment's replicas to the HPA's minimum, once.
 const INITIAL_REPLICAS_MANAGER: &str = "wa8s-operator-initial-replicas";
@@ -91,6 +93,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     reporter: Reporter,
     failures: Mutex<HashMap<String, u32>>,
+    /// Our own writes, so their watch events do not trigger reconciles.
+    echoes: Arc<Echoes>,
 }
 
 impl std::fmt::Debug for Context {
@@ -119,6 +123,7 @@ impl Context {
             metrics,
             reporter,
             failures: Mutex::new(HashMap::new()),
+            echoes: Arc::default(),
         }
     }
 }
@@ -149,22 +154,60 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .modify(trim)
         .reflect(writer)
         .applied_objects();
+    // A reconcile reads an object's spec and labels; its status is ours, so our own status
+    // write (a new resourceVersion, the same generation) triggers nothing.
+    let objects = objects.predicate_filter(
+        predicates::generation.combine(predicates::labels),
+        Default::default(),
+    );
+    let echoes = &ctx.echoes;
     Controller::for_stream(objects, reader)
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(ctx.settings.concurrency.max(1)),
         )
-        .owns(api::<Deployment>(&ctx, ns), owned.clone())
-        .owns(api::<Service>(&ctx, ns), owned.clone())
-        .owns(api::<HorizontalPodAutoscaler>(&ctx, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&ctx, ns), owned)
-        // Pods are not owned directly, but a crash loop must reach status.
-        .watches(api::<Pod>(&ctx, ns), pods, |pod| {
-            let ns = pod.namespace();
-            pod.labels()
-                .get(OWNER_LABEL)
-                .map(|name| ObjectRef::<WebAssembly>::new(name).within(ns.as_deref().unwrap_or("")))
-        })
+        .owns_stream(triggers::filter(
+            watcher(api::<Deployment>(&ctx, ns), owned.clone()).default_backoff(),
+            Relevance::new(triggers::deployment, None, echoes.clone()),
+        ))
+        .owns_stream(triggers::filter(
+            watcher(api::<Service>(&ctx, ns), owned.clone()).default_backoff(),
+            Relevance::new(
+                |s: &Service| triggers::hash_json(&s.spec),
+                None,
+                echoes.clone(),
+            ),
+        ))
+        .owns_stream(triggers::filter(
+            watcher(api::<HorizontalPodAutoscaler>(&ctx, ns), owned.clone()).default_backoff(),
+            Relevance::new(
+                |h: &HorizontalPodAutoscaler| triggers::hash_json(&h.spec),
+                None,
+                echoes.clone(),
+            ),
+        ))
+        .owns_stream(triggers::filter(
+            watcher(api::<PodDisruptionBudget>(&ctx, ns), owned.clone()).default_backoff(),
+            Relevance::new(
+                |p: &PodDisruptionBudget| triggers::hash_json(&p.spec),
+                None,
+                echoes.clone(),
+            ),
+        ))
+        // Pods are not owned directly, but a crash loop must reach status: a pod triggers
+        // its object only when it starts or stops failing.
+        .watches_stream(
+            triggers::filter(
+                watcher(api::<Pod>(&ctx, ns), pods).default_backoff(),
+                Relevance::new(triggers::pod, Some(triggers::healthy_pod()), echoes.clone()),
+            ),
+            |pod| {
+                let ns = pod.namespace();
+                pod.labels().get(OWNER_LABEL).map(|name| {
+                    ObjectRef::<WebAssembly>::new(name).within(ns.as_deref().unwrap_or(""))
+                })
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -469,6 +512,7 @@ async fn apply(
     let mut deployment = deployments
         .patch(name, &pp, &Patch::Apply(&want.deployment))
         .await?;
+    ctx.echoes.wrote(&deployment);
     if created
         && let Some(min) = want
             .hpa
@@ -490,34 +534,38 @@ async fn apply(
                 })),
             )
             .await?;
+        ctx.echoes.wrote(&deployment);
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     let service = match &want.service {
         Some(svc) => {
-            services.patch(name, &pp, &Patch::Apply(svc)).await?;
+            ctx.echoes
+                .wrote(&services.patch(name, &pp, &Patch::Apply(svc)).await?);
             Some(ServiceStatus {
                 name: name.to_owned(),
                 url: Some(format!("http://{name}.{ns}.svc:80")),
             })
         }
         None => {
-            delete_owned(&services, name, obj).await?;
+            delete_owned(ctx, &services, name, obj).await?;
             None
         }
     };
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
     match &want.hpa {
         Some(hpa) => {
-            hpas.patch(name, &pp, &Patch::Apply(hpa)).await?;
+            ctx.echoes
+                .wrote(&hpas.patch(name, &pp, &Patch::Apply(hpa)).await?);
         }
-        None => delete_owned(&hpas, name, obj).await?,
+        None => delete_owned(ctx, &hpas, name, obj).await?,
     }
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
     match &want.pdb {
         Some(pdb) => {
-            pdbs.patch(name, &pp, &Patch::Apply(pdb)).await?;
+            ctx.echoes
+                .wrote(&pdbs.patch(name, &pp, &Patch::Apply(pdb)).await?);
         }
-        None => delete_owned(&pdbs, name, obj).await?,
+        None => delete_owned(ctx, &pdbs, name, obj).await?,
     }
     Ok(Applied {
         deployment: Some(deployment),
@@ -554,26 +602,33 @@ async fn live_has_service(obj: &WebAssembly, ctx: &Context, ns: &str) -> bool {
 }
 
 /// Deletes `name` if this object controls it (never something a user made by hand).
-async fn delete_owned<K>(api: &Api<K>, name: &str, obj: &WebAssembly) -> Result<(), Error>
+async fn delete_owned<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    name: &str,
+    obj: &WebAssembly,
+) -> Result<(), Error>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let Some(existing) = api.get_opt(name).await? else {
+    // Nearly always absent: asked of the API server's watch cache (metadata only), not etcd.
+    let Some(existing) = api.get_metadata_opt_with(name, &GetParams::any()).await? else {
         return Ok(());
     };
     let ours = existing
-        .meta()
+        .metadata
         .owner_references
         .iter()
         .flatten()
         .any(|o| Some(&o.uid) == obj.metadata.uid.as_ref() && o.controller == Some(true));
     if ours {
+        ctx.echoes.deleting(&existing);
         api.delete(name, &DeleteParams::background()).await?;
     }
     Ok(())
 }
 
-fn rollout(d: &Deployment) -> Rollout {
+pub(crate) fn rollout(d: &Deployment) -> Rollout {
     let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let st = d.status.clone().unwrap_or_default();
     let stalled = st.conditions.iter().flatten().find_map(|c| {
@@ -601,53 +656,58 @@ fn rollout(d: &Deployment) -> Rollout {
 /// message the shim left.
 async fn pod_failure(ctx: &Context, ns: &str, name: &str) -> Result<Option<PodFailure>, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    // From the API server's watch cache: a pod's failure shows a moment later at worst, and
+    // its change triggers another reconcile anyway.
     let list = pods
-        .list(&ListParams::default().labels(&desired::selector_string(name)))
+        .list(
+            &ListParams::default()
+                .labels(&desired::selector_string(name))
+                .match_any(),
+        )
         .await?;
-    for pod in list {
-        let statuses = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.clone())
-            .unwrap_or_default();
-        for cs in statuses {
-            let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
-            let terminated_now = cs.state.as_ref().and_then(|s| s.terminated.as_ref());
-            let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
-            let bad_wait = waiting.and_then(|w| w.reason.clone()).filter(|r| {
-                matches!(
-                    r.as_str(),
-                    "CrashLoopBackOff"
-                        | "CreateContainerError"
-                        | "RunContainerError"
-                        | "ImagePullBackOff"
-                        | "ErrImagePull"
-                        | "InvalidImageName"
-                )
-            });
-            let failed_exit = terminated_now.filter(|t| t.exit_code != 0);
-            if bad_wait.is_none() && failed_exit.is_none() {
-                continue;
-            }
-            let detail = failed_exit
-                .or(last)
-                .and_then(|t| {
-                    t.message.clone().or_else(|| {
-                        t.reason
-                            .clone()
-                            .map(|r| format!("{r} (exit code {})", t.exit_code))
-                    })
-                })
-                .or_else(|| waiting.and_then(|w| w.message.clone()))
-                .unwrap_or_else(|| "the container keeps failing".into());
-            return Ok(Some(PodFailure {
-                pod: pod.name_any(),
-                reason: bad_wait.unwrap_or_else(|| "ModuleFailed".into()),
-                message: detail.trim().to_owned(),
-            }));
+    Ok(list.iter().find_map(failure_of))
+}
+
+/// Why `pod` cannot run its module, if it cannot.
+pub(crate) fn failure_of(pod: &Pod) -> Option<PodFailure> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    for cs in statuses {
+        let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
+        let terminated_now = cs.state.as_ref().and_then(|s| s.terminated.as_ref());
+        let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        let bad_wait = waiting.and_then(|w| w.reason.clone()).filter(|r| {
+            matches!(
+                r.as_str(),
+                "CrashLoopBackOff"
+                    | "CreateContainerError"
+                    | "RunContainerError"
+                    | "ImagePullBackOff"
+                    | "ErrImagePull"
+                    | "InvalidImageName"
+            )
+        });
+        let failed_exit = terminated_now.filter(|t| t.exit_code != 0);
+        if bad_wait.is_none() && failed_exit.is_none() {
+            continue;
         }
+        let detail = failed_exit
+            .or(last)
+            .and_then(|t| {
+                t.message.clone().or_else(|| {
+                    t.reason
+                        .clone()
+                        .map(|r| format!("{r} (exit code {})", t.exit_code))
+                })
+            })
+            .or_else(|| waiting.and_then(|w| w.message.clone()))
+            .unwrap_or_else(|| "the container keeps failing".into());
+        return Some(PodFailure {
+            pod: pod.name_any(),
+            reason: bad_wait.unwrap_or_else(|| "ModuleFailed".into()),
+            message: detail.trim().to_owned(),
+        });
     }
-    Ok(None)
+    None
 }
 
 async fn publish_transitions(

@@ -13,6 +13,7 @@ pub mod leader;
 pub mod metrics;
 pub mod resolve;
 pub mod status;
+pub mod triggers;
 
 /// Picks rustls's crypto provider for the process. Two are linked (kube uses ring; the
 /// registry client's reqwest brings aws-lc-rs), and rustls refuses to guess, so the binary

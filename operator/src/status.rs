@@ -23,7 +23,7 @@ pub enum Resolution {
 }
 
 /// The Deployment as the reconcile found it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Rollout {
     /// Replicas the Deployment wants (its spec, set by us or the HPA).
     pub desired: i32,
@@ -39,7 +39,7 @@ pub struct Rollout {
 
 /// A pod that cannot run the module (crash loop, startup failure): from its container
 /// status, including the shim's termination message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PodFailure {
     pub pod: String,
     pub reason: String,

@@ -370,6 +370,81 @@ async fn a_moved_tag_rolls_the_deployment_to_the_new_digest() -> Result<()> {
     h.stop().await
 }
 
+impl Harness {
+    fn reconciles(&self) -> u64 {
+        wa8s_operator::metrics::reconciles_in(&self.metrics.encode())
+    }
+
+    /// Waits until no reconcile has run for `quiet`; the count then.
+    async fn settled(&self, quiet: Duration) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut last = self.reconciles();
+        loop {
+            tokio::time::sleep(quiet).await;
+            let now = self.reconciles();
+            if now == last {
+                return Ok(now);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("reconciles did not stop within {DEADLINE:?} ({now} so far)");
+            }
+            last = now;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_only_write_triggers_no_reconcile_and_a_deleted_service_is_made_again()
+-> Result<()> {
+    let h = Harness::start("op-echo", Duration::from_secs(300)).await?;
+    h.push("myorg/echo:v1", guests::HTTP_COMPONENT).await?;
+    h.apply(
+        "apiVersion: wa8s.reconciler.io/v1\nkind: WebAssembly\nmetadata:\n  name: echo\nspec:\n  module:\n    registry: ghcr.io/myorg/echo\n    tag: v1\n  replicas: 1\n",
+    )?;
+    h.eventually("ModuleResolved", || async {
+        h.condition("echo", "ModuleResolved").await
+    })
+    .await?;
+    // The Deployment controller makes a pod (no kubelet runs it); then nothing moves.
+    let before = h.settled(Duration::from_secs(2)).await?;
+
+    // A write to status alone, as the operator's own status writes are: same generation.
+    h.cp.kubectl().ok(&[
+        "-n",
+        h.ns.name(),
+        "patch",
+        "wasm",
+        "echo",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"readyReplicas":42}}"#,
+    ])?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.reconciles(), before, "a status-only write was reconciled");
+    let obj = h.api::<WebAssembly>().get("echo").await?;
+    assert_eq!(
+        obj.status.and_then(|s| s.ready_replicas),
+        Some(42),
+        "nothing reconciled the object (which would have corrected its status)"
+    );
+
+    // What the operator made and someone removed still triggers it.
+    h.cp.kubectl().ok(&[
+        "-n",
+        h.ns.name(),
+        "delete",
+        "service",
+        "echo",
+        "--wait=true",
+    ])?;
+    h.eventually("the Service made again", || async {
+        Ok(h.api::<Service>().get_opt("echo").await?)
+    })
+    .await?;
+    h.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_problems_become_conditions_a_user_can_act_on() -> Result<()> {
     let h = Harness::start("op-bad", Duration::from_secs(300)).await?;

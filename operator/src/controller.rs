@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, GetParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use wa8s_api::{ServiceStatus, WebAssembly, WebAssemblyStatus};
@@ -27,7 +27,6 @@ use crate::metrics::Metrics;
 use crate::resolve::{Resolve, ResolveError};
 use crate::status::{self, Observed, PodFailure, Resolution, Rollout};
 use crate::triggers::{self, Echoes, Relevance};
-use kube::runtime::Predicate as _;
 
 /// Field manager that sets a new Deployment's replicas to the HPA's minimum, once.
 const INITIAL_REPLICAS_MANAGER: &str = "wa8s-operator-initial-replicas";
@@ -95,6 +94,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Our own writes, so their watch events do not trigger reconciles.
     echoes: Arc<Echoes>,
+    /// Owners owed a reconcile by `echoes` (taken by `run`).
+    retriggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<WebAssembly>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -112,6 +113,7 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (echoes, retriggers) = Echoes::new();
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: settings.instance.clone(),
@@ -123,7 +125,8 @@ impl Context {
             metrics,
             reporter,
             failures: Mutex::new(HashMap::new()),
-            echoes: Arc::default(),
+            echoes: Arc::new(echoes),
+            retriggers: Mutex::new(Some(retriggers)),
         }
     }
 }
@@ -138,7 +141,8 @@ where
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. Once per `Context`: a second run would not
+/// get the reconciles owed to held watch events (the process exits when it stops leading).
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let ns = ctx.settings.namespace.clone();
     let ns = ns.as_deref();
@@ -149,18 +153,26 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // last-applied copy of the whole object) is dropped as objects arrive.
     let (reader, writer) = reflector::store();
     ctx.metrics.count_objects(reader.clone());
+    // A reconcile reads an object's spec and labels; its status is ours, so our own status
+    // write (a new resourceVersion, the same generation) triggers nothing.
+    let mut relevant = triggers::Objects::default();
     let objects = watcher(api::<WebAssembly>(&ctx, ns), watcher::Config::default())
         .default_backoff()
         .modify(trim)
         .reflect(writer)
-        .applied_objects();
-    // A reconcile reads an object's spec and labels; its status is ours, so our own status
-    // write (a new resourceVersion, the same generation) triggers nothing.
-    let objects = objects.predicate_filter(
-        predicates::generation.combine(predicates::labels),
-        Default::default(),
-    );
+        .filter_map(move |event| {
+            std::future::ready(match event {
+                Ok(event) => relevant.decide(event).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        });
     let echoes = &ctx.echoes;
+    let metrics = &ctx.metrics;
+    let retriggers = ctx
+        .retriggers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     Controller::for_stream(objects, reader)
         .with_config(
             kube::runtime::controller::Config::default()
@@ -169,6 +181,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .owns_stream(triggers::filter(
             watcher(api::<Deployment>(&ctx, ns), owned.clone()).default_backoff(),
             Relevance::new(triggers::deployment, None, echoes.clone()),
+            metrics.clone(),
         ))
         .owns_stream(triggers::filter(
             watcher(api::<Service>(&ctx, ns), owned.clone()).default_backoff(),
@@ -177,6 +190,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 None,
                 echoes.clone(),
             ),
+            metrics.clone(),
         ))
         .owns_stream(triggers::filter(
             watcher(api::<HorizontalPodAutoscaler>(&ctx, ns), owned.clone()).default_backoff(),
@@ -185,6 +199,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 None,
                 echoes.clone(),
             ),
+            metrics.clone(),
         ))
         .owns_stream(triggers::filter(
             watcher(api::<PodDisruptionBudget>(&ctx, ns), owned.clone()).default_backoff(),
@@ -193,6 +208,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 None,
                 echoes.clone(),
             ),
+            metrics.clone(),
         ))
         // Pods are not owned directly, but a crash loop must reach status: a pod triggers
         // its object only when it starts or stops failing.
@@ -200,6 +216,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             triggers::filter(
                 watcher(api::<Pod>(&ctx, ns), pods).default_backoff(),
                 Relevance::new(triggers::pod, Some(triggers::healthy_pod()), echoes.clone()),
+                metrics.clone(),
             ),
             |pod| {
                 let ns = pod.namespace();
@@ -208,6 +225,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 })
             },
         )
+        .reconcile_on(futures::stream::unfold(retriggers, |mut rx| async move {
+            let next = rx.as_mut()?.recv().await?;
+            Some((next, rx))
+        }))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -297,7 +318,13 @@ async fn pull_secrets(
         .as_deref()
         .unwrap_or("default");
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
-    let found = accounts.get_opt(account).await.map_err(|e| ResolveError {
+    // The watch cache: an account's secrets change rarely, and this runs every reconcile.
+    let found = accounts.get_with(account, &GetParams::any()).await;
+    let found = match found {
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(None),
+        other => other.map(Some),
+    };
+    let found = found.map_err(|e| ResolveError {
         reason: "PullSecretUnreadable",
         message: format!("ServiceAccount {ns}/{account}: {e}"),
         transient: true,
@@ -405,7 +432,13 @@ struct Live {
 
 async fn observe(obj: &WebAssembly, ctx: &Context, ns: &str, name: &str) -> Result<Live, Error> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let deployment = deployments.get_opt(name).await?;
+    // From the API server's watch cache (resourceVersion 0): every reconcile reads it, and
+    // what is applied next does not depend on it being the very latest.
+    let deployment = match deployments.get_with(name, &GetParams::any()).await {
+        Ok(d) => Some(d),
+        Err(kube::Error::Api(s)) if s.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
     let running = deployment
         .as_ref()
         .and_then(|d| d.spec.as_ref())
@@ -509,10 +542,15 @@ async fn apply(
     let want = desired::desired(obj, target, &ctx.settings.desired)?;
     let pp = PatchParams::apply(MANAGER).force();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let mut deployment = deployments
-        .patch(name, &pp, &Patch::Apply(&want.deployment))
+    let echoes = &ctx.echoes;
+    let mut deployment = echoes
+        .write(
+            obj,
+            ns,
+            name,
+            deployments.patch(name, &pp, &Patch::Apply(&want.deployment)),
+        )
         .await?;
-    ctx.echoes.wrote(&deployment);
     if created
         && let Some(min) = want
             .hpa
@@ -523,24 +561,27 @@ async fn apply(
         // With scaling the HPA owns replicas, and it does not scale up without metrics; a
         // new Deployment starts at minReplicas, set once by a separate field manager so
         // the main apply never claims (and later fights over) the field.
-        deployment = deployments
-            .patch(
+        let initial = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "spec": { "replicas": min },
+        });
+        let pp = PatchParams::apply(INITIAL_REPLICAS_MANAGER).force();
+        deployment = echoes
+            .write(
+                obj,
+                ns,
                 name,
-                &PatchParams::apply(INITIAL_REPLICAS_MANAGER).force(),
-                &Patch::Apply(json!({
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "spec": { "replicas": min },
-                })),
+                deployments.patch(name, &pp, &Patch::Apply(initial)),
             )
             .await?;
-        ctx.echoes.wrote(&deployment);
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     let service = match &want.service {
         Some(svc) => {
-            ctx.echoes
-                .wrote(&services.patch(name, &pp, &Patch::Apply(svc)).await?);
+            echoes
+                .write(obj, ns, name, services.patch(name, &pp, &Patch::Apply(svc)))
+                .await?;
             Some(ServiceStatus {
                 name: name.to_owned(),
                 url: Some(format!("http://{name}.{ns}.svc:80")),
@@ -554,16 +595,18 @@ async fn apply(
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
     match &want.hpa {
         Some(hpa) => {
-            ctx.echoes
-                .wrote(&hpas.patch(name, &pp, &Patch::Apply(hpa)).await?);
+            echoes
+                .write(obj, ns, name, hpas.patch(name, &pp, &Patch::Apply(hpa)))
+                .await?;
         }
         None => delete_owned(ctx, &hpas, name, obj).await?,
     }
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
     match &want.pdb {
         Some(pdb) => {
-            ctx.echoes
-                .wrote(&pdbs.patch(name, &pp, &Patch::Apply(pdb)).await?);
+            echoes
+                .write(obj, ns, name, pdbs.patch(name, &pp, &Patch::Apply(pdb)))
+                .await?;
         }
         None => delete_owned(ctx, &pdbs, name, obj).await?,
     }

@@ -22,6 +22,7 @@ pub struct Metrics {
     duration: Family<Labels, Histogram, fn() -> Histogram>,
     resolve_duration: Family<Labels, Histogram, fn() -> Histogram>,
     objects: Family<Labels, Gauge>,
+    watch_events: Family<Labels, Counter>,
     /// The controller's cache, counted by condition at each scrape.
     store: std::sync::OnceLock<Store<WebAssembly>>,
 }
@@ -54,7 +55,13 @@ impl Metrics {
             duration_buckets as fn() -> Histogram,
         );
         let objects = Family::<Labels, Gauge>::default();
+        let watch_events = Family::<Labels, Counter>::default();
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
+        registry.register(
+            "watch_events",
+            "Watch events of the objects a reconcile reads (kind), and whether each triggered one",
+            watch_events.clone(),
+        );
         registry.register(
             "reconcile_errors",
             "Reconciles that failed or found a problem a user must fix, by reason",
@@ -82,6 +89,7 @@ impl Metrics {
             duration,
             resolve_duration,
             objects,
+            watch_events,
             store: std::sync::OnceLock::new(),
         }
     }
@@ -94,6 +102,16 @@ impl Metrics {
         self.duration
             .get_or_create(&vec![("result".into(), result.into())])
             .observe(took.as_secs_f64());
+    }
+
+    /// A watch event of `kind` arrived; `triggered`: it was worth a reconcile.
+    pub fn watch_event(&self, kind: &str, triggered: bool) {
+        self.watch_events
+            .get_or_create(&vec![
+                ("kind".into(), kind.into()),
+                ("triggered".into(), triggered.to_string()),
+            ])
+            .inc();
     }
 
     /// One resolve took `took`; `result` is `success` or the condition reason of its failure.

@@ -62,8 +62,12 @@ pub struct Echoes {
 #[derive(Debug)]
 enum Write {
     /// Sent, no response yet: the events that arrived meanwhile (resourceVersion hash, and
-    /// whether the projection changed).
-    InFlight { held: Vec<(u64, bool)> },
+    /// whether the projection changed), and the answer to the write before it whose event
+    /// has not come yet (two writes in a row: the initial replicas after a create).
+    InFlight {
+        held: Vec<(u64, bool)>,
+        earlier: Option<u64>,
+    },
     /// Answered with this resourceVersion (hashed), its event not seen yet.
     Done(u64),
     /// A deletion we asked for.
@@ -119,7 +123,21 @@ impl Echoes {
         guard
             .echoes
             .lock()
-            .insert(guard.key, Write::InFlight { held: Vec::new() });
+            .entry(guard.key)
+            .and_modify(|w| {
+                let earlier = match w {
+                    Write::Done(rv) => Some(*rv),
+                    _ => None,
+                };
+                *w = Write::InFlight {
+                    held: Vec::new(),
+                    earlier,
+                };
+            })
+            .or_insert(Write::InFlight {
+                held: Vec::new(),
+                earlier: None,
+            });
         let mut guard = guard;
         let result = write.await;
         if let Ok(obj) = &result {
@@ -139,7 +157,11 @@ impl Echoes {
         let rv = rv.map(hash_of);
         let mut written = self.lock();
         match (written.get_mut(&key), rv) {
-            (Some(Write::InFlight { held }), Some(rv)) => {
+            (Some(Write::InFlight { earlier, .. }), Some(rv)) if *earlier == Some(rv) => {
+                *earlier = None;
+                Echo::Ours
+            }
+            (Some(Write::InFlight { held, .. }), Some(rv)) => {
                 held.push((rv, changed));
                 Echo::Held
             }
@@ -182,7 +204,7 @@ struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut written = self.echoes.lock();
-        let Some(Write::InFlight { held }) = written.remove(&self.key) else {
+        let Some(Write::InFlight { held, .. }) = written.remove(&self.key) else {
             return;
         };
         let ours_seen = self
@@ -537,6 +559,23 @@ mod tests {
             r.decide(watcher::Event::Apply(deployment_at("11", 0)))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_echo_of_a_first_write_arriving_during_a_second_is_still_ours() {
+        let owner = owner();
+        let (echoes, mut rx) = echoes();
+        let mut r = deployments(&echoes);
+        let first = deployment_at("10", 0);
+        wrote(&echoes, &first);
+        let second = sent(&echoes, &owner);
+        assert!(r.decide(watcher::Event::Apply(first)).is_none());
+        let mut scaled = deployment_at("11", 0);
+        scaled.spec.as_mut().expect("spec").replicas = Some(3);
+        assert!(r.decide(watcher::Event::Apply(scaled.clone())).is_none());
+        answer(second, scaled);
+        assert!(rx.try_recv().is_err(), "both events were ours");
+        assert_eq!(echoes.len(), 0);
     }
 
     #[test]

@@ -155,19 +155,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     ctx.metrics.count_objects(reader.clone());
     // A reconcile reads an object's spec and labels; its status is ours, so our own status
     // write (a new resourceVersion, the same generation) triggers nothing.
-    let mut relevant = triggers::Objects::default();
+    let mut objects_filter = triggers::Objects::default();
     let objects = watcher(api::<WebAssembly>(&ctx, ns), watcher::Config::default())
         .default_backoff()
         .modify(trim)
         .reflect(writer)
         .filter_map(move |event| {
             std::future::ready(match event {
-                Ok(event) => relevant.decide(event).map(Ok),
+                Ok(event) => objects_filter.decide(event).map(Ok),
                 Err(e) => Some(Err(e)),
             })
         });
-    let echoes = &ctx.echoes;
-    let metrics = &ctx.metrics;
     let retriggers = ctx
         .retriggers
         .lock()
@@ -178,45 +176,37 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             kube::runtime::controller::Config::default()
                 .concurrency(ctx.settings.concurrency.max(1)),
         )
-        .owns_stream(triggers::filter(
-            watcher(api::<Deployment>(&ctx, ns), owned.clone()).default_backoff(),
-            Relevance::new(triggers::deployment, None, echoes.clone()),
-            metrics.clone(),
+        .owns_stream(relevant(&ctx, ns, &owned, triggers::deployment, None))
+        .owns_stream(relevant(
+            &ctx,
+            ns,
+            &owned,
+            |s: &Service| triggers::hash_json(&s.spec),
+            None,
         ))
-        .owns_stream(triggers::filter(
-            watcher(api::<Service>(&ctx, ns), owned.clone()).default_backoff(),
-            Relevance::new(
-                |s: &Service| triggers::hash_json(&s.spec),
-                None,
-                echoes.clone(),
-            ),
-            metrics.clone(),
+        .owns_stream(relevant(
+            &ctx,
+            ns,
+            &owned,
+            |h: &HorizontalPodAutoscaler| triggers::hash_json(&h.spec),
+            None,
         ))
-        .owns_stream(triggers::filter(
-            watcher(api::<HorizontalPodAutoscaler>(&ctx, ns), owned.clone()).default_backoff(),
-            Relevance::new(
-                |h: &HorizontalPodAutoscaler| triggers::hash_json(&h.spec),
-                None,
-                echoes.clone(),
-            ),
-            metrics.clone(),
-        ))
-        .owns_stream(triggers::filter(
-            watcher(api::<PodDisruptionBudget>(&ctx, ns), owned.clone()).default_backoff(),
-            Relevance::new(
-                |p: &PodDisruptionBudget| triggers::hash_json(&p.spec),
-                None,
-                echoes.clone(),
-            ),
-            metrics.clone(),
+        .owns_stream(relevant(
+            &ctx,
+            ns,
+            &owned,
+            |p: &PodDisruptionBudget| triggers::hash_json(&p.spec),
+            None,
         ))
         // Pods are not owned directly, but a crash loop must reach status: a pod triggers
         // its object only when it starts or stops failing.
         .watches_stream(
-            triggers::filter(
-                watcher(api::<Pod>(&ctx, ns), pods).default_backoff(),
-                Relevance::new(triggers::pod, Some(triggers::healthy_pod()), echoes.clone()),
-                metrics.clone(),
+            relevant(
+                &ctx,
+                ns,
+                &pods,
+                triggers::pod,
+                Some(triggers::healthy_pod()),
             ),
             |pod| {
                 let ns = pod.namespace();
@@ -237,6 +227,30 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
+}
+
+/// `K`'s watch events in scope, reduced to those worth a reconcile (see `triggers`).
+fn relevant<K>(
+    ctx: &Context,
+    ns: Option<&str>,
+    config: &watcher::Config,
+    projection: fn(&K) -> u64,
+    unseen: Option<u64>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    triggers::filter(
+        watcher(api::<K>(ctx, ns), config.clone()).default_backoff(),
+        Relevance::new(projection, unseen, ctx.echoes.clone()),
+        ctx.metrics.clone(),
+    )
 }
 
 /// What the operator's cache keeps of an object: all but its managed fields and kubectl's

@@ -420,6 +420,8 @@ async fn a_status_only_write_triggers_no_reconcile_and_a_deleted_service_is_made
         "-p",
         r#"{"status":{"readyReplicas":42}}"#,
     ])?;
+    // An absence has no event to wait on: a window, as long as the quiet period above.
+    // (A later change as a barrier does not work: a label also rolls the pods.)
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(h.reconciles(), before, "a status-only write was reconciled");
     let obj = h.api::<WebAssembly>().get("echo").await?;

@@ -21,6 +21,15 @@ const RUNTIME_ID: &str = "io.containerd.wa8s.v1";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // As containerd-shim-runc-v2 answers `-v`: what a node's operator (or a release's smoke
+    // test) asks first.
+    if matches!(args.get(1).map(String::as_str), Some("-v" | "--version")) {
+        println!(
+            "containerd-shim-wa8s-v1 {} (runtime {RUNTIME_ID})",
+            env!("CARGO_PKG_VERSION")
+        );
+        return;
+    }
     if args.get(1).map(String::as_str) == Some(protocol::GUEST_SUBCOMMAND) {
         std::process::exit(guest::main(&args[2..]));
     }

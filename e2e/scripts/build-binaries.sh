@@ -5,6 +5,7 @@
 #   build-binaries.sh [etcd] [kube-apiserver] [kube-controller-manager] [kube-scheduler] [kubelet]
 #                     [kube-proxy] [containerd] [ctr] [containerd-shim-runc-v2] [crictl] [helm]
 #                     [metrics-server] [prometheus] [otelcol] [kubeadm] [kind] [coredns] [kindnetd]
+#                     [cosign]
 #
 # With no arguments it builds etcd and kube-apiserver (what the operator tests need).
 # Prints one `name=/path/to/binary` line per requested binary on stdout; logs go to stderr.
@@ -209,6 +210,10 @@ for w in "${want[@]}"; do
     metrics-server)
       go_install metrics-server "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION" "$(metrics_server_bin_dir)"
       echo "metrics-server=$(metrics_server_bin_dir)/metrics-server" ;;
+    cosign)
+      # Signs and verifies the release (e2e/scripts/release.sh).
+      go_install cosign "github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION" "$(cosign_bin_dir)"
+      echo "cosign=$(cosign_bin_dir)/cosign" ;;
     kind)
       # The kind CLI (e2e/scripts/kind.sh); its node image is built by kind-node-image.sh.
       go_install kind "sigs.k8s.io/kind@$KIND_VERSION" "$(kind_bin_dir)"
@@ -235,6 +240,6 @@ for w in "${want[@]}"; do
         log "kindnetd cached at $(kindnetd_bin_dir)/kindnetd"
       fi
       echo "kindnetd=$(kindnetd_bin_dir)/kindnetd" ;;
-    *) log "unknown binary '$w' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl kubeadm containerd ctr containerd-shim-runc-v2 crictl helm metrics-server kind coredns kindnetd)"; exit 2 ;;
+    *) log "unknown binary '$w' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl kubeadm containerd ctr containerd-shim-runc-v2 crictl helm metrics-server cosign kind coredns kindnetd)"; exit 2 ;;
   esac
 done

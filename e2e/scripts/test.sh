@@ -8,7 +8,7 @@ source e2e/scripts/prerequisites.sh
 
 # Build (or find cached) upstream binaries before the Rust tests need them.
 bash e2e/scripts/build-binaries.sh etcd kube-apiserver kube-controller-manager kube-scheduler \
-  kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl helm metrics-server prometheus >/dev/null
+  kubelet kube-proxy kubectl containerd ctr containerd-shim-runc-v2 crictl helm metrics-server prometheus cosign >/dev/null
 
 # The kind node image (a Debian rootfs, kubeadm, coredns, kindnetd, ...; cached by version)
 # and then the previous wa8s release (its chart and images, for the helm-upgrade scenario;
@@ -26,6 +26,9 @@ echo "== cargo build (the binaries the end-to-end scenarios run: shim, operator,
 build_wa8s_binaries
 echo "== container images (the chart's install test imports them)"
 bash e2e/scripts/images.sh
+echo "== the release's build: linux/amd64 and linux/arm64, arm64 smoke-tested under qemu-user, images and SBOMs"
+# (release.sh publish runs in the install test, against that test cluster's registry.)
+bash e2e/scripts/release.sh build
 echo "== kind node image and the previous release (built in the background)"
 if ! wait "$kind_image_pid"; then
   tail -40 "$kind_image_log" >&2

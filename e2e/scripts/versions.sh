@@ -46,6 +46,14 @@ kindnetd_bin_dir() { echo "$WA8S_CACHE/bin/kindnetd-$KINDNETD_VERSION-knp-$KINDN
 # The node image's root file system: Debian's packages (debootstrap from the apt mirror).
 KIND_NODE_DEBIAN_SUITE="${KIND_NODE_DEBIAN_SUITE:-bookworm}"
 
+# Signing and verifying the release's images, chart and SBOM attestations (e2e/scripts/release.sh).
+# 2.x: key-based signing without a transparency log is one flag (--tlog-upload=false) there.
+COSIGN_VERSION="${COSIGN_VERSION:-v2.6.5}"
+cosign_bin_dir() { echo "$WA8S_CACHE/bin/cosign-$COSIGN_VERSION"; }
+# The release's SBOMs are checked against CycloneDX's own 1.5 JSON schema with its Python
+# library (from PyPI, in a venv cached by version).
+CYCLONEDX_PYTHON_LIB_VERSION="${CYCLONEDX_PYTHON_LIB_VERSION:-11.12.0}"
+
 # Coverage-guided fuzzing (e2e/scripts/fuzz.sh): cargo-afl, which builds AFL++ when installed.
 CARGO_AFL_VERSION="${CARGO_AFL_VERSION:-0.18.2}"
 cargo_afl_dir() { echo "$WA8S_CACHE/bin/cargo-afl-$CARGO_AFL_VERSION"; }

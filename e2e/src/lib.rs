@@ -26,6 +26,7 @@ pub mod pki;
 pub mod process;
 pub mod prometheus;
 pub mod registry;
+pub mod release;
 pub mod scenario;
 pub mod token;
 

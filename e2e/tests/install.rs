@@ -1,6 +1,8 @@
 //! `helm install wa8s` on a fresh node, as users do it: the chart from its directory with the
 //! images imported into the node's containerd (built by `e2e/scripts/images.sh`), then the
-//! chart from an OCI registry with the images pushed to and pulled from that registry. Each
+//! release as a forge publishes it (`e2e/scripts/release.sh publish` to the cluster's
+//! registry: multi-platform images, signatures, SBOM attestations, the chart pinned to the
+//! images' digests), installed with `helm install oci://…` and pulled by digest. Each
 //! time: the node installer prepares containerd (which is restarted and picks the runtime
 //! up), the operator runs in a pod, a component is served, and `helm uninstall` gives
 //! containerd's configuration back byte for byte. The second round adds faults: the
@@ -85,6 +87,17 @@ fn install_run_uninstall(
     chart: &[&str],
     faults: bool,
 ) -> Result<()> {
+    install_run_uninstall_checking(cluster, helm, chart, faults, &|_| Ok(()))
+}
+
+/// [`install_run_uninstall`], with `installed` checked once the node is ready.
+fn install_run_uninstall_checking(
+    cluster: &Cluster,
+    helm: &Helm,
+    chart: &[&str],
+    faults: bool,
+    installed: &dyn Fn(&Kubectl) -> Result<()>,
+) -> Result<()> {
     let kubectl = cluster.kubectl();
     let config = wa8s_e2e::node::containerd_config_file(cluster.state_dir());
     let shim =
@@ -134,6 +147,7 @@ fn install_run_uninstall(
         "the installer did not add the runtime:\n{patched}"
     );
     ensure!(shim.is_file(), "no shim at {}", shim.display());
+    installed(&kubectl)?;
     ensure!(
         containerd_pid(cluster)? != pid_before,
         "containerd was not restarted"
@@ -428,7 +442,7 @@ fn installer_started_after_the_uninstall_request_restores_the_node(
 }
 
 #[test]
-fn helm_install_from_the_chart_directory_and_from_an_oci_registry_prepares_the_node_and_uninstall_restores_it()
+fn helm_install_from_the_chart_directory_and_of_the_signed_release_from_an_oci_registry_prepares_the_node_and_uninstall_restores_it()
 -> Result<()> {
     let cluster = Cluster::fresh()?;
     for image in images()? {
@@ -438,50 +452,235 @@ fn helm_install_from_the_chart_directory_and_from_an_oci_registry_prepares_the_n
     let chart = wa8s_e2e::repo_root().join("charts/wa8s");
     install_run_uninstall(&cluster, &helm, &[&chart.to_string_lossy()], false)?;
 
-    // The same chart, pushed to the cluster's registry and installed from there, with the
-    // images pushed there too and pulled by the kubelet (pull policy Always).
-    let version = env!("CARGO_PKG_VERSION");
-    let mut image_values = Vec::new();
-    for (name, value) in [
-        ("wa8s-operator", "operator"),
-        ("wa8s-node-installer", "installer"),
-    ] {
-        let repository = format!("{}/wa8s/{name}", cluster.registry());
-        wa8s_e2e::node::push_image(
-            cluster.state_dir(),
-            &format!("ghcr.io/reconcilerio/{name}:{version}"),
-            &format!("{repository}:{version}"),
-        )?;
-        image_values.push(format!("{value}.image.repository={repository}"));
-        image_values.push(format!("{value}.image.pullPolicy=Always"));
-    }
-    let packaged = tempfile::tempdir()?;
-    helm.ok(&[
-        "package",
-        &chart.to_string_lossy(),
-        "-d",
-        &packaged.path().to_string_lossy(),
-    ])?;
-    let repository = format!("oci://{}/charts", cluster.registry());
-    helm.ok(&[
-        "push",
-        &packaged
-            .path()
-            .join(concat!("wa8s-", env!("CARGO_PKG_VERSION"), ".tgz"))
-            .to_string_lossy(),
-        &repository,
-        "--plain-http",
-    ])?;
-    let reference = format!("{repository}/wa8s");
-    let mut args = vec![
-        reference.as_str(),
+    // The release, published to the cluster's registry as the forge publishes it to GHCR
+    // (`release.sh publish`: both platforms' images pushed and signed, their SBOMs attested,
+    // the chart pinned to the images' digests, pushed and signed, everything verified), then
+    // installed from there: the kubelet pulls the released images by digest.
+    let release = publish_release(cluster.registry())?;
+    a_moved_tag_or_a_borrowed_signature_fails_verification(&release)?;
+    let args = [
+        release.chart.as_str(),
         "--version",
         env!("CARGO_PKG_VERSION"),
         "--plain-http",
     ];
-    for v in &image_values {
-        args.extend(["--set", v.as_str()]);
+    let pinned = |k: &Kubectl| -> Result<()> {
+        for (name, selector) in [
+            ("wa8s-operator", "app.kubernetes.io/component=operator"),
+            (
+                "wa8s-node-installer",
+                "app.kubernetes.io/component=node-installer",
+            ),
+        ] {
+            let images = k.ok(&[
+                "get",
+                "pods",
+                "-n",
+                RELEASE_NAMESPACE,
+                "-l",
+                selector,
+                "-o=jsonpath={.items[*].spec.containers[*].image}",
+            ])?;
+            let want = &release.images[name];
+            ensure!(
+                !images.is_empty() && images.split(' ').all(|i| i == want),
+                "{name}'s pods run {images:?}, not the released {want}"
+            );
+        }
+        Ok(())
+    };
+    install_run_uninstall_checking(&cluster, &helm, &args, true, &pinned)?;
+    Ok(())
+}
+
+/// What `release.sh publish` put in a registry.
+struct Release {
+    /// `oci://…/charts/wa8s`.
+    chart: String,
+    /// Image name → `repository@digest` of its index.
+    images: std::collections::BTreeMap<String, String>,
+    /// The public key the release was signed with.
+    public_key: PathBuf,
+    cosign: PathBuf,
+    /// Holds the signing key.
+    _keys: tempfile::TempDir,
+}
+
+/// `release.sh publish` to `registry` with a throwaway key. The images and SBOMs come from
+/// `release.sh build` (test.sh runs it before the tests).
+fn publish_release(registry: &str) -> Result<Release> {
+    let dir = wa8s_e2e::repo_root().join("target/wa8s-release");
+    ensure!(
+        dir.join("images").is_dir(),
+        "{} is missing: build the release first (e2e/scripts/release.sh build; the test script does)",
+        dir.display()
+    );
+    let cosign = wa8s_e2e::binaries::ensure(&["cosign"])?["cosign"].clone();
+    let keys = tempfile::tempdir()?;
+    let generated = std::process::Command::new(&cosign)
+        .args(["generate-key-pair"])
+        .current_dir(keys.path())
+        .env("COSIGN_PASSWORD", "")
+        .output()?;
+    ensure!(
+        generated.status.success(),
+        "cosign generate-key-pair: {}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let published = std::process::Command::new("bash")
+        .arg(wa8s_e2e::repo_root().join("e2e/scripts/release.sh"))
+        .args(["publish", "--registry"])
+        .arg(format!("{registry}/reconcilerio"))
+        .arg("--key")
+        .arg(keys.path().join("cosign.key"))
+        .arg("--plain-http")
+        .env("COSIGN_PASSWORD", "")
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    ensure!(
+        published.status.success(),
+        "release.sh publish failed ({}); its log is above",
+        published.status
+    );
+    let pushed = std::fs::read_to_string(dir.join("pushed.txt"))?;
+    let mut images = std::collections::BTreeMap::new();
+    let mut chart = None;
+    for line in pushed.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        match fields.as_slice() {
+            ["chart", oci, ..] => {
+                chart = Some(oci.rsplit_once(':').map_or(*oci, |(r, _)| r).to_owned())
+            }
+            [name, reference, ..] => {
+                images.insert((*name).to_owned(), (*reference).to_owned());
+            }
+            _ => bail!("unexpected line in pushed.txt: {line:?}"),
+        }
     }
-    install_run_uninstall(&cluster, &helm, &args, true)?;
+    ensure!(images.len() == 2, "pushed.txt names {images:?}");
+    // Both platforms were pushed under each index.
+    for (name, reference) in &images {
+        let line = pushed
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_default();
+        ensure!(
+            line.contains("linux/amd64=sha256:") && line.contains("linux/arm64=sha256:"),
+            "{reference} is not an index of linux/amd64 and linux/arm64: {line}"
+        );
+    }
+    Ok(Release {
+        chart: chart.context("pushed.txt names no chart")?,
+        images,
+        public_key: dir.join("cosign.pub"),
+        cosign,
+        _keys: keys,
+    })
+}
+
+fn curl(args: &[&str]) -> Result<Vec<u8>> {
+    let out = std::process::Command::new("curl")
+        .args(["-fsS", "--max-time", "30"])
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "curl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout)
+}
+
+/// `cosign verify` of `reference` with the release's key; the error is cosign's stderr.
+fn verify(release: &Release, reference: &str) -> Result<(), String> {
+    let out = std::process::Command::new(&release.cosign)
+        .args(["verify", "--key"])
+        .arg(&release.public_key)
+        .args([
+            "--insecure-ignore-tlog=true",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            reference,
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// An attacker who can push to the registry but has not the key: the operator's tag moved
+/// to other bytes (the index with one annotation more) fails `cosign verify`, and so does
+/// that index with the genuine signature copied next to it. The genuine index still
+/// verifies, and the tag is put back.
+fn a_moved_tag_or_a_borrowed_signature_fails_verification(release: &Release) -> Result<()> {
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let genuine = &release.images["wa8s-operator"];
+    let (repository, digest) = genuine.split_once('@').context("no digest")?;
+    let (host, path) = repository.split_once('/').context("no registry host")?;
+    let base = format!("http://{host}/v2/{path}/manifests");
+    let tag = env!("CARGO_PKG_VERSION");
+    verify(release, genuine).map_err(|e| anyhow::anyhow!("the genuine index: {e}"))?;
+
+    let bytes = curl(&[
+        "-H",
+        &format!("Accept: {INDEX}"),
+        &format!("{base}/{digest}"),
+    ])?;
+    let mut index: serde_json::Value = serde_json::from_slice(&bytes)?;
+    index["annotations"] =
+        serde_json::json!({ "org.opencontainers.image.description": "tampered" });
+    let tampered = serde_json::to_vec(&index)?;
+    let put = |reference: &str, body: &[u8], media_type: &str| -> Result<()> {
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), body)?;
+        curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Type: {media_type}"),
+            "--data-binary",
+            &format!("@{}", file.path().display()),
+            &format!("{base}/{reference}"),
+        ])?;
+        Ok(())
+    };
+    put(tag, &tampered, INDEX)?;
+    let moved = verify(release, &format!("{repository}:{tag}"));
+    let tampered_digest = format!(
+        "sha256:{:x}",
+        <sha2::Sha256 as sha2::Digest>::digest(&tampered)
+    );
+    // cosign keeps a signature under the tag sha256-<hex>.sig beside the image.
+    let sig_tag = |d: &str| format!("{}.sig", d.replace(':', "-"));
+    let signature = curl(&[
+        "-H",
+        &format!("Accept: {MANIFEST}"),
+        &format!("{base}/{}", sig_tag(digest)),
+    ])?;
+    put(&sig_tag(&tampered_digest), &signature, MANIFEST)?;
+    let borrowed = verify(release, &format!("{repository}@{tampered_digest}"));
+    put(tag, &bytes, INDEX)?;
+    ensure!(
+        moved.is_err(),
+        "cosign verified the moved tag {repository}:{tag}"
+    );
+    ensure!(
+        borrowed.is_err(),
+        "cosign verified {tampered_digest} with the signature of {digest}"
+    );
+    if let (Err(moved), Err(borrowed)) = (&moved, &borrowed) {
+        eprintln!(
+            "tampering detected: moved tag: {}; borrowed signature: {}",
+            moved.lines().last().unwrap_or_default(),
+            borrowed.lines().last().unwrap_or_default()
+        );
+    }
+    verify(release, &format!("{repository}:{tag}"))
+        .map_err(|e| anyhow::anyhow!("the tag put back: {e}"))?;
     Ok(())
 }

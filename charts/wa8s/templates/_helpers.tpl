@@ -43,8 +43,14 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* repository@digest when a digest is given (a released chart pins its images), else
+repository:tag (the appVersion by default). */}}
 {{- define "wa8s.image" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* KUBERNETES_SERVICE_HOST/PORT when the API is not reached through the kubernetes Service. */}}

@@ -20,12 +20,32 @@ if command -v rustup >/dev/null; then
     || log "the wasm32-wasip2 target could not be installed; the Rust example's test will skip"
 fi
 command -v flock >/dev/null || apt_install util-linux
-# Kubernetes 1.35 needs Go >= 1.25. Debian's golang-go is older, but any go binary can fetch a
-# newer toolchain from the module proxy (GOTOOLCHAIN), so it is enough to bootstrap.
-if ! command -v go >/dev/null; then
-  apt_install golang-go
+# Kubernetes 1.35 needs Go >= 1.25. A go of 1.21 or newer fetches a newer toolchain from the
+# module proxy by itself (GOTOOLCHAIN); Debian 12's golang-go (1.19) predates that, so without
+# a go that can, the toolchain module is fetched from the proxy here (as GOTOOLCHAIN would),
+# cached by version.
+go_minor="$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
+if [ "${go_minor:-0}" -lt 21 ]; then
+  go_root="${WA8S_CACHE:-$HOME/.cache/wa8s}/go1.25.0"
+  if [ ! -x "$go_root/bin/go" ]; then
+    log "go ${go_minor:+1.$go_minor }cannot fetch Go 1.25 itself; fetching the go1.25.0 toolchain module from the Go module proxy"
+    go_zip="$(mktemp)"
+    curl -fsSL --retry 3 -o "$go_zip" \
+      "https://proxy.golang.org/golang.org/toolchain/@v/v0.0.1-go1.25.0.linux-$(dpkg --print-architecture).zip" \
+      || { log "could not download the Go 1.25.0 toolchain from proxy.golang.org"; exit 1; }
+    command -v unzip >/dev/null || apt_install unzip
+    rm -rf "$go_root.partial"; mkdir -p "$go_root.partial"
+    unzip -q "$go_zip" -d "$go_root.partial"
+    rm -f "$go_zip"
+    mv "$go_root.partial"/golang.org/toolchain@*/* "$go_root.partial/"
+    rm -rf "$go_root.partial/golang.org"
+    # Module zips do not keep modes.
+    chmod +x "$go_root.partial"/bin/* "$go_root.partial"/pkg/tool/*/*
+    mv "$go_root.partial" "$go_root"
+  fi
+  export PATH="$go_root/bin:$PATH"
+  go_minor=25
 fi
-go_minor="$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
 if [ "${go_minor:-0}" -lt 25 ]; then
   log "go $(go env GOVERSION) is older than 1.25; using GOTOOLCHAIN=go1.25.0+auto"
   export GOTOOLCHAIN=go1.25.0+auto

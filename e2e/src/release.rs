@@ -45,6 +45,15 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A JSON document (cargo's metadata, a layout's index or manifest) did not parse.
+    #[error("{what} is not JSON")]
+    Json {
+        /// Which document.
+        what: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The OCI layout to push is not one this tool wrote.
     #[error("{layout}: {problem}")]
     Layout {
@@ -122,9 +131,15 @@ fn host_package_of(path: &str) -> Result<DebPackage, Error> {
     let canonical = std::fs::canonicalize(path)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| path.to_owned());
-    let owner = [path, canonical.as_str()]
-        .into_iter()
-        .find_map(|p| run(&["dpkg", "-S", p]).ok().flatten())
+    // A dpkg that does not start is an error; one that knows no owner tries the next path.
+    let mut found = None;
+    for p in [path, canonical.as_str()] {
+        if let Some(line) = run(&["dpkg", "-S", p])? {
+            found = Some(line);
+            break;
+        }
+    }
+    let owner = found
         .and_then(|line| line.split_once(": ").map(|(pkg, _)| pkg.to_owned()))
         .ok_or_else(|| Error::UnknownPackage {
             path: path.to_owned(),
@@ -192,8 +207,11 @@ pub fn crates(workspace: &Path, triple: &str, roots: &[&str]) -> Result<Vec<Crat
             String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         ));
     }
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| Error::Metadata(format!("not JSON: {e}")))?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|source| Error::Json {
+            what: "cargo metadata's output".into(),
+            source,
+        })?;
     crates_from_metadata(&meta, roots)
 }
 
@@ -245,8 +263,14 @@ fn crates_from_metadata(meta: &serde_json::Value, roots: &[&str]) -> Result<Vec<
             continue;
         }
         out.insert(Crate {
-            name: package["name"].as_str().unwrap_or_default().to_owned(),
-            version: package["version"].as_str().unwrap_or_default().to_owned(),
+            name: package["name"]
+                .as_str()
+                .ok_or_else(|| missing(&format!("name for {id}")))?
+                .to_owned(),
+            version: package["version"]
+                .as_str()
+                .ok_or_else(|| missing(&format!("version for {id}")))?
+                .to_owned(),
             license: package["license"].as_str().map(str::to_owned),
             source: package["source"].as_str().map(str::to_owned),
         });
@@ -420,8 +444,13 @@ pub fn push_layout(
         problem,
     };
     let read = |p: PathBuf| std::fs::read(&p).map_err(io_err(format!("reading {}", p.display())));
-    let top: serde_json::Value = serde_json::from_slice(&read(layout.join("index.json"))?)
-        .map_err(|e| layout_err(format!("index.json: {e}")))?;
+    let json = |what: String, bytes: &[u8]| -> Result<serde_json::Value, Error> {
+        serde_json::from_slice(bytes).map_err(|source| Error::Json {
+            what: format!("{}: {what}", layout.display()),
+            source,
+        })
+    };
+    let top = json("index.json".into(), &read(layout.join("index.json"))?)?;
     let blob = |digest: &str| {
         read(
             layout
@@ -434,8 +463,7 @@ pub fn push_layout(
         .ok_or_else(|| layout_err("index.json names no image index".into()))?
         .to_owned();
     let index_bytes = blob(&index_digest)?;
-    let index: serde_json::Value = serde_json::from_slice(&index_bytes)
-        .map_err(|e| layout_err(format!("the image index: {e}")))?;
+    let index = json("the image index".into(), &index_bytes)?;
     let mut platforms = Vec::new();
     let mut manifests = Vec::new();
     for m in index["manifests"].as_array().into_iter().flatten() {
@@ -443,12 +471,11 @@ pub fn push_layout(
             .as_str()
             .ok_or_else(|| layout_err("an index entry without a digest".into()))?;
         let bytes = blob(digest)?;
-        let manifest: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| layout_err(format!("manifest {digest}: {e}")))?;
+        let manifest = json(format!("manifest {digest}"), &bytes)?;
         let mut blobs = vec![
             manifest["config"]["digest"]
                 .as_str()
-                .unwrap_or_default()
+                .ok_or_else(|| layout_err(format!("manifest {digest} has no config digest")))?
                 .to_owned(),
         ];
         blobs.extend(

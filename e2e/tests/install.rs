@@ -506,10 +506,50 @@ struct Release {
     _keys: tempfile::TempDir,
 }
 
+/// The forge release's files (chart, SBOMs, static CLIs, public key) laid side by side as
+/// users download them: `sha256sum -c SHA256SUMS` there checks every file it names, and
+/// names both static CLIs.
+fn checksums_verify_side_by_side(release: &std::path::Path) -> Result<()> {
+    let flat = tempfile::tempdir()?;
+    let mut copied = 0;
+    for sub in ["chart", "sbom", "cli", "."] {
+        for entry in std::fs::read_dir(release.join(sub))? {
+            let path = entry?.path();
+            if path.is_file() {
+                let name = path.file_name().context("a file without a name")?;
+                std::fs::copy(&path, flat.path().join(name))?;
+                copied += 1;
+            }
+        }
+    }
+    let sums = std::fs::read_to_string(flat.path().join("SHA256SUMS"))?;
+    for arch in ["amd64", "arm64"] {
+        ensure!(
+            sums.lines()
+                .any(|l| l.ends_with(&format!("-linux-{arch}")) && l.contains("  wa8s-")),
+            "SHA256SUMS names no static linux/{arch} CLI:\n{sums}"
+        );
+    }
+    let checked = std::process::Command::new("sha256sum")
+        .args(["-c", "--strict", "SHA256SUMS"])
+        .current_dir(flat.path())
+        .output()?;
+    ensure!(
+        checked.status.success(),
+        "sha256sum -c SHA256SUMS over the release's {copied} files side by side failed:\n{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    Ok(())
+}
+
 /// `release.sh publish` to `registry` with a throwaway key. The images and SBOMs come from
 /// `release.sh build` (test.sh runs it before the tests).
 fn publish_release(registry: &str) -> Result<Release> {
-    let dir = wa8s_e2e::repo_root().join("target/wa8s-release");
+    // Where release.sh puts it, as it decides.
+    let dir = std::env::var_os("WA8S_RELEASE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| wa8s_e2e::repo_root().join("target/wa8s-release"));
     ensure!(
         dir.join("images").is_dir(),
         "{} is missing: build the release first (e2e/scripts/release.sh build; the test script does)",
@@ -569,6 +609,7 @@ fn publish_release(registry: &str) -> Result<Release> {
             "{reference} is not an index of linux/amd64 and linux/arm64: {line}"
         );
     }
+    checksums_verify_side_by_side(&dir)?;
     Ok(Release {
         chart: chart.context("pushed.txt names no chart")?,
         images,
